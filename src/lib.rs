@@ -1,0 +1,11 @@
+//! kevents: a highly available Kubernetes events collector.
+//!
+//! Several replicas compete for a `coordination.k8s.io/v1` Lease; only the leader lists and
+//! watches Events, captures each event version exactly once into a durable store on a shared
+//! volume, and ships it to a sink (Azure Data Explorer, a file, stdout). See `DESIGN.md`.
+//!
+//! The library holds the product (`config`, `admin`, `telemetry`, `shutdown`, `app`) and the
+//! emulators that tests, drills, benchmarks and the demo use (`emulator`). The product never
+//! depends on the emulators.
+
+pub mod emulator;

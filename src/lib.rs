@@ -8,4 +8,9 @@
 //! emulators that tests, drills, benchmarks and the demo use (`emulator`). The product never
 //! depends on the emulators.
 
+pub mod admin;
+pub mod app;
+pub mod config;
 pub mod emulator;
+pub mod shutdown;
+pub mod telemetry;

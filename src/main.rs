@@ -1,1 +1,100 @@
-fn main() {}
+//! The `kevents` command: `run`, `check-config`, `--version`.
+//!
+//! Parses arguments, loads the config, initialises telemetry, hands over to `app::run`, and maps
+//! the outcome to an exit code (2 for configuration errors). Nothing else lives here.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use kevents::{
+    app::{self, RunOptions},
+    config::{Config, Environment},
+    shutdown, telemetry,
+};
+
+/// Exit code for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+/// Highly available Kubernetes events collector for Azure Data Explorer.
+#[derive(Debug, Parser)]
+#[command(name = "kevents", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector.
+    Run {
+        /// Config file.
+        #[arg(long, env = "KEVENTS_CONFIG")]
+        config: PathBuf,
+        /// Kubeconfig file (default: in-cluster config, then KUBECONFIG / ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config with secrets redacted.
+    CheckConfig {
+        /// Config file.
+        #[arg(long, env = "KEVENTS_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let Args { command } = Args::parse();
+    match command {
+        Command::CheckConfig { config } => match Config::load(&config, &Environment::process()) {
+            Ok(config) => {
+                print!("{}", config.to_redacted_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("kevents: invalid config {}: {error}", config.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config, kubeconfig } => {
+            let path = config;
+            let config = match Config::load(&path, &Environment::process()) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("kevents: invalid config {}: {error}", path.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init_tracing(&config.log);
+            match run(config, RunOptions { kubeconfig }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "kevents stopped with an error"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let token = shutdown::install()?;
+        app::run(config, options, token).await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Args::command().debug_assert();
+    }
+}

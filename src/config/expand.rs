@@ -1,0 +1,238 @@
+//! `${VAR}` expansion in configuration values.
+//!
+//! Owns the expansion syntax: `${VAR}` (an unset variable is an error), `${VAR:-default}` (the
+//! default when unset or empty) and `$$` (a literal `$`). It works on YAML string scalars after
+//! parsing, so an expanded value can never inject YAML structure. It never logs a value: expanded
+//! values may be secrets.
+
+use serde_yaml_ng::Value;
+
+/// An expansion failure, naming the configuration key and the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// `${VAR}` names a variable that is not set and has no default.
+    #[error(
+        "{key}: environment variable `{var}` is not set (write `${{{var}:-default}}` to allow that)"
+    )]
+    Unset {
+        /// Dotted path of the configuration key.
+        key: String,
+        /// The variable name.
+        var: String,
+    },
+    /// A `${` without its closing brace, or an empty or invalid variable name.
+    #[error("{key}: malformed variable reference `{text}`")]
+    Malformed {
+        /// Dotted path of the configuration key.
+        key: String,
+        /// The offending text.
+        text: String,
+    },
+}
+
+/// Expands every string scalar in `value` in place. `lookup` returns a variable's value.
+pub fn expand_tree(
+    value: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ExpandError> {
+    expand_at(value, "", lookup)
+}
+
+fn expand_at(
+    value: &mut Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ExpandError> {
+    match value {
+        Value::String(text) => {
+            if !text.contains('$') {
+                return Ok(());
+            }
+            let whole_reference = is_single_reference(text);
+            let expanded = expand_str(text, path, lookup)?;
+            // `port: ${PORT}` should give a number, not the string "9102": re-read a value that was
+            // one whole reference as a YAML scalar (never as a mapping or a sequence).
+            *value = if whole_reference {
+                match serde_yaml_ng::from_str::<Value>(&expanded) {
+                    Ok(
+                        scalar @ (Value::Number(_)
+                        | Value::Bool(_)
+                        | Value::String(_)
+                        | Value::Null),
+                    ) if !expanded.trim().is_empty() => scalar,
+                    _ => Value::String(expanded),
+                }
+            } else {
+                Value::String(expanded)
+            };
+            Ok(())
+        }
+        Value::Sequence(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                expand_at(item, &format!("{path}[{index}]"), lookup)?;
+            }
+            Ok(())
+        }
+        Value::Mapping(map) => {
+            for (key, item) in map.iter_mut() {
+                let key = match key {
+                    Value::String(key) => key.clone(),
+                    other => serde_yaml_ng::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                };
+                let child = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                expand_at(item, &child, lookup)?;
+            }
+            Ok(())
+        }
+        Value::Tagged(tagged) => expand_at(&mut tagged.value, path, lookup),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+fn is_single_reference(text: &str) -> bool {
+    text.starts_with("${") && text.ends_with('}') && text[2..].find('}') == Some(text.len() - 3)
+}
+
+/// Expands one string. `key` names the configuration key in errors.
+pub fn expand_str(
+    text: &str,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let malformed = || ExpandError::Malformed {
+                key: key.to_owned(),
+                text: rest.chars().take(40).collect(),
+            };
+            let close = body.find('}').ok_or_else(malformed)?;
+            let inner = &body[..close];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            if !is_var_name(name) {
+                return Err(malformed());
+            }
+            match (
+                lookup(name).filter(|v| !(default.is_some() && v.is_empty())),
+                default,
+            ) {
+                (Some(found), _) => out.push_str(&found),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(ExpandError::Unset {
+                        key: key.to_owned(),
+                        var: name.to_owned(),
+                    });
+                }
+            }
+            rest = &body[close + 1..];
+        } else {
+            // A lone `$` (for example in a regular expression) stays as written.
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "CLUSTER" => Some("aks-prod".into()),
+            "EMPTY" => Some(String::new()),
+            "PORT" => Some("9102".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn set_variables_are_substituted_inside_text() {
+        assert_eq!(
+            expand_str("c-${CLUSTER}-x", "k", &env).unwrap(),
+            "c-aks-prod-x"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_is_an_error_naming_key_and_variable() {
+        let err = expand_str("${NOPE}", "cluster.name", &env).unwrap_err();
+        assert_eq!(
+            err,
+            ExpandError::Unset {
+                key: "cluster.name".into(),
+                var: "NOPE".into()
+            }
+        );
+        assert!(err.to_string().contains("cluster.name"));
+        assert!(err.to_string().contains("NOPE"));
+    }
+
+    #[test]
+    fn defaults_apply_when_unset_or_empty() {
+        assert_eq!(expand_str("${NOPE:-eu}", "k", &env).unwrap(), "eu");
+        assert_eq!(expand_str("${EMPTY:-x}", "k", &env).unwrap(), "x");
+        assert_eq!(expand_str("${NOPE:-}", "k", &env).unwrap(), "");
+    }
+
+    #[test]
+    fn double_dollar_is_a_literal_dollar_and_lone_dollar_stays() {
+        assert_eq!(
+            expand_str("a$${CLUSTER}", "k", &env).unwrap(),
+            "a${CLUSTER}"
+        );
+        assert_eq!(expand_str("^a$", "k", &env).unwrap(), "^a$");
+    }
+
+    #[test]
+    fn malformed_references_are_errors() {
+        assert!(matches!(
+            expand_str("${CLUSTER", "k", &env),
+            Err(ExpandError::Malformed { .. })
+        ));
+        assert!(matches!(
+            expand_str("${1X}", "k", &env),
+            Err(ExpandError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_whole_reference_is_reread_as_a_scalar_and_errors_carry_the_path() {
+        let mut tree: Value = serde_yaml_ng::from_str(
+            "admin:\n  port: ${PORT}\n  name: x-${PORT}\nlist: [\"${NOPE}\"]",
+        )
+        .unwrap();
+        let err = expand_tree(&mut tree, &env).unwrap_err();
+        assert!(err.to_string().starts_with("list[0]:"), "{err}");
+        let mut tree: Value =
+            serde_yaml_ng::from_str("admin:\n  port: ${PORT}\n  name: x-${PORT}").unwrap();
+        expand_tree(&mut tree, &env).unwrap();
+        assert_eq!(tree["admin"]["port"], Value::Number(9102.into()));
+        assert_eq!(tree["admin"]["name"], Value::String("x-9102".into()));
+    }
+}

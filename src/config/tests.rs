@@ -1,0 +1,158 @@
+use std::time::Duration;
+
+use super::*;
+
+fn env_with(vars: &'static [(&'static str, &'static str)]) -> Environment<'static> {
+    Environment {
+        var: Box::leak(Box::new(move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })),
+        pod_namespace: &|| None,
+        identity_suffix: "x7k2q".to_owned(),
+    }
+}
+
+const MINIMAL: &str = "cluster:\n  name: aks-1\n";
+
+#[test]
+fn a_minimal_config_gets_every_default() {
+    let config = Config::parse(MINIMAL, &env_with(&[("POD_NAME", "kevents-abc")])).unwrap();
+    assert_eq!(config.cluster.name, "aks-1");
+    assert_eq!(config.leader.lease_name, "kevents");
+    assert_eq!(config.leader.identity, "kevents-abc-x7k2q");
+    assert_eq!(config.leader.lease_duration, Duration::from_secs(15));
+    assert_eq!(config.leader.renew_deadline, Duration::from_secs(10));
+    assert_eq!(config.leader.retry_period, Duration::from_secs(2));
+    assert_eq!(config.admin.listen.to_string(), "0.0.0.0:9102");
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert_eq!(config.shutdown_grace_period, Duration::from_secs(25));
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let text = include_str!("../../examples/kevents.yaml");
+    let config = Config::parse(
+        text,
+        &env_with(&[
+            ("CLUSTER", "aks-prod"),
+            ("REGION", "westeurope"),
+            ("ENVIRONMENT", "prod"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.cluster.region, "westeurope");
+}
+
+#[test]
+fn a_misspelt_key_is_rejected_naming_the_key() {
+    let err = Config::parse(
+        "cluster:\n  name: a\nleader:\n  lease_duraton: 15s\n",
+        &env_with(&[]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("leader.lease_duraton: unknown field"),
+        "{text}"
+    );
+    assert!(text.contains("lease_duraton"), "{text}");
+    let err = Config::parse("clustr:\n  name: a\n", &env_with(&[])).unwrap_err();
+    assert!(err.to_string().contains("clustr"), "{err}");
+}
+
+#[test]
+fn an_unset_variable_is_rejected_naming_key_and_variable() {
+    let err = Config::parse("cluster:\n  name: ${CLUSTER}\n", &env_with(&[])).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cluster.name"), "{text}");
+    assert!(text.contains("CLUSTER"), "{text}");
+    let ok = Config::parse("cluster:\n  name: ${CLUSTER:-dev}\n", &env_with(&[])).unwrap();
+    assert_eq!(ok.cluster.name, "dev");
+}
+
+#[test]
+fn lease_timings_must_be_ordered_like_client_go() {
+    let bad = [
+        (
+            "lease_duration: 10s\n  renew_deadline: 10s",
+            "leader.renew_deadline",
+        ),
+        (
+            "renew_deadline: 2s\n  retry_period: 2s",
+            "leader.retry_period",
+        ),
+        ("lease_duration: 1500ms", "leader.lease_duration"),
+        ("retry_period: soon", "leader.retry_period"),
+    ];
+    for (leader, key) in bad {
+        let text = format!("{MINIMAL}leader:\n  {leader}\n");
+        let err = Config::parse(&text, &env_with(&[])).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{leader}: {err}");
+    }
+    let ok = format!(
+        "{MINIMAL}leader:\n  lease_duration: 4s\n  renew_deadline: 3s\n  retry_period: 1s\n"
+    );
+    Config::parse(&ok, &env_with(&[])).unwrap();
+}
+
+#[test]
+fn sections_of_later_releases_are_rejected_not_ignored() {
+    let err = Config::parse(&format!("{MINIMAL}sink:\n  type: adx\n"), &env_with(&[])).unwrap_err();
+    assert!(err.to_string().contains("sink"), "{err}");
+    assert!(err.to_string().contains("not implemented yet"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        ("admin:\n  listen: nowhere", "admin.listen"),
+        ("log:\n  format: xml", "log.format"),
+        ("log:\n  level: 'kevents=[bad'", "log.level"),
+        ("leader:\n  lease_name: Not_Valid", "leader.lease_name"),
+        (
+            "shutdown:\n  grace_period: forever",
+            "shutdown.grace_period",
+        ),
+        ("admin:\n  listen: [1, 2]", "admin.listen"),
+    ];
+    for (body, key) in cases {
+        let err = Config::parse(&format!("{MINIMAL}{body}\n"), &env_with(&[])).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{body}: {err}");
+    }
+    let err = Config::parse("admin: [", &env_with(&[])).unwrap_err();
+    assert!(matches!(err, Error::Yaml(_)), "{err}");
+    let err = Config::parse("log:\n  level: info\n", &env_with(&[])).unwrap_err();
+    assert!(err.to_string().starts_with("cluster.name"), "{err}");
+}
+
+#[test]
+fn the_lease_namespace_defaults_to_the_pods_own() {
+    let env = Environment {
+        pod_namespace: &|| Some("observability".to_owned()),
+        ..env_with(&[])
+    };
+    let config = Config::parse(MINIMAL, &env).unwrap();
+    assert_eq!(
+        config.leader.lease_namespace.as_deref(),
+        Some("observability")
+    );
+    let config = Config::parse(MINIMAL, &env_with(&[("POD_NAMESPACE", "kube-system")])).unwrap();
+    assert_eq!(
+        config.leader.lease_namespace.as_deref(),
+        Some("kube-system")
+    );
+}
+
+#[test]
+fn the_effective_config_round_trips_through_the_parser() {
+    let config = Config::parse(
+        "cluster:\n  name: a\n  region: r\nleader:\n  identity: me\n  lease_duration: 20s\n",
+        &env_with(&[]),
+    )
+    .unwrap();
+    let printed = config.to_redacted_yaml();
+    let again = Config::parse(&printed, &env_with(&[])).unwrap();
+    assert_eq!(config, again, "{printed}");
+}

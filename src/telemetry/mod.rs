@@ -1,0 +1,33 @@
+//! Logs, metrics and the status board: the one place that names metrics and sets up tracing.
+//!
+//! Owns the tracing subscriber, the Prometheus registry with every `kevents_` metric, and the
+//! status/readiness board that `/status` and `/readyz` read. It never decides anything about the
+//! pipeline; components report into it.
+
+mod metrics;
+mod status;
+
+pub use metrics::Metrics;
+pub use status::StatusBoard;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber (stderr). Call once, from `main`.
+pub fn init_tracing(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    // A second call (tests) keeps the first subscriber.
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}

@@ -1,0 +1,194 @@
+//! The `kevents` command line as a user meets it: `--version`, `check-config` exit codes and
+//! messages, and `run` serving its admin endpoints until SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const KEVENTS: &str = env!("CARGO_BIN_EXE_kevents");
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check_config(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(KEVENTS);
+    command
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env_remove("CLUSTER")
+        .env_remove("REGION")
+        .env_remove("ENVIRONMENT");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = Command::new(KEVENTS).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("kevents {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_config_accepts_the_example_and_prints_the_effective_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kevents.yaml");
+    let out = check_config(
+        &example,
+        &[
+            ("CLUSTER", "aks-prod"),
+            ("REGION", "westeurope"),
+            ("POD_NAME", "kevents-0"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("name: aks-prod"), "{stdout}");
+    assert!(stdout.contains("region: westeurope"), "{stdout}");
+    assert!(stdout.contains("lease_duration: 15s"), "{stdout}");
+    assert!(stdout.contains("identity: kevents-0-"), "{stdout}");
+}
+
+#[test]
+fn check_config_rejects_a_misspelt_key_with_exit_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.yaml",
+        "cluster:\n  name: a\nadmin:\n  lisen: 0.0.0.0:1\n",
+    );
+    let out = check_config(&path, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("admin.lisen"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn check_config_rejects_an_unset_variable_with_exit_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "env.yaml",
+        "cluster:\n  name: ${KEVENTS_TEST_UNSET_CLUSTER}\n",
+    );
+    let out = check_config(&path, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("KEVENTS_TEST_UNSET_CLUSTER"), "{stderr}");
+    assert!(stderr.contains("cluster.name"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_a_missing_file() {
+    let out = check_config(Path::new("/nonexistent/kevents.yaml"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kevents.yaml"));
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn run_serves_admin_endpoints_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n    namespace: default\ncurrent-context: c\nusers:\n- name: u\n  user: {}\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = write(
+        dir.path(),
+        "kevents.yaml",
+        &format!(
+            "cluster:\n  name: test\nadmin:\n  listen: {addr}\nshutdown:\n  grace_period: 5s\n"
+        ),
+    );
+    let mut child = Command::new(KEVENTS)
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let livez = loop {
+        if let Some(answer) = http_get(&addr, "/livez") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin server never answered on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(livez.0, 200);
+    let (code, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("kevents_build_info{version=\""),
+        "{metrics}"
+    );
+    let (code, status) = http_get(&addr, "/status").unwrap();
+    assert_eq!(code, 200);
+    assert!(status.contains("\"version\""), "{status}");
+    assert_eq!(http_get(&addr, "/readyz").unwrap().0, 200);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kevents did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

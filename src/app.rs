@@ -1,24 +1,41 @@
-//! Wires the process together: telemetry, the admin server, the Kubernetes client, and (from the
-//! leader election release on) the leader-only pipeline; then waits for shutdown.
+//! Wires the process together: the admin server, the Kubernetes client, the leader elector, and
+//! the leader-only pipeline, which runs under a child cancellation token from gaining the lease to
+//! losing it; then the graceful shutdown: stop the pipeline, wait for it (bounded), release the
+//! lease.
 //!
-//! Owns task lifetimes and the graceful-shutdown budget. It holds no pipeline logic of its own.
+//! Owns task lifetimes and the shutdown budget. It holds no pipeline logic of its own and never
+//! writes anything that is not fenced by the current leadership.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderName, HeaderValue};
-use tokio::net::TcpListener;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, api::WatchParams};
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, AdminState},
     config::Config,
+    diagnostics,
+    leader::{Elector, Fence, LeadershipWatch},
     telemetry::{Metrics, StatusBoard},
 };
 
 /// Header carrying this replica's identity on every Kubernetes API request, so API server audit
 /// logs (and the test emulator's per-client fault injection) can tell replicas apart.
 pub const CLIENT_ID_HEADER: &str = "x-client-id";
+
+/// Share of the grace period given to the pipeline to stop; the rest is for releasing the lease.
+const PIPELINE_SHARE_OF_GRACE: f64 = 0.6;
+/// Server-side timeout of the follower's watch on the Lease.
+const LEASE_WATCH_TIMEOUT_SECS: u32 = 120;
 
 /// Options given on the command line rather than in the config file.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +44,7 @@ pub struct RunOptions {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Runs kevents until SIGTERM/SIGINT (or `shutdown` is cancelled).
+/// Runs kevents until `shutdown` is cancelled (SIGTERM/SIGINT).
 ///
 /// # Errors
 /// Fails if the admin listener cannot be bound, the Kubernetes client cannot be configured, or the
@@ -40,9 +57,15 @@ pub async fn run(
     let metrics = Metrics::new().context("registering metrics")?;
     let board = Arc::new(StatusBoard::new());
     let client = kube_client(&config, options.kubeconfig.as_deref()).await?;
+    let namespace = config
+        .leader
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
     tracing::info!(
-        identity = %config.leader.identity,
-        api = %client.default_namespace(),
+        holder = %config.leader.identity,
+        namespace = %namespace,
+        lease = %config.leader.lease_name,
         "Kubernetes client configured"
     );
 
@@ -60,34 +83,162 @@ pub async fn run(
         admin_stop.clone(),
     ));
 
-    board.publish(
-        "leader",
-        serde_json::json!({ "role": "follower", "identity": config.leader.identity }),
-    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let elector = Elector::new(leases.clone(), config.leader.clone())
+        .with_telemetry(metrics.clone(), Arc::clone(&board));
+    let leadership = elector.subscribe();
+    let lease_watch_stop = CancellationToken::new();
+    let lease_watch = tokio::spawn(watch_lease(
+        leases,
+        config.leader.lease_name.clone(),
+        elector.waker(),
+        config.leader.retry_period,
+        lease_watch_stop.clone(),
+    ));
+    let elector_stop = CancellationToken::new();
+    let elector_task = tokio::spawn(elector.run(elector_stop.clone()));
 
-    shutdown.cancelled().await;
     let grace = config.shutdown_grace_period;
-    let stopped = tokio::time::timeout(grace, async {
-        admin_stop.cancel();
-        admin_task.await
+    supervise(
+        &config,
+        leadership,
+        &shutdown,
+        grace.mul_f64(PIPELINE_SHARE_OF_GRACE),
+    )
+    .await;
+
+    // The pipeline has stopped: now the lease may go.
+    let released = tokio::time::timeout(grace.mul_f64(1.0 - PIPELINE_SHARE_OF_GRACE), async {
+        elector_stop.cancel();
+        lease_watch_stop.cancel();
+        let _ = lease_watch.await;
+        match elector_task.await {
+            Ok(mut elector) => elector.release().await,
+            Err(_) => false,
+        }
     })
     .await;
-    match stopped {
-        Ok(Ok(Ok(()))) => {
-            tracing::info!("Shut down cleanly");
-            Ok(())
+    if released.is_err() {
+        tracing::warn!("Releasing the lease timed out; followers take over when it expires");
+    }
+    admin_stop.cancel();
+    match tokio::time::timeout(Duration::from_secs(2), admin_task).await {
+        Ok(Ok(Err(error))) => return Err(error).context("admin server failed"),
+        Ok(Err(join)) => return Err(join).context("admin server task failed"),
+        Ok(Ok(Ok(()))) | Err(_) => {}
+    }
+    tracing::info!("Shut down");
+    Ok(())
+}
+
+/// Starts the pipeline whenever this replica gains the lease and stops it when it loses it, until
+/// `shutdown`; then stops a running pipeline within `stop_budget`.
+async fn supervise(
+    config: &Config,
+    mut leadership: LeadershipWatch,
+    shutdown: &CancellationToken,
+    stop_budget: Duration,
+) {
+    let mut running: Option<(i64, CancellationToken, JoinHandle<()>)> = None;
+    loop {
+        let current = leadership.borrow_and_update().clone();
+        match (&current, &running) {
+            (Some(lead), None) => {
+                running = Some(start_pipeline(config, &leadership, lead.epoch));
+            }
+            (Some(lead), Some((epoch, _, _))) if *epoch != lead.epoch => {
+                stop_pipeline(running.take(), stop_budget).await;
+                running = Some(start_pipeline(config, &leadership, lead.epoch));
+            }
+            (None, Some(_)) => stop_pipeline(running.take(), stop_budget).await,
+            _ => {}
         }
-        Ok(Ok(Err(error))) => Err(error).context("admin server failed"),
-        Ok(Err(join)) => Err(join).context("admin server task failed"),
-        Err(_) => anyhow::bail!("graceful shutdown did not finish within {grace:?}"),
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = leadership.changed() => if changed.is_err() { break },
+        }
+    }
+    stop_pipeline(running.take(), stop_budget).await;
+}
+
+fn start_pipeline(
+    config: &Config,
+    leadership: &LeadershipWatch,
+    epoch: i64,
+) -> (i64, CancellationToken, JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let fence = Fence::new(leadership.clone(), epoch);
+    tracing::info!(epoch, "Starting the leader pipeline");
+    let stop = token.clone();
+    let fence_log = config.diagnostics.fence_log.clone();
+    let interval = config.diagnostics.fence_log_interval;
+    let identity = config.leader.identity.clone();
+    let task = tokio::spawn(async move {
+        if let Some(path) = fence_log
+            && let Err(error) =
+                diagnostics::fence_log(path, interval, identity, fence, stop.clone()).await
+        {
+            tracing::error!(%error, "Fence log failed");
+        }
+        stop.cancelled().await;
+    });
+    (epoch, token, task)
+}
+
+async fn stop_pipeline(
+    running: Option<(i64, CancellationToken, JoinHandle<()>)>,
+    budget: Duration,
+) {
+    let Some((epoch, token, task)) = running else {
+        return;
+    };
+    token.cancel();
+    if tokio::time::timeout(budget, task).await.is_ok() {
+        tracing::info!(epoch, "Leader pipeline stopped");
+    } else {
+        tracing::error!(epoch, ?budget, "Leader pipeline did not stop in time");
+    }
+}
+
+/// Watches the Lease and wakes the elector on every change, so a follower observes a renewal or
+/// a release at once instead of at its next poll. Best effort: errors only delay the wake-ups.
+async fn watch_lease(
+    leases: Api<Lease>,
+    name: String,
+    wake: Arc<Notify>,
+    retry: Duration,
+    stop: CancellationToken,
+) {
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(LEASE_WATCH_TIMEOUT_SECS);
+    loop {
+        let session = async {
+            let stream = leases.watch(&params, "0").await?;
+            let mut stream = stream.boxed();
+            while let Some(_event) = stream.try_next().await? {
+                wake.notify_one();
+            }
+            Ok::<(), kube::Error>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = session => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "Lease watch ended; polling continues");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                }
+            }
+        }
     }
 }
 
 /// Builds the Kubernetes client: an explicit kubeconfig, else in-cluster config or `KUBECONFIG`.
-async fn kube_client(
-    config: &Config,
-    kubeconfig: Option<&std::path::Path>,
-) -> anyhow::Result<kube::Client> {
+/// The client's own retries are off: the elector and the source retry on their own schedule.
+async fn kube_client(config: &Config, kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     let path = kubeconfig.or(config.kubernetes.kubeconfig.as_deref());
     let mut client_config = match path {
         Some(path) => {
@@ -106,5 +257,7 @@ async fn kube_client(
     client_config
         .headers
         .push((HeaderName::from_static(CLIENT_ID_HEADER), identity));
+    client_config.default_retry = false;
+    client_config.connect_timeout = Some(config.leader.retry_period.max(Duration::from_secs(1)));
     kube::Client::try_from(client_config).context("building the Kubernetes client")
 }

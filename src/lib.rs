@@ -4,13 +4,15 @@
 //! watches Events, captures each event version exactly once into a durable store on a shared
 //! volume, and ships it to a sink (Azure Data Explorer, a file, stdout). See `DESIGN.md`.
 //!
-//! The library holds the product (`config`, `admin`, `telemetry`, `shutdown`, `app`) and the
-//! emulators that tests, drills, benchmarks and the demo use (`emulator`). The product never
-//! depends on the emulators.
+//! The library holds the product (`config`, `leader`, `admin`, `telemetry`, `shutdown`, `app`)
+//! and the emulators that tests, drills, benchmarks and the demo use (`emulator`). The product
+//! never depends on the emulators.
 
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod diagnostics;
 pub mod emulator;
+pub mod leader;
 pub mod shutdown;
 pub mod telemetry;

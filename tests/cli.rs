@@ -1,7 +1,12 @@
 //! The `kevents` command line as a user meets it: `--version`, `check-config` exit codes and
 //! messages, and `run` serving its admin endpoints until SIGTERM.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::{
     io::{Read as _, Write as _},

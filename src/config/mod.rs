@@ -129,6 +129,16 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Drill aids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagnosticsConfig {
+    /// While its lease is current, the leader appends `<unix_ms> <identity> <epoch>` lines to this
+    /// file (fenced exactly like every other side effect); drills read it to prove the fence.
+    pub fence_log: Option<PathBuf>,
+    /// How often a fence-log line is written.
+    pub fence_log_interval: Duration,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -144,6 +154,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Time allowed for a graceful shutdown after SIGTERM/SIGINT.
     pub shutdown_grace_period: Duration,
+    /// Drill aids.
+    pub diagnostics: DiagnosticsConfig,
 }
 
 /// Where configuration values not in the file come from: the environment and the pod's files.
@@ -223,6 +235,7 @@ impl Config {
             admin,
             log,
             shutdown_grace_period,
+            diagnostics,
         } = self;
         let mut root = Mapping::new();
         root.insert(
@@ -290,6 +303,22 @@ impl Config {
                 "grace_period",
                 format_duration(*shutdown_grace_period).into(),
             )]),
+        );
+        root.insert(
+            "diagnostics".into(),
+            map([
+                (
+                    "fence_log",
+                    diagnostics
+                        .fence_log
+                        .as_ref()
+                        .map_or(Value::Null, |p| p.display().to_string().into()),
+                ),
+                (
+                    "fence_log_interval",
+                    format_duration(diagnostics.fence_log_interval).into(),
+                ),
+            ]),
         );
         serde_yaml_ng::to_string(&Value::Mapping(root)).unwrap_or_default()
     }

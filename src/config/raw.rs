@@ -9,8 +9,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use super::{
-    AdminConfig, ClusterTags, Config, Environment, Error, KubernetesConfig, LeaderConfig,
-    LogConfig, LogFormat, Result, duration_field,
+    AdminConfig, ClusterTags, Config, DiagnosticsConfig, Environment, Error, KubernetesConfig,
+    LeaderConfig, LogConfig, LogFormat, Result, duration_field,
 };
 
 /// Default admin listen address.
@@ -41,6 +41,8 @@ pub struct RawConfig {
     log: RawLog,
     #[serde(default)]
     shutdown: RawShutdown,
+    #[serde(default)]
+    diagnostics: RawDiagnostics,
     // Sections of the pipeline that this release does not run yet.
     source: Option<serde_yaml_ng::Value>,
     store: Option<serde_yaml_ng::Value>,
@@ -89,6 +91,13 @@ struct RawLog {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawDiagnostics {
+    fence_log: Option<PathBuf>,
+    fence_log_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace_period: Option<String>,
 }
@@ -102,6 +111,7 @@ impl RawConfig {
             admin,
             log,
             shutdown,
+            diagnostics,
             source,
             store,
             shipper,
@@ -135,6 +145,23 @@ impl RawConfig {
                 shutdown.grace_period.as_deref(),
                 DEFAULT_SHUTDOWN_GRACE,
             )?,
+            diagnostics: DiagnosticsConfig {
+                fence_log: diagnostics.fence_log,
+                fence_log_interval: {
+                    let interval = duration_field(
+                        "diagnostics.fence_log_interval",
+                        diagnostics.fence_log_interval.as_deref(),
+                        Duration::from_millis(100),
+                    )?;
+                    if interval < Duration::from_millis(1) {
+                        return Err(Error::invalid(
+                            "diagnostics.fence_log_interval",
+                            "must be at least 1ms",
+                        ));
+                    }
+                    interval
+                },
+            },
         })
     }
 }

@@ -15,4 +15,5 @@ pub mod diagnostics;
 pub mod emulator;
 pub mod leader;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;

@@ -1,0 +1,230 @@
+//! The durable store on the shared volume: checkpoint, dedupe set, outbox, in-flight batches and
+//! dead batches, behind one trait so the engine (sled 0.34 today) can be swapped.
+//!
+//! Owns the on-disk layout and the transactional rules of DESIGN.md: a capture appends records,
+//! marks them seen and advances the checkpoint in **one** transaction (never seen before durable);
+//! records leave the outbox only when their batch is acknowledged; every write checks the fence
+//! right before it runs and verifies in the transaction that no newer term has taken the store.
+//! It must never log record contents, and never depend on `kube` or `reqwest`.
+
+mod sled_store;
+
+use std::path::PathBuf;
+
+pub use sled_store::{OpenOptions, Opened, SledStore};
+
+/// Layout version written into new stores; a store with a newer version is quarantined.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What a store write must be fenced by: the current leadership term.
+pub trait Guard: Send + Sync {
+    /// True only while the caller's leadership term is current.
+    fn is_current(&self) -> bool;
+    /// The caller's term.
+    fn epoch(&self) -> i64;
+}
+
+impl Guard for crate::leader::Fence {
+    fn is_current(&self) -> bool {
+        crate::leader::Fence::is_current(self)
+    }
+    fn epoch(&self) -> i64 {
+        crate::leader::Fence::epoch(self)
+    }
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's lease is no longer current: nothing was written.
+    #[error("leadership is no longer current; write refused")]
+    Fenced,
+    /// A newer leadership term has opened the store: nothing was written.
+    #[error(
+        "the store belongs to a newer term {stored} (this replica holds term {ours}); write refused"
+    )]
+    StaleEpoch {
+        /// Term recorded in the store.
+        stored: i64,
+        /// The caller's term.
+        ours: i64,
+    },
+    /// Another process holds the store's file lock.
+    #[error("store {path} is locked by another process")]
+    Locked {
+        /// Store directory.
+        path: PathBuf,
+    },
+    /// The store is unreadable, corrupt or of a newer format and was moved aside.
+    #[error("store {path} was quarantined to {moved_to}: {reason}")]
+    Quarantined {
+        /// Store directory.
+        path: PathBuf,
+        /// Where it was moved.
+        moved_to: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A stored value does not decode.
+    #[error("store value {key} is malformed")]
+    Malformed {
+        /// Which value.
+        key: String,
+    },
+    /// The storage engine failed.
+    #[error("storage engine error")]
+    Engine(#[source] sled::Error),
+    /// A filesystem operation failed.
+    #[error("store I/O on {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `type Result<T> = Result<T, store::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One event version to capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureItem {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+    /// The output record (one JSON object, no newline).
+    pub record: Vec<u8>,
+}
+
+/// What a capture did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureOutcome {
+    /// New records appended to the outbox.
+    pub captured: u64,
+    /// Items dropped because (uid, resourceVersion) was already seen.
+    pub duplicates: u64,
+    /// Bytes appended.
+    pub bytes: u64,
+}
+
+/// Store-wide values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Random id minted when the store was created; part of every batch id.
+    pub store_id: String,
+    /// The resourceVersion to resume watching from.
+    pub checkpoint: Option<String>,
+    /// When the checkpoint last advanced (Unix ms).
+    pub checkpoint_time_ms: Option<i64>,
+    /// The newest leadership term that opened the store.
+    pub epoch: i64,
+    /// Sequence number the next captured record gets.
+    pub next_seq: u64,
+    /// Records in the outbox.
+    pub outbox_events: u64,
+    /// Bytes in the outbox.
+    pub outbox_bytes: u64,
+    /// Records moved to the dead tree.
+    pub dead_events: u64,
+}
+
+/// A record waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The record.
+    pub record: Vec<u8>,
+}
+
+/// A batch recorded before it is sent, so a new leader re-sends it with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchRecord {
+    /// Deterministic id: store id, first and last sequence numbers.
+    pub id: String,
+    /// First sequence number.
+    pub first: u64,
+    /// Last sequence number (inclusive).
+    pub last: u64,
+    /// Number of records.
+    pub events: u64,
+    /// Uncompressed bytes (records plus newlines).
+    pub bytes: u64,
+    /// Term that cut the batch.
+    pub epoch: i64,
+    /// When it was cut (Unix ms).
+    pub created_ms: i64,
+}
+
+impl BatchRecord {
+    /// The deterministic batch id for a range in a store.
+    #[must_use]
+    pub fn id_for(store_id: &str, first: u64, last: u64) -> String {
+        format!("{store_id}-{first:012}-{last:012}")
+    }
+}
+
+/// A batch that the sink rejected for good.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadBatch {
+    /// The batch.
+    pub batch: BatchRecord,
+    /// Why the sink rejected it.
+    pub reason: String,
+    /// When (Unix ms).
+    pub dead_ms: i64,
+    /// The records, newline-delimited.
+    pub payload: String,
+}
+
+/// The store operations the pipeline uses.
+pub trait EventStore: Send + Sync {
+    /// Store-wide values.
+    fn meta(&self) -> Result<Meta>;
+    /// Records that `guard`'s term now owns the store; refuses if a newer term already does.
+    fn begin_term(&self, guard: &dyn Guard) -> Result<()>;
+    /// Appends the items not seen before, marks them seen and (if given) moves the checkpoint, in
+    /// one transaction, then flushes. `now_ms` is the wall-clock time used for pruning.
+    fn capture(
+        &self,
+        items: &[CaptureItem],
+        checkpoint: Option<&str>,
+        now_ms: i64,
+        guard: &dyn Guard,
+    ) -> Result<CaptureOutcome>;
+    /// Up to `max_events` records (and about `max_bytes`) from `from_seq` on, in order.
+    fn outbox_from(
+        &self,
+        from_seq: u64,
+        max_events: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Records a batch as in flight (before it is sent).
+    fn record_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()>;
+    /// Batches recorded but not yet acknowledged, oldest first.
+    fn inflight_batches(&self) -> Result<Vec<BatchRecord>>;
+    /// Deletes a sent batch's records and its in-flight entry (the sink confirmed it).
+    fn ack_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()>;
+    /// Moves a batch the sink rejected for good to the dead tree.
+    fn dead_batch(
+        &self,
+        batch: &BatchRecord,
+        reason: &str,
+        now_ms: i64,
+        guard: &dyn Guard,
+    ) -> Result<()>;
+    /// Dead batches (newest last).
+    fn dead_batches(&self) -> Result<Vec<DeadBatch>>;
+    /// Forgets dedupe entries last seen before `older_than_ms`; returns how many.
+    fn prune_seen(&self, older_than_ms: i64, guard: &dyn Guard) -> Result<u64>;
+    /// Number of dedupe entries.
+    fn seen_len(&self) -> u64;
+    /// Flushes everything to disk.
+    fn flush(&self) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,681 @@
+//! The sled 0.34 implementation of [`EventStore`].
+//!
+//! Trees: `meta` (checkpoint, epoch, counters, schema version, store id), `seen` (uid → last
+//! resourceVersion and time), `seen_time` (time + uid index for pruning), `outbox` (sequence →
+//! record), `batches` (in-flight batches), `dead` (batches the sink rejected for good). Owns the
+//! byte encodings. It must never run a write without the fence check, never flush per event (group
+//! commit: one flush per transaction), and never delete a store it cannot read (quarantine).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use sled::{
+    IVec, Transactional as _,
+    transaction::{ConflictableTransactionError, TransactionError, abort},
+};
+
+use super::{
+    BatchRecord, CaptureItem, CaptureOutcome, DeadBatch, Error, EventStore, Guard, Meta,
+    OutboxEntry, Result, SCHEMA_VERSION,
+};
+
+const K_SCHEMA: &[u8] = b"schema_version";
+const K_STORE_ID: &[u8] = b"store_id";
+const K_CHECKPOINT: &[u8] = b"checkpoint";
+const K_CHECKPOINT_TIME: &[u8] = b"checkpoint_time_ms";
+const K_EPOCH: &[u8] = b"epoch";
+const K_NEXT_SEQ: &[u8] = b"next_seq";
+const K_OUTBOX_EVENTS: &[u8] = b"outbox_events";
+const K_OUTBOX_BYTES: &[u8] = b"outbox_bytes";
+const K_DEAD_EVENTS: &[u8] = b"dead_events";
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The store directory (on the shared volume in production).
+    pub path: PathBuf,
+    /// sled's page cache in bytes (sled's own default is 1 GiB; ours is small on purpose).
+    pub cache_capacity: u64,
+    /// How long to keep retrying while another process holds the file lock.
+    pub lock_timeout: Duration,
+}
+
+/// Why an open attempt failed in a way that quarantining can fix.
+enum OpenFailure {
+    Locked,
+    Unusable(String),
+    Other(Error),
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    seen: sled::Tree,
+    seen_time: sled::Tree,
+    outbox: sled::Tree,
+    batches: sled::Tree,
+    dead: sled::Tree,
+    path: PathBuf,
+    /// Serialises writers inside this process (the fence keeps other processes out).
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of opening: the store, and where a bad store was moved, if one was.
+#[derive(Debug)]
+pub struct Opened {
+    /// The open store.
+    pub store: SledStore,
+    /// Set when the previous store was unreadable and moved aside.
+    pub quarantined: Option<(PathBuf, String)>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store, retrying while another process holds its lock. An
+    /// unreadable, corrupt or newer-format store is moved aside (never deleted) and a fresh one
+    /// is created.
+    pub fn open(options: &OpenOptions) -> Result<Opened> {
+        let deadline = Instant::now() + options.lock_timeout;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match Self::try_open(options) {
+                Ok(store) => {
+                    return Ok(Opened {
+                        store,
+                        quarantined: None,
+                    });
+                }
+                Err(OpenFailure::Locked) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Locked {
+                            path: options.path.clone(),
+                        });
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(OpenFailure::Unusable(reason)) => {
+                    let moved_to = quarantine(&options.path)?;
+                    let store = Self::try_open(options).map_err(|failure| match failure {
+                        OpenFailure::Other(error) => error,
+                        OpenFailure::Locked => Error::Locked {
+                            path: options.path.clone(),
+                        },
+                        OpenFailure::Unusable(reason) => Error::Quarantined {
+                            path: options.path.clone(),
+                            moved_to: moved_to.clone(),
+                            reason,
+                        },
+                    })?;
+                    return Ok(Opened {
+                        store,
+                        quarantined: Some((moved_to, reason)),
+                    });
+                }
+                Err(OpenFailure::Other(error)) => return Err(error),
+            }
+        }
+    }
+
+    fn try_open(options: &OpenOptions) -> std::result::Result<Self, OpenFailure> {
+        std::fs::create_dir_all(&options.path).map_err(|source| {
+            OpenFailure::Other(Error::Io {
+                path: options.path.clone(),
+                source,
+            })
+        })?;
+        let db = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(classify_open_error)?;
+        let tree = |name: &str| db.open_tree(name).map_err(classify_open_error);
+        let store = Self {
+            meta: tree("meta")?,
+            seen: tree("seen")?,
+            seen_time: tree("seen_time")?,
+            outbox: tree("outbox")?,
+            batches: tree("batches")?,
+            dead: tree("dead")?,
+            db,
+            path: options.path.clone(),
+            write_lock: Mutex::new(()),
+        };
+        store.initialise()?;
+        Ok(store)
+    }
+
+    /// Writes the schema version and store id into a new store; checks them in an old one.
+    fn initialise(&self) -> std::result::Result<(), OpenFailure> {
+        let engine = |e: sled::Error| OpenFailure::Other(Error::Engine(e));
+        match self.meta.get(K_SCHEMA).map_err(classify_open_error)? {
+            Some(raw) => {
+                let version = decode_u32(&raw).ok_or_else(|| {
+                    OpenFailure::Unusable("schema version is malformed".to_owned())
+                })?;
+                if version > SCHEMA_VERSION {
+                    return Err(OpenFailure::Unusable(format!(
+                        "store format {version} is newer than this release supports ({SCHEMA_VERSION})"
+                    )));
+                }
+                if self.meta.get(K_STORE_ID).map_err(engine)?.is_none() {
+                    return Err(OpenFailure::Unusable("store id is missing".to_owned()));
+                }
+            }
+            None => {
+                if !self.outbox.is_empty() || !self.seen.is_empty() {
+                    return Err(OpenFailure::Unusable(
+                        "data present but no schema version".to_owned(),
+                    ));
+                }
+                self.meta
+                    .insert(K_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(engine)?;
+                self.meta
+                    .insert(K_STORE_ID, new_store_id().as_bytes())
+                    .map_err(engine)?;
+                self.db.flush().map_err(engine)?;
+            }
+        }
+        // Read everything once, so a damaged value is found now rather than mid-pipeline.
+        self.meta_now()
+            .map_err(|e| OpenFailure::Unusable(format!("metadata unreadable: {e}")))?;
+        Ok(())
+    }
+
+    /// The store directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta_now(&self) -> Result<Meta> {
+        let get = |key: &[u8]| self.meta.get(key).map_err(Error::Engine);
+        let u64_of = |key: &[u8]| -> Result<u64> {
+            get(key)?.map_or(Ok(0), |raw| decode_u64(&raw).ok_or_else(|| malformed(key)))
+        };
+        let string_of = |key: &[u8]| -> Result<Option<String>> {
+            get(key)?
+                .map(|raw| String::from_utf8(raw.to_vec()).map_err(|_| malformed(key)))
+                .transpose()
+        };
+        Ok(Meta {
+            store_id: string_of(K_STORE_ID)?.unwrap_or_default(),
+            checkpoint: string_of(K_CHECKPOINT)?,
+            checkpoint_time_ms: get(K_CHECKPOINT_TIME)?
+                .map(|raw| decode_i64(&raw).ok_or_else(|| malformed(K_CHECKPOINT_TIME)))
+                .transpose()?,
+            epoch: get(K_EPOCH)?.map_or(Ok(-1), |raw| {
+                decode_i64(&raw).ok_or_else(|| malformed(K_EPOCH))
+            })?,
+            next_seq: u64_of(K_NEXT_SEQ)?,
+            outbox_events: u64_of(K_OUTBOX_EVENTS)?,
+            outbox_bytes: u64_of(K_OUTBOX_BYTES)?,
+            dead_events: u64_of(K_DEAD_EVENTS)?,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Overwrites the stored schema version (tests of the quarantine path).
+    #[cfg(test)]
+    pub(crate) fn set_schema_version_for_test(&self, version: u32) -> Result<()> {
+        self.meta
+            .insert(K_SCHEMA, &version.to_be_bytes())
+            .map_err(Error::Engine)?;
+        self.flush_now()
+    }
+
+    fn flush_now(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(Error::Engine)
+    }
+}
+
+/// Checks the fence and the stored epoch inside a transaction.
+fn check_epoch(
+    meta: &sled::transaction::TransactionalTree,
+    guard: &dyn Guard,
+) -> std::result::Result<(), ConflictableTransactionError<Error>> {
+    let stored = match meta.get(K_EPOCH)? {
+        Some(raw) => decode_i64(&raw)
+            .ok_or_else(|| ConflictableTransactionError::Abort(malformed(K_EPOCH)))?,
+        None => -1,
+    };
+    if stored != guard.epoch() {
+        return abort(Error::StaleEpoch {
+            stored,
+            ours: guard.epoch(),
+        });
+    }
+    Ok(())
+}
+
+fn tx_u64(
+    tree: &sled::transaction::TransactionalTree,
+    key: &[u8],
+) -> std::result::Result<u64, ConflictableTransactionError<Error>> {
+    match tree.get(key)? {
+        Some(raw) => {
+            decode_u64(&raw).ok_or_else(|| ConflictableTransactionError::Abort(malformed(key)))
+        }
+        None => Ok(0),
+    }
+}
+
+fn tx_result<T>(result: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => Error::Engine(error),
+    })
+}
+
+impl EventStore for SledStore {
+    fn meta(&self) -> Result<Meta> {
+        self.meta_now()
+    }
+
+    fn begin_term(&self, guard: &dyn Guard) -> Result<()> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        let ours = guard.epoch();
+        tx_result(self.meta.transaction(|meta| {
+            let stored = match meta.get(K_EPOCH)? {
+                Some(raw) => decode_i64(&raw)
+                    .ok_or_else(|| ConflictableTransactionError::Abort(malformed(K_EPOCH)))?,
+                None => -1,
+            };
+            if stored > ours {
+                return abort(Error::StaleEpoch { stored, ours });
+            }
+            meta.insert(K_EPOCH, &ours.to_be_bytes())?;
+            Ok(())
+        }))?;
+        self.flush_now()
+    }
+
+    fn capture(
+        &self,
+        items: &[CaptureItem],
+        checkpoint: Option<&str>,
+        now_ms: i64,
+        guard: &dyn Guard,
+    ) -> Result<CaptureOutcome> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        let outcome = tx_result(
+            (&self.meta, &self.seen, &self.seen_time, &self.outbox).transaction(
+                |(meta, seen, seen_time, outbox)| {
+                    check_epoch(meta, guard)?;
+                    let mut outcome = CaptureOutcome::default();
+                    let mut next_seq = tx_u64(meta, K_NEXT_SEQ)?;
+                    for item in items {
+                        let previous = seen.get(item.uid.as_bytes())?;
+                        if let Some(previous) = &previous
+                            && let Some((prev_ms, prev_rv)) = decode_seen(previous)
+                        {
+                            if is_same_or_older(&item.resource_version, prev_rv) {
+                                outcome.duplicates += 1;
+                                continue;
+                            }
+                            seen_time.remove(seen_time_key(prev_ms, &item.uid))?;
+                        }
+                        outbox.insert(&next_seq.to_be_bytes(), item.record.as_slice())?;
+                        next_seq += 1;
+                        seen.insert(
+                            item.uid.as_bytes(),
+                            encode_seen(now_ms, &item.resource_version),
+                        )?;
+                        seen_time.insert(seen_time_key(now_ms, &item.uid), &[])?;
+                        outcome.captured += 1;
+                        outcome.bytes += item.record.len() as u64;
+                    }
+                    if outcome.captured > 0 {
+                        meta.insert(K_NEXT_SEQ, &next_seq.to_be_bytes())?;
+                        let events = tx_u64(meta, K_OUTBOX_EVENTS)? + outcome.captured;
+                        let bytes = tx_u64(meta, K_OUTBOX_BYTES)? + outcome.bytes;
+                        meta.insert(K_OUTBOX_EVENTS, &events.to_be_bytes())?;
+                        meta.insert(K_OUTBOX_BYTES, &bytes.to_be_bytes())?;
+                    }
+                    if let Some(rv) = checkpoint {
+                        meta.insert(K_CHECKPOINT, rv.as_bytes())?;
+                        meta.insert(K_CHECKPOINT_TIME, &now_ms.to_be_bytes())?;
+                    }
+                    Ok(outcome)
+                },
+            ),
+        )?;
+        self.flush_now()?;
+        Ok(outcome)
+    }
+
+    fn outbox_from(
+        &self,
+        from_seq: u64,
+        max_events: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for entry in self.outbox.range(from_seq.to_be_bytes()..) {
+            let (key, value) = entry.map_err(Error::Engine)?;
+            let seq = decode_u64(&key).ok_or_else(|| malformed(b"outbox key"))?;
+            let size = value.len() as u64 + 1;
+            if !out.is_empty() && (out.len() >= max_events || bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            out.push(OutboxEntry {
+                seq,
+                record: value.to_vec(),
+            });
+            if out.len() >= max_events {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn record_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        let encoded = serde_json::to_vec(batch).map_err(|_| malformed(b"batch"))?;
+        tx_result((&self.meta, &self.batches).transaction(|(meta, batches)| {
+            check_epoch(meta, guard)?;
+            batches.insert(&batch.first.to_be_bytes(), encoded.as_slice())?;
+            Ok(())
+        }))?;
+        self.flush_now()
+    }
+
+    fn inflight_batches(&self) -> Result<Vec<BatchRecord>> {
+        self.batches
+            .iter()
+            .map(|entry| {
+                let (_, value) = entry.map_err(Error::Engine)?;
+                serde_json::from_slice(&value).map_err(|_| malformed(b"batch"))
+            })
+            .collect()
+    }
+
+    fn ack_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        tx_result((&self.meta, &self.outbox, &self.batches).transaction(
+            |(meta, outbox, batches)| {
+                check_epoch(meta, guard)?;
+                let (removed, bytes) = remove_range(outbox, batch.first, batch.last)?;
+                batches.remove(&batch.first.to_be_bytes())?;
+                let events = tx_u64(meta, K_OUTBOX_EVENTS)?.saturating_sub(removed);
+                let total = tx_u64(meta, K_OUTBOX_BYTES)?.saturating_sub(bytes);
+                meta.insert(K_OUTBOX_EVENTS, &events.to_be_bytes())?;
+                meta.insert(K_OUTBOX_BYTES, &total.to_be_bytes())?;
+                Ok(())
+            },
+        ))?;
+        self.flush_now()
+    }
+
+    fn dead_batch(
+        &self,
+        batch: &BatchRecord,
+        reason: &str,
+        now_ms: i64,
+        guard: &dyn Guard,
+    ) -> Result<()> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        let mut payload = String::new();
+        for entry in self
+            .outbox
+            .range(batch.first.to_be_bytes()..=batch.last.to_be_bytes())
+        {
+            let (_, value) = entry.map_err(Error::Engine)?;
+            payload.push_str(&String::from_utf8_lossy(&value));
+            payload.push('\n');
+        }
+        let dead = DeadBatch {
+            batch: batch.clone(),
+            reason: reason.to_owned(),
+            dead_ms: now_ms,
+            payload,
+        };
+        let encoded = serde_json::to_vec(&dead).map_err(|_| malformed(b"dead batch"))?;
+        tx_result(
+            (&self.meta, &self.outbox, &self.batches, &self.dead).transaction(
+                |(meta, outbox, batches, dead_tree)| {
+                    check_epoch(meta, guard)?;
+                    let (removed, bytes) = remove_range(outbox, batch.first, batch.last)?;
+                    batches.remove(&batch.first.to_be_bytes())?;
+                    dead_tree.insert(&batch.first.to_be_bytes(), encoded.as_slice())?;
+                    let events = tx_u64(meta, K_OUTBOX_EVENTS)?.saturating_sub(removed);
+                    let total = tx_u64(meta, K_OUTBOX_BYTES)?.saturating_sub(bytes);
+                    let dead_events = tx_u64(meta, K_DEAD_EVENTS)? + removed;
+                    meta.insert(K_OUTBOX_EVENTS, &events.to_be_bytes())?;
+                    meta.insert(K_OUTBOX_BYTES, &total.to_be_bytes())?;
+                    meta.insert(K_DEAD_EVENTS, &dead_events.to_be_bytes())?;
+                    Ok(())
+                },
+            ),
+        )?;
+        self.flush_now()
+    }
+
+    fn dead_batches(&self) -> Result<Vec<DeadBatch>> {
+        self.dead
+            .iter()
+            .map(|entry| {
+                let (_, value) = entry.map_err(Error::Engine)?;
+                serde_json::from_slice(&value).map_err(|_| malformed(b"dead batch"))
+            })
+            .collect()
+    }
+
+    fn prune_seen(&self, older_than_ms: i64, guard: &dyn Guard) -> Result<u64> {
+        const CHUNK: usize = 1000;
+        let mut pruned = 0u64;
+        loop {
+            let _lock = self.lock();
+            if !guard.is_current() {
+                return Err(Error::Fenced);
+            }
+            let end = seen_time_key(older_than_ms, "");
+            let keys: Vec<IVec> = self
+                .seen_time
+                .range(..end)
+                .keys()
+                .take(CHUNK)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(Error::Engine)?;
+            if keys.is_empty() {
+                break;
+            }
+            let count = keys.len();
+            tx_result((&self.meta, &self.seen, &self.seen_time).transaction(
+                |(meta, seen, seen_time)| {
+                    check_epoch(meta, guard)?;
+                    for key in &keys {
+                        seen_time.remove(key)?;
+                        let Some((time_ms, uid)) = split_seen_time_key(key) else {
+                            continue;
+                        };
+                        // Only forget the uid if it was not seen again since.
+                        if let Some(current) = seen.get(uid)?
+                            && decode_seen(&current).is_some_and(|(ms, _)| ms == time_ms)
+                        {
+                            seen.remove(uid)?;
+                        }
+                    }
+                    Ok(())
+                },
+            ))?;
+            pruned += count as u64;
+            if count < CHUNK {
+                break;
+            }
+        }
+        if pruned > 0 {
+            self.flush_now()?;
+        }
+        Ok(pruned)
+    }
+
+    fn seen_len(&self) -> u64 {
+        self.seen.len() as u64
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.flush_now()
+    }
+}
+
+fn remove_range(
+    outbox: &sled::transaction::TransactionalTree,
+    first: u64,
+    last: u64,
+) -> std::result::Result<(u64, u64), ConflictableTransactionError<Error>> {
+    let mut removed = 0u64;
+    let mut bytes = 0u64;
+    for seq in first..=last {
+        if let Some(old) = outbox.remove(&seq.to_be_bytes())? {
+            removed += 1;
+            bytes += old.len() as u64;
+        }
+    }
+    Ok((removed, bytes))
+}
+
+/// True when `new` is the version already seen, or (both being numbers, as etcd revisions are)
+/// older than it: a replay, not a new version. resourceVersions are otherwise opaque.
+fn is_same_or_older(new: &str, seen: &str) -> bool {
+    if new == seen {
+        return true;
+    }
+    match (new.parse::<u64>(), seen.parse::<u64>()) {
+        (Ok(new), Ok(seen)) => new < seen,
+        _ => false,
+    }
+}
+
+fn encode_seen(time_ms: i64, resource_version: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + resource_version.len());
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    out.extend_from_slice(resource_version.as_bytes());
+    out
+}
+
+fn decode_seen(raw: &[u8]) -> Option<(i64, &str)> {
+    let (time, rv) = raw.split_at_checked(8)?;
+    Some((
+        i64::from_be_bytes(time.try_into().ok()?),
+        std::str::from_utf8(rv).ok()?,
+    ))
+}
+
+fn seen_time_key(time_ms: i64, uid: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + uid.len());
+    // Offset so negative times still sort before positive ones.
+    out.extend_from_slice(&(time_ms.cast_unsigned() ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(uid.as_bytes());
+    out
+}
+
+fn split_seen_time_key(key: &[u8]) -> Option<(i64, &[u8])> {
+    let (time, uid) = key.split_at_checked(8)?;
+    let raw = u64::from_be_bytes(time.try_into().ok()?) ^ (1 << 63);
+    Some((raw.cast_signed(), uid))
+}
+
+fn decode_u64(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(raw.try_into().ok()?))
+}
+
+fn decode_i64(raw: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(raw.try_into().ok()?))
+}
+
+fn decode_u32(raw: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(raw.try_into().ok()?))
+}
+
+fn malformed(key: &[u8]) -> Error {
+    Error::Malformed {
+        key: String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+fn classify_open_error(error: sled::Error) -> OpenFailure {
+    match error {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            OpenFailure::Locked
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => OpenFailure::Locked,
+        sled::Error::Corruption { .. } => OpenFailure::Unusable("corruption detected".to_owned()),
+        sled::Error::Unsupported(text) | sled::Error::ReportableBug(text) => {
+            OpenFailure::Unusable(text)
+        }
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenFailure::Unusable(format!("unreadable: {io}"))
+        }
+        other => OpenFailure::Other(Error::Engine(other)),
+    }
+}
+
+/// Moves a store directory aside as `<dir>.quarantined-<unix seconds>[-n]`.
+fn quarantine(path: &Path) -> Result<PathBuf> {
+    let stamp = jiff::Timestamp::now().as_second();
+    let name = path
+        .file_name()
+        .map_or_else(|| "store".to_owned(), |n| n.to_string_lossy().into_owned());
+    let parent = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut target = parent.join(format!("{name}.quarantined-{stamp}"));
+    let mut n = 1;
+    while target.exists() {
+        target = parent.join(format!("{name}.quarantined-{stamp}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &target).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(target)
+}
+
+fn new_store_id() -> String {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+        .collect()
+}

@@ -1,0 +1,304 @@
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use super::*;
+
+struct TestGuard {
+    epoch: i64,
+    current: AtomicBool,
+}
+
+impl TestGuard {
+    fn new(epoch: i64) -> Self {
+        Self {
+            epoch,
+            current: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Guard for TestGuard {
+    fn is_current(&self) -> bool {
+        self.current.load(Ordering::SeqCst)
+    }
+    fn epoch(&self) -> i64 {
+        self.epoch
+    }
+}
+
+fn options(dir: &std::path::Path) -> OpenOptions {
+    OpenOptions {
+        path: dir.join("store"),
+        cache_capacity: 8 << 20,
+        lock_timeout: Duration::from_millis(300),
+    }
+}
+
+fn item(uid: &str, rv: &str) -> CaptureItem {
+    CaptureItem {
+        uid: uid.to_owned(),
+        resource_version: rv.to_owned(),
+        record: format!("{{\"uid\":\"{uid}\",\"rv\":\"{rv}\"}}").into_bytes(),
+    }
+}
+
+fn open_with_term(dir: &std::path::Path, guard: &TestGuard) -> SledStore {
+    let store = SledStore::open(&options(dir)).unwrap().store;
+    store.begin_term(guard).unwrap();
+    store
+}
+
+#[test]
+fn a_version_is_captured_once_and_a_repeated_occurrence_is_a_new_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let first = store
+        .capture(
+            &[item("a", "10"), item("b", "11")],
+            Some("11"),
+            1_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((first.captured, first.duplicates), (2, 0));
+    // A relist replays a@10 and b@11; a was updated (count++) to rv 12.
+    let replay = store
+        .capture(
+            &[item("a", "10"), item("b", "11"), item("a", "12")],
+            Some("12"),
+            2_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((replay.captured, replay.duplicates), (1, 2));
+    // An older version arriving late is a replay, not news.
+    let late = store
+        .capture(&[item("a", "10")], None, 3_000, &guard)
+        .unwrap();
+    assert_eq!((late.captured, late.duplicates), (0, 1));
+    let meta = store.meta().unwrap();
+    assert_eq!(meta.checkpoint.as_deref(), Some("12"));
+    assert_eq!(meta.outbox_events, 3);
+    let outbox = store.outbox_from(0, 100, u64::MAX).unwrap();
+    let seqs: Vec<u64> = outbox.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+    assert_eq!(outbox[2].record, item("a", "12").record);
+}
+
+#[test]
+fn a_stale_fence_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    guard.current.store(false, Ordering::SeqCst);
+    let err = store
+        .capture(&[item("a", "1")], Some("1"), 0, &guard)
+        .unwrap_err();
+    assert!(matches!(err, Error::Fenced), "{err}");
+    let meta = store.meta().unwrap();
+    assert_eq!(meta.checkpoint, None);
+    assert_eq!(meta.outbox_events, 0);
+    assert_eq!(store.seen_len(), 0);
+}
+
+#[test]
+fn a_newer_term_in_the_store_refuses_an_older_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = TestGuard::new(3);
+    let new = TestGuard::new(4);
+    let store = open_with_term(dir.path(), &old);
+    store.begin_term(&new).unwrap();
+    let err = store
+        .capture(&[item("a", "1")], Some("1"), 0, &old)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleEpoch { stored: 4, ours: 3 }),
+        "{err}"
+    );
+    assert!(matches!(
+        store.begin_term(&old),
+        Err(Error::StaleEpoch { .. })
+    ));
+    assert_eq!(store.meta().unwrap().outbox_events, 0);
+    store
+        .capture(&[item("a", "1")], Some("1"), 0, &new)
+        .unwrap();
+}
+
+#[test]
+fn a_batch_leaves_the_outbox_only_when_acknowledged_and_survives_a_restart_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let batch = {
+        let store = open_with_term(dir.path(), &guard);
+        let items: Vec<CaptureItem> = (0..10).map(|i| item(&format!("u{i}"), "5")).collect();
+        store.capture(&items, Some("5"), 0, &guard).unwrap();
+        let entries = store.outbox_from(0, 4, u64::MAX).unwrap();
+        assert_eq!(entries.len(), 4);
+        let meta = store.meta().unwrap();
+        let batch = BatchRecord {
+            id: BatchRecord::id_for(&meta.store_id, 0, 3),
+            first: 0,
+            last: 3,
+            events: 4,
+            bytes: 0,
+            epoch: 1,
+            created_ms: 0,
+        };
+        store.record_batch(&batch, &guard).unwrap();
+        batch
+    };
+    // The process died before the sink confirmed: the batch and its records are still there.
+    let next = TestGuard::new(2);
+    let store = open_with_term(dir.path(), &next);
+    assert_eq!(store.inflight_batches().unwrap(), vec![batch.clone()]);
+    assert_eq!(store.meta().unwrap().outbox_events, 10);
+    store.ack_batch(&batch, &next).unwrap();
+    let meta = store.meta().unwrap();
+    assert_eq!(meta.outbox_events, 6);
+    assert!(store.inflight_batches().unwrap().is_empty());
+    assert_eq!(store.outbox_from(0, 100, u64::MAX).unwrap()[0].seq, 4);
+    assert_eq!(meta.checkpoint.as_deref(), Some("5"));
+}
+
+#[test]
+fn outbox_reads_respect_the_byte_limit_but_always_return_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let items: Vec<CaptureItem> = (0..5).map(|i| item(&format!("u{i}"), "1")).collect();
+    store.capture(&items, None, 0, &guard).unwrap();
+    let size = items[0].record.len() as u64 + 1;
+    assert_eq!(store.outbox_from(0, 100, size * 2).unwrap().len(), 2);
+    assert_eq!(store.outbox_from(0, 100, 1).unwrap().len(), 1);
+    assert_eq!(store.outbox_from(3, 100, u64::MAX).unwrap().len(), 2);
+}
+
+#[test]
+fn a_rejected_batch_moves_to_dead_with_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    store
+        .capture(&[item("a", "1"), item("b", "2")], None, 0, &guard)
+        .unwrap();
+    let batch = BatchRecord {
+        id: "x".into(),
+        first: 0,
+        last: 1,
+        events: 2,
+        bytes: 0,
+        epoch: 1,
+        created_ms: 0,
+    };
+    store.record_batch(&batch, &guard).unwrap();
+    store.dead_batch(&batch, "bad mapping", 5, &guard).unwrap();
+    let dead = store.dead_batches().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "bad mapping");
+    assert_eq!(dead[0].payload.lines().count(), 2);
+    let meta = store.meta().unwrap();
+    assert_eq!((meta.outbox_events, meta.dead_events), (0, 2));
+    assert!(store.inflight_batches().unwrap().is_empty());
+}
+
+#[test]
+fn pruning_forgets_only_uids_not_seen_since_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    store
+        .capture(
+            &[item("old", "1"), item("renewed", "2")],
+            None,
+            1_000,
+            &guard,
+        )
+        .unwrap();
+    store
+        .capture(&[item("renewed", "3")], None, 9_000, &guard)
+        .unwrap();
+    assert_eq!(store.prune_seen(5_000, &guard).unwrap(), 1);
+    assert_eq!(store.seen_len(), 1);
+    // "renewed" is still deduped, "old" would be captured again.
+    let again = store
+        .capture(
+            &[item("renewed", "3"), item("old", "1")],
+            None,
+            10_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((again.captured, again.duplicates), (1, 1));
+}
+
+#[test]
+fn a_locked_store_is_retried_then_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SledStore::open(&options(dir.path())).unwrap().store;
+    let err = SledStore::open(&options(dir.path())).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(&options(dir.path())) {
+            Ok(_) => break,
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
+
+#[test]
+fn a_newer_format_store_is_quarantined_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(&options(dir.path())).unwrap().store;
+        store
+            .set_schema_version_for_test(SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let opened = SledStore::open(&options(dir.path())).unwrap();
+    let (moved_to, reason) = opened.quarantined.expect("quarantined");
+    assert!(reason.contains("newer"), "{reason}");
+    assert!(moved_to.exists(), "the old store is kept");
+    assert_eq!(opened.store.meta().unwrap().outbox_events, 0);
+}
+
+#[test]
+fn a_corrupt_store_is_quarantined_and_a_fresh_one_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let guard = TestGuard::new(1);
+        let store = open_with_term(dir.path(), &guard);
+        store
+            .capture(&[item("a", "1")], Some("1"), 0, &guard)
+            .unwrap();
+    }
+    // Overwrite every file of the store with garbage.
+    for entry in walk(&dir.path().join("store")) {
+        std::fs::write(&entry, vec![0xA5u8; 4096]).unwrap();
+    }
+    let opened = SledStore::open(&options(dir.path())).unwrap();
+    assert!(
+        opened.quarantined.is_some(),
+        "a corrupt store must be moved aside"
+    );
+    assert_eq!(opened.store.meta().unwrap().checkpoint, None);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -14,6 +14,8 @@ pub mod config;
 pub mod diagnostics;
 pub mod emulator;
 pub mod leader;
+pub mod ship;
 pub mod shutdown;
+pub mod sink;
 pub mod store;
 pub mod telemetry;

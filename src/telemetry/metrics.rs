@@ -4,9 +4,22 @@
 //! only (never object names). Must never register a label whose values come from input data.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+/// `reason` values of `kevents_events_malformed_total`.
+pub const MALFORMED_REASONS: &[&str] = &[
+    "not_json",
+    "missing_key",
+    "unknown_type",
+    "status_object",
+    "transform",
+];
+/// `reason` values of `kevents_watch_restarts_total`.
+pub const WATCH_RESTART_REASONS: &[&str] = &["timeout", "expired", "error", "stalled", "closed"];
+/// `outcome` values of `kevents_batch_sends_total`.
+pub const SEND_OUTCOMES: &[&str] = &["success", "retriable_error", "permanent_error"];
 
 /// The metrics of one kevents process.
 #[derive(Debug, Clone)]
@@ -22,6 +35,54 @@ pub struct Metrics {
     pub lease_renew_duration: Histogram,
     /// `kevents_lease_renew_failures_total`: failed lease renewals (errors and conflicts).
     pub lease_renew_failures: IntCounter,
+    /// `kevents_events_received_total`: ADDED/MODIFIED events read from the API server.
+    pub events_received: IntCounter,
+    /// `kevents_events_captured_total`: new event versions durably captured.
+    pub events_captured: IntCounter,
+    /// `kevents_events_duplicate_total`: event versions dropped as already captured.
+    pub events_duplicate: IntCounter,
+    /// `kevents_events_filtered_total`: events dropped by the configured filters.
+    pub events_filtered: IntCounter,
+    /// `kevents_events_malformed_total{reason}`: watch lines or objects that could not be used.
+    pub events_malformed: IntCounterVec,
+    /// `kevents_events_shipped_total`: records the sink confirmed.
+    pub events_shipped: IntCounter,
+    /// `kevents_events_dead_total`: records moved to the dead tree.
+    pub events_dead: IntCounter,
+    /// `kevents_outbox_events`: records waiting to be shipped.
+    pub outbox_events: IntGauge,
+    /// `kevents_outbox_bytes`: bytes waiting to be shipped.
+    pub outbox_bytes: IntGauge,
+    /// `kevents_capture_commit_duration_seconds`: durable capture transactions.
+    pub capture_commit_duration: Histogram,
+    /// `kevents_capture_lag_seconds`: event time to durable capture.
+    pub capture_lag: Histogram,
+    /// `kevents_capture_paused`: 1 while capture waits for room in the outbox.
+    pub capture_paused: IntGauge,
+    /// `kevents_capture_pauses_total`: times capture paused on a full outbox.
+    pub capture_pauses: IntCounter,
+    /// `kevents_batch_send_duration_seconds`: sink sends.
+    pub batch_send_duration: Histogram,
+    /// `kevents_batch_sends_total{outcome}`: sink sends by outcome.
+    pub batch_sends: IntCounterVec,
+    /// `kevents_dead_batches_total`: batches moved to the dead tree.
+    pub dead_batches: IntCounter,
+    /// `kevents_watch_restarts_total{reason}`: watch streams restarted.
+    pub watch_restarts: IntCounterVec,
+    /// `kevents_relists_total`: paged LISTs (first start or after 410).
+    pub relists: IntCounter,
+    /// `kevents_watch_expired_total`: 410 Gone answers (in-stream or HTTP).
+    pub watch_expired: IntCounter,
+    /// `kevents_checkpoint_age_seconds`: time since the checkpoint last advanced.
+    pub checkpoint_age: Gauge,
+    /// `kevents_capture_gaps_total`: resumes from a checkpoint older than the event TTL.
+    pub capture_gaps: IntCounter,
+    /// `kevents_store_quarantined_total`: unreadable stores moved aside.
+    pub store_quarantined: IntCounter,
+    /// `kevents_seen_entries`: dedupe entries held.
+    pub seen_entries: IntGauge,
+    /// `kevents_seen_pruned_total`: dedupe entries pruned.
+    pub seen_pruned: IntCounter,
 }
 
 impl Metrics {
@@ -60,6 +121,132 @@ impl Metrics {
             "kevents_lease_renew_failures_total",
             "Failed lease renewals (API errors, timeouts and conflicts)",
         )?;
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let metric = IntCounter::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let metric = IntGauge::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+                let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let labelled = |name: &str,
+                        help: &str,
+                        label: &str,
+                        values: &[&str]|
+         -> Result<IntCounterVec, prometheus::Error> {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(metric.clone()))?;
+            for value in values {
+                metric.with_label_values(&[*value]);
+            }
+            Ok(metric)
+        };
+        let fast = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let events_received = counter(
+            "kevents_events_received_total",
+            "ADDED/MODIFIED events read from the API server",
+        )?;
+        let events_captured = counter(
+            "kevents_events_captured_total",
+            "New event versions durably captured",
+        )?;
+        let events_duplicate = counter(
+            "kevents_events_duplicate_total",
+            "Event versions dropped as already captured (uid, resourceVersion)",
+        )?;
+        let events_filtered = counter(
+            "kevents_events_filtered_total",
+            "Events dropped by the configured filters",
+        )?;
+        let events_malformed = labelled(
+            "kevents_events_malformed_total",
+            "Watch lines or objects that could not be used",
+            "reason",
+            MALFORMED_REASONS,
+        )?;
+        let events_shipped = counter("kevents_events_shipped_total", "Records the sink confirmed")?;
+        let events_dead = counter(
+            "kevents_events_dead_total",
+            "Records moved to the dead tree after a permanent sink error",
+        )?;
+        let outbox_events = gauge("kevents_outbox_events", "Records waiting to be shipped")?;
+        let outbox_bytes = gauge("kevents_outbox_bytes", "Bytes waiting to be shipped")?;
+        let capture_commit_duration = histogram(
+            "kevents_capture_commit_duration_seconds",
+            "Durable capture transactions (one flush each)",
+            fast.clone(),
+        )?;
+        let capture_lag = histogram(
+            "kevents_capture_lag_seconds",
+            "Time from an event's own timestamp to its durable capture",
+            slow.clone(),
+        )?;
+        let capture_paused = gauge(
+            "kevents_capture_paused",
+            "1 while capture waits for room in the outbox",
+        )?;
+        let capture_pauses = counter(
+            "kevents_capture_pauses_total",
+            "Times capture paused because the outbox was full",
+        )?;
+        let batch_send_duration = histogram(
+            "kevents_batch_send_duration_seconds",
+            "Sink sends of one batch",
+            slow,
+        )?;
+        let batch_sends = labelled(
+            "kevents_batch_sends_total",
+            "Sink sends by outcome",
+            "outcome",
+            SEND_OUTCOMES,
+        )?;
+        let dead_batches = counter(
+            "kevents_dead_batches_total",
+            "Batches moved to the dead tree after a permanent sink error",
+        )?;
+        let watch_restarts = labelled(
+            "kevents_watch_restarts_total",
+            "Watch streams restarted, by reason",
+            "reason",
+            WATCH_RESTART_REASONS,
+        )?;
+        let relists = counter(
+            "kevents_relists_total",
+            "Paged LISTs of events (first start, or after 410 Gone)",
+        )?;
+        let watch_expired = counter(
+            "kevents_watch_expired_total",
+            "410 Gone answers from the API server (in-stream or HTTP)",
+        )?;
+        let checkpoint_age = Gauge::new(
+            "kevents_checkpoint_age_seconds",
+            "Seconds since the stored checkpoint last advanced",
+        )?;
+        registry.register(Box::new(checkpoint_age.clone()))?;
+        let capture_gaps = counter(
+            "kevents_capture_gaps_total",
+            "Resumes from a checkpoint older than the event TTL: events may have expired unseen",
+        )?;
+        let store_quarantined = counter(
+            "kevents_store_quarantined_total",
+            "Unreadable, corrupt or newer-format stores moved aside",
+        )?;
+        let seen_entries = gauge("kevents_seen_entries", "Dedupe entries held in the store")?;
+        let seen_pruned = counter(
+            "kevents_seen_pruned_total",
+            "Dedupe entries pruned after the event TTL plus margin",
+        )?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(leader_transitions.clone()))?;
         registry.register(Box::new(lease_renew_duration.clone()))?;
@@ -71,6 +258,30 @@ impl Metrics {
             leader_transitions,
             lease_renew_duration,
             lease_renew_failures,
+            events_received,
+            events_captured,
+            events_duplicate,
+            events_filtered,
+            events_malformed,
+            events_shipped,
+            events_dead,
+            outbox_events,
+            outbox_bytes,
+            capture_commit_duration,
+            capture_lag,
+            capture_paused,
+            capture_pauses,
+            batch_send_duration,
+            batch_sends,
+            dead_batches,
+            watch_restarts,
+            relists,
+            watch_expired,
+            checkpoint_age,
+            capture_gaps,
+            store_quarantined,
+            seen_entries,
+            seen_pruned,
         })
     }
 

@@ -1,0 +1,235 @@
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use super::*;
+use crate::{
+    sink::{self, SendFuture},
+    store::{CaptureItem, OpenOptions, SledStore},
+};
+
+struct TestGuard {
+    current: AtomicBool,
+}
+
+impl Guard for TestGuard {
+    fn is_current(&self) -> bool {
+        self.current.load(Ordering::SeqCst)
+    }
+    fn epoch(&self) -> i64 {
+        1
+    }
+}
+
+/// A sink that answers from a script, then succeeds; records every attempt.
+#[derive(Default)]
+struct ScriptedSink {
+    script: Mutex<VecDeque<Option<bool>>>,
+    attempts: Mutex<Vec<OutgoingBatch>>,
+    delivered: Mutex<Vec<OutgoingBatch>>,
+}
+
+impl ScriptedSink {
+    /// `Some(true)`: retriable error, `Some(false)`: permanent error, `None`: success.
+    fn with(script: &[Option<bool>]) -> Self {
+        Self {
+            script: Mutex::new(script.iter().copied().collect()),
+            ..Self::default()
+        }
+    }
+}
+
+impl Sink for ScriptedSink {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.attempts.lock().unwrap().push(batch.clone());
+            match self.script.lock().unwrap().pop_front().flatten() {
+                Some(true) => Err(sink::Error::Retriable {
+                    message: "503".into(),
+                    retry_after: None,
+                    source: None,
+                }),
+                Some(false) => Err(sink::Error::Permanent {
+                    message: "bad mapping".into(),
+                    source: None,
+                }),
+                None => {
+                    self.delivered.lock().unwrap().push(batch.clone());
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<SledStore>,
+    guard: Arc<TestGuard>,
+}
+
+fn fixture(records: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&OpenOptions {
+        path: dir.path().join("store"),
+        cache_capacity: 8 << 20,
+        lock_timeout: Duration::from_secs(1),
+    })
+    .unwrap()
+    .store;
+    let guard = Arc::new(TestGuard {
+        current: AtomicBool::new(true),
+    });
+    store.begin_term(guard.as_ref()).unwrap();
+    let items: Vec<CaptureItem> = (0..records)
+        .map(|i| CaptureItem {
+            uid: format!("u{i}"),
+            resource_version: "1".into(),
+            record: format!("{{\"n\":{i}}}").into_bytes(),
+        })
+        .collect();
+    store.capture(&items, Some("1"), 0, guard.as_ref()).unwrap();
+    Fixture {
+        _dir: dir,
+        store: Arc::new(store),
+        guard,
+    }
+}
+
+fn shipper(fx: &Fixture, sink: Arc<dyn Sink>, max_events: usize) -> Shipper {
+    Shipper {
+        store: fx.store.clone(),
+        sink,
+        guard: fx.guard.clone(),
+        options: ShipperOptions {
+            max_events,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(20),
+            retry_initial: Duration::from_millis(5),
+            retry_max: Duration::from_millis(20),
+        },
+        metrics: Metrics::new().unwrap(),
+        board: Arc::new(StatusBoard::new()),
+        wake: Arc::new(Notify::new()),
+    }
+}
+
+async fn run_until_empty(shipper: Shipper, store: &SledStore) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.meta().unwrap().outbox_events > 0 {
+        assert!(Instant::now() < deadline, "outbox never drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+fn lines(batches: &[OutgoingBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            String::from_utf8(b.payload.clone())
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn records_leave_the_outbox_only_after_the_sink_confirms_and_retries_keep_the_batch_id() {
+    let fx = fixture(10);
+    let sink = Arc::new(ScriptedSink::with(&[Some(true), Some(true)]));
+    run_until_empty(shipper(&fx, sink.clone(), 4), &fx.store).await;
+    let attempts = sink.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 5, "two failures, then three batches");
+    assert_eq!(attempts[0].id, attempts[1].id);
+    assert_eq!(attempts[1].id, attempts[2].id);
+    let delivered = sink.delivered.lock().unwrap().clone();
+    let expected: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_eq!(lines(&delivered), expected, "every record once, in order");
+    assert!(fx.store.inflight_batches().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_permanent_error_moves_the_batch_to_dead_and_later_batches_still_arrive() {
+    let fx = fixture(6);
+    let sink = Arc::new(ScriptedSink::with(&[Some(false)]));
+    run_until_empty(shipper(&fx, sink.clone(), 3), &fx.store).await;
+    assert_eq!(
+        sink.attempts.lock().unwrap().len(),
+        2,
+        "a permanent error is not retried"
+    );
+    let dead = fx.store.dead_batches().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload.lines().count(), 3);
+    assert_eq!(
+        lines(&sink.delivered.lock().unwrap()),
+        vec!["{\"n\":3}", "{\"n\":4}", "{\"n\":5}"]
+    );
+}
+
+#[tokio::test]
+async fn recorded_in_flight_batches_are_resent_first_with_the_same_id() {
+    let fx = fixture(5);
+    let meta = fx.store.meta().unwrap();
+    let recorded = BatchRecord {
+        id: BatchRecord::id_for(&meta.store_id, 0, 1),
+        first: 0,
+        last: 1,
+        events: 2,
+        bytes: 0,
+        epoch: 0,
+        created_ms: 0,
+    };
+    fx.store.record_batch(&recorded, fx.guard.as_ref()).unwrap();
+    let sink = Arc::new(ScriptedSink::default());
+    run_until_empty(shipper(&fx, sink.clone(), 100), &fx.store).await;
+    let delivered = sink.delivered.lock().unwrap().clone();
+    assert_eq!(delivered[0].id, recorded.id);
+    assert_eq!(lines(&delivered[..1]), vec!["{\"n\":0}", "{\"n\":1}"]);
+    assert_eq!(
+        lines(&delivered[1..]),
+        vec!["{\"n\":2}", "{\"n\":3}", "{\"n\":4}"]
+    );
+}
+
+#[tokio::test]
+async fn a_stale_fence_sends_nothing_and_stops_the_shipper() {
+    let fx = fixture(3);
+    fx.guard.current.store(false, Ordering::SeqCst);
+    let sink = Arc::new(ScriptedSink::default());
+    let result = shipper(&fx, sink.clone(), 100)
+        .run(CancellationToken::new())
+        .await;
+    assert!(
+        matches!(result, Err(Error::Store(store::Error::Fenced))),
+        "{result:?}"
+    );
+    assert!(sink.attempts.lock().unwrap().is_empty());
+    assert_eq!(fx.store.meta().unwrap().outbox_events, 3);
+}
+
+#[tokio::test]
+async fn a_small_trickle_waits_for_max_age_then_ships_as_one_batch() {
+    let fx = fixture(2);
+    let sink = Arc::new(ScriptedSink::default());
+    let mut s = shipper(&fx, sink.clone(), 100);
+    s.options.max_age = Duration::from_millis(200);
+    let started = Instant::now();
+    run_until_empty(s, &fx.store).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+}

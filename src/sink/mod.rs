@@ -1,0 +1,113 @@
+//! Where batches go: one trait for every destination (file, stdout, and Azure Data Explorer).
+//!
+//! Owns the sink contract: `send` delivers a whole batch or fails; a failure says whether a retry
+//! can help (`is_retriable`). A sink must accept the same batch id twice and deliver it once where
+//! its destination allows (the file sink does; stdout cannot). Sinks never touch the store: the
+//! shipper acknowledges batches after `send` returns `Ok`.
+
+mod file;
+
+use std::{pin::Pin, time::Duration};
+
+pub use file::{FileSink, FileSinkOptions};
+
+/// A batch handed to a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingBatch {
+    /// Deterministic id; the same on every re-send.
+    pub id: String,
+    /// Newline-delimited JSON records, each line ending in `\n`.
+    pub payload: Vec<u8>,
+    /// Number of records.
+    pub events: u64,
+}
+
+/// A failed send.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Transient: retry the same batch later.
+    #[error("{message}")]
+    Retriable {
+        /// What failed.
+        message: String,
+        /// When the destination asked to be retried, if it did.
+        retry_after: Option<Duration>,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Permanent: retrying cannot help; the batch goes to the dead tree.
+    #[error("{message}")]
+    Permanent {
+        /// What failed.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    /// True when retrying the same batch can succeed.
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Retriable { .. })
+    }
+
+    /// The delay the destination asked for, if any.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Retriable { retry_after, .. } => *retry_after,
+            Self::Permanent { .. } => None,
+        }
+    }
+
+    /// A transient failure caused by an I/O error.
+    #[must_use]
+    pub fn io(message: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Retriable {
+            message: message.into(),
+            retry_after: None,
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// `type Result<T> = Result<T, sink::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed future returned by [`Sink::send`].
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// A destination for batches.
+pub trait Sink: Send + Sync {
+    /// A short name for logs and metrics (`file`, `stdout`, `adx`).
+    fn name(&self) -> &'static str;
+    /// Delivers the whole batch, or fails.
+    fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a>;
+}
+
+/// Writes batches to standard output. It cannot recognise a re-sent batch, so a batch re-sent
+/// after a failover may appear twice; use it for debugging, not delivery.
+#[derive(Debug, Default)]
+pub struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut out = tokio::io::stdout();
+            out.write_all(&batch.payload)
+                .await
+                .map_err(|e| Error::io("writing to stdout", e))?;
+            out.flush()
+                .await
+                .map_err(|e| Error::io("flushing stdout", e))
+        })
+    }
+}

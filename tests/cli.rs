@@ -145,7 +145,7 @@ fn run_serves_admin_endpoints_and_exits_cleanly_on_sigterm() {
         dir.path(),
         "kevents.yaml",
         &format!(
-            "cluster:\n  name: test\nadmin:\n  listen: {addr}\nshutdown:\n  grace_period: 5s\n"
+            "cluster:\n  name: test\nsink:\n  type: stdout\nadmin:\n  listen: {addr}\nshutdown:\n  grace_period: 5s\n"
         ),
     );
     let mut child = Command::new(KEVENTS)

@@ -6,6 +6,7 @@
 //! configuration. It must never log or print a secret value.
 
 mod expand;
+mod pipeline;
 mod raw;
 pub mod units;
 
@@ -14,6 +15,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde_yaml_ng::{Mapping, Value};
 
 pub use expand::ExpandError;
+pub use pipeline::{
+    FilterConfig, InitialList, RecordConfig, RecordShapeConfig, ShipperConfig, SinkConfig,
+    SourceConfig, StoreConfig,
+};
 use units::{format_duration, parse_duration};
 
 /// Where a pod's own namespace is found in-cluster.
@@ -156,6 +161,16 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Drill aids.
     pub diagnostics: DiagnosticsConfig,
+    /// The list/watch source.
+    pub source: SourceConfig,
+    /// The durable store.
+    pub store: StoreConfig,
+    /// The shipper.
+    pub shipper: ShipperConfig,
+    /// Output records.
+    pub record: RecordConfig,
+    /// Where batches go.
+    pub sink: SinkConfig,
 }
 
 /// Where configuration values not in the file come from: the environment and the pod's files.
@@ -236,6 +251,11 @@ impl Config {
             log,
             shutdown_grace_period,
             diagnostics,
+            source,
+            store,
+            shipper,
+            record,
+            sink,
         } = self;
         let mut root = Mapping::new();
         root.insert(
@@ -279,6 +299,11 @@ impl Config {
                 ("retry_period", format_duration(leader.retry_period).into()),
             ]),
         );
+        root.insert("source".into(), pipeline::print_source(source));
+        root.insert("store".into(), pipeline::print_store(store));
+        root.insert("shipper".into(), pipeline::print_shipper(shipper));
+        root.insert("record".into(), pipeline::print_record(record));
+        root.insert("sink".into(), pipeline::print_sink(sink));
         root.insert(
             "admin".into(),
             map([("listen", admin.listen.to_string().into())]),

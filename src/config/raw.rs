@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::{
     AdminConfig, ClusterTags, Config, DiagnosticsConfig, Environment, Error, KubernetesConfig,
     LeaderConfig, LogConfig, LogFormat, Result, duration_field,
+    pipeline::{RawRecord, RawShipper, RawSink, RawSource, RawStore, validate_sink},
 };
 
 /// Default admin listen address.
@@ -43,12 +44,15 @@ pub struct RawConfig {
     shutdown: RawShutdown,
     #[serde(default)]
     diagnostics: RawDiagnostics,
-    // Sections of the pipeline that this release does not run yet.
-    source: Option<serde_yaml_ng::Value>,
-    store: Option<serde_yaml_ng::Value>,
-    shipper: Option<serde_yaml_ng::Value>,
-    record: Option<serde_yaml_ng::Value>,
-    sink: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    shipper: RawShipper,
+    #[serde(default)]
+    record: RawRecord,
+    sink: Option<RawSink>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,21 +122,12 @@ impl RawConfig {
             record,
             sink,
         } = self;
-        for (key, section) in [
-            ("source", &source),
-            ("store", &store),
-            ("shipper", &shipper),
-            ("record", &record),
-            ("sink", &sink),
-        ] {
-            if section.is_some() {
-                return Err(Error::invalid(
-                    key,
-                    "not implemented yet in this release; remove the section",
-                ));
-            }
-        }
         Ok(Config {
+            source: source.validate()?,
+            store: store.validate()?,
+            shipper: shipper.validate()?,
+            record: record.validate()?,
+            sink: validate_sink(sink)?,
             cluster: cluster.validate()?,
             kubernetes: KubernetesConfig {
                 kubeconfig: kubernetes.kubeconfig,

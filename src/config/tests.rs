@@ -14,7 +14,7 @@ fn env_with(vars: &'static [(&'static str, &'static str)]) -> Environment<'stati
     }
 }
 
-const MINIMAL: &str = "cluster:\n  name: aks-1\n";
+const MINIMAL: &str = "cluster:\n  name: aks-1\nsink:\n  type: stdout\n";
 
 #[test]
 fn a_minimal_config_gets_every_default() {
@@ -68,7 +68,11 @@ fn an_unset_variable_is_rejected_naming_key_and_variable() {
     let text = err.to_string();
     assert!(text.contains("cluster.name"), "{text}");
     assert!(text.contains("CLUSTER"), "{text}");
-    let ok = Config::parse("cluster:\n  name: ${CLUSTER:-dev}\n", &env_with(&[])).unwrap();
+    let ok = Config::parse(
+        "cluster:\n  name: ${CLUSTER:-dev}\nsink:\n  type: stdout\n",
+        &env_with(&[]),
+    )
+    .unwrap();
     assert_eq!(ok.cluster.name, "dev");
 }
 
@@ -99,8 +103,9 @@ fn lease_timings_must_be_ordered_like_client_go() {
 
 #[test]
 fn sections_of_later_releases_are_rejected_not_ignored() {
-    let err = Config::parse(&format!("{MINIMAL}sink:\n  type: adx\n"), &env_with(&[])).unwrap_err();
-    assert!(err.to_string().contains("sink"), "{err}");
+    let err =
+        Config::parse("cluster:\n  name: a\nsink:\n  type: adx\n", &env_with(&[])).unwrap_err();
+    assert!(err.to_string().contains("sink.type"), "{err}");
     assert!(err.to_string().contains("not implemented yet"), "{err}");
 }
 
@@ -123,7 +128,11 @@ fn bad_values_name_their_key() {
     }
     let err = Config::parse("admin: [", &env_with(&[])).unwrap_err();
     assert!(matches!(err, Error::Yaml(_)), "{err}");
-    let err = Config::parse("log:\n  level: info\n", &env_with(&[])).unwrap_err();
+    let err = Config::parse(
+        "log:\n  level: info\nsink:\n  type: stdout\n",
+        &env_with(&[]),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("cluster.name"), "{err}");
 }
 
@@ -148,11 +157,47 @@ fn the_lease_namespace_defaults_to_the_pods_own() {
 #[test]
 fn the_effective_config_round_trips_through_the_parser() {
     let config = Config::parse(
-        "cluster:\n  name: a\n  region: r\nleader:\n  identity: me\n  lease_duration: 20s\n",
+        "cluster:\n  name: a\n  region: r\nleader:\n  identity: me\n  lease_duration: 20s\nsink:\n  type: file\n  file:\n    path: /tmp/x.ndjson\nsource:\n  types: [Warning]\n  initial_list: 30m\nrecord:\n  extra_columns: [Uid]\nstore:\n  max_outbox_bytes: 10MB\n",
         &env_with(&[]),
     )
     .unwrap();
     let printed = config.to_redacted_yaml();
     let again = Config::parse(&printed, &env_with(&[])).unwrap();
     assert_eq!(config, again, "{printed}");
+}
+
+#[test]
+fn pipeline_sections_validate_and_name_bad_keys() {
+    let cases = [
+        ("source:\n  api: v2", "source.api"),
+        ("source:\n  initial_list: sometimes", "source.initial_list"),
+        ("source:\n  types: [Error]", "source.types"),
+        (
+            "source:\n  namespaces:\n    includ: [a]",
+            "source.namespaces.includ",
+        ),
+        ("store:\n  max_outbox_bytes: lots", "store.max_outbox_bytes"),
+        ("store:\n  seen_retention: 10m", "store.seen_retention"),
+        (
+            "shipper:\n  max_batch_events: 0",
+            "shipper.max_batch_events",
+        ),
+        ("record:\n  shape: xml", "record.shape"),
+        ("record:\n  extra_columns: [Name]", "record.extra_columns"),
+    ];
+    for (body, key) in cases {
+        let err = Config::parse(&format!("{MINIMAL}{body}\n"), &env_with(&[])).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{body}: {err}");
+    }
+    let no_sink = Config::parse("cluster:\n  name: a\n", &env_with(&[])).unwrap_err();
+    assert!(no_sink.to_string().starts_with("sink:"), "{no_sink}");
+    let no_path = Config::parse(
+        "cluster:\n  name: a\nsink:\n  type: file\n  file: {}\n",
+        &env_with(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        no_path.to_string().starts_with("sink.file.path"),
+        "{no_path}"
+    );
 }

@@ -1,0 +1,599 @@
+//! Configuration of the leader pipeline: `source`, `store`, `shipper`, `record` and `sink`.
+//!
+//! Owns these sections' raw schema, defaults, validation and effective print. It never opens a
+//! file or a connection: it only describes them.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::{
+    Error, EventApi, Result, duration_field, map,
+    units::{format_bytes, format_duration, parse_bytes},
+};
+
+/// What a leader does on its very first start, when the store holds no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialList {
+    /// Ship every event the API server still holds.
+    All,
+    /// Ship only events that happen from now on.
+    None,
+    /// Ship held events whose own time is at most this old.
+    MaxAge(Duration),
+}
+
+/// Which events to keep. Empty lists keep everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// Keep only events in these namespaces.
+    pub namespaces_include: Vec<String>,
+    /// Drop events in these namespaces.
+    pub namespaces_exclude: Vec<String>,
+    /// Keep only these event types (`Normal`, `Warning`).
+    pub types: Vec<String>,
+    /// Keep only these reasons.
+    pub reasons_include: Vec<String>,
+    /// Drop these reasons.
+    pub reasons_exclude: Vec<String>,
+    /// Keep only events about these kinds of object.
+    pub involved_kinds: Vec<String>,
+}
+
+/// The list/watch source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// Which Event API to read.
+    pub api: EventApi,
+    /// First-start behaviour.
+    pub initial_list: InitialList,
+    /// `timeoutSeconds` of each watch request.
+    pub watch_timeout: Duration,
+    /// A watch that delivers nothing for this long after its timeout is treated as dead.
+    pub watch_idle_grace: Duration,
+    /// LIST page size.
+    pub page_size: u32,
+    /// Filters.
+    pub filter: FilterConfig,
+}
+
+/// The durable store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Store directory (the shared volume in production).
+    pub path: PathBuf,
+    /// sled page cache.
+    pub cache_capacity: u64,
+    /// Capture pauses while the outbox holds this many bytes.
+    pub max_outbox_bytes: u64,
+    /// Dedupe entries are kept this long after an event was last seen.
+    pub seen_retention: Duration,
+    /// The API server's `--event-ttl`: resuming from an older checkpoint is reported as a gap.
+    pub event_ttl: Duration,
+    /// How long a new leader retries while the store's file lock is held.
+    pub lock_timeout: Duration,
+    /// Events captured per transaction at most (group commit).
+    pub max_commit_events: usize,
+}
+
+/// Batching and retries of the shipper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipperConfig {
+    /// Records per batch at most.
+    pub max_batch_events: usize,
+    /// Uncompressed bytes per batch at most.
+    pub max_batch_bytes: u64,
+    /// A record waits at most this long before its batch is cut.
+    pub max_batch_age: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// Output record shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordShapeConfig {
+    /// The flat `KubeEvents` row.
+    Flat,
+    /// `{"TimeGenerated": …, "log": {…}}` for the `FluentBitMappingEvents` mapping.
+    FluentBit,
+}
+
+/// Output records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordConfig {
+    /// Shape.
+    pub shape: RecordShapeConfig,
+    /// Add the `Uid` column.
+    pub include_uid: bool,
+    /// Add the `ResourceVersion` column.
+    pub include_resource_version: bool,
+}
+
+/// Where batches go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// Standard output (debugging; a re-sent batch may appear twice).
+    Stdout,
+    /// NDJSON files.
+    File {
+        /// Active file.
+        path: PathBuf,
+        /// Rotate at this size.
+        max_bytes: u64,
+        /// Rotated files kept.
+        max_files: usize,
+    },
+}
+
+// === raw schema ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    api: Option<String>,
+    initial_list: Option<String>,
+    watch_timeout: Option<String>,
+    watch_idle_grace: Option<String>,
+    page_size: Option<u32>,
+    #[serde(default)]
+    namespaces: RawIncludeExclude,
+    #[serde(default)]
+    types: Vec<String>,
+    #[serde(default)]
+    reasons: RawIncludeExclude,
+    #[serde(default)]
+    involved_kinds: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIncludeExclude {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    path: Option<PathBuf>,
+    cache_capacity: Option<Value>,
+    max_outbox_bytes: Option<Value>,
+    seen_retention: Option<String>,
+    event_ttl: Option<String>,
+    lock_timeout: Option<String>,
+    max_commit_events: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShipper {
+    max_batch_events: Option<usize>,
+    max_batch_bytes: Option<Value>,
+    max_batch_age: Option<String>,
+    retry_initial: Option<String>,
+    retry_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRecord {
+    shape: Option<String>,
+    #[serde(default)]
+    extra_columns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSink {
+    #[serde(rename = "type")]
+    kind: String,
+    file: Option<RawFileSink>,
+    adx: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSink {
+    path: Option<PathBuf>,
+    max_bytes: Option<Value>,
+    max_files: Option<usize>,
+}
+
+/// Default store directory.
+pub const DEFAULT_STORE_PATH: &str = "/var/lib/kevents/store";
+/// The API server's default `--event-ttl`.
+pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
+
+fn bytes_field(key: &str, value: Option<&Value>, default: u64) -> Result<u64> {
+    match value {
+        None => Ok(default),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| Error::invalid(key, format!("`{n}` is not a positive size"))),
+        Some(Value::String(text)) => parse_bytes(text).map_err(|m| Error::invalid(key, m)),
+        Some(_) => Err(Error::invalid(
+            key,
+            "must be a size like 64MiB or a number of bytes",
+        )),
+    }
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(key: &str, value: T) -> Result<T> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(Error::invalid(
+            key,
+            format!("must be greater than 0, not {value}"),
+        ))
+    }
+}
+
+impl RawSource {
+    pub(super) fn validate(self) -> Result<SourceConfig> {
+        let api = match self.api.as_deref() {
+            None | Some("core/v1" | "v1") => EventApi::CoreV1,
+            Some("events.k8s.io/v1") => EventApi::EventsV1,
+            Some(other) => {
+                return Err(Error::invalid(
+                    "source.api",
+                    format!("`{other}` is not one of `core/v1`, `events.k8s.io/v1`"),
+                ));
+            }
+        };
+        let initial_list = match self.initial_list.as_deref() {
+            None | Some("all") => InitialList::All,
+            Some("none") => InitialList::None,
+            Some(age) => InitialList::MaxAge(super::units::parse_duration(age).map_err(|m| {
+                Error::invalid(
+                    "source.initial_list",
+                    format!("must be `all`, `none` or a max age such as 30m: {m}"),
+                )
+            })?),
+        };
+        let watch_timeout = duration_field(
+            "source.watch_timeout",
+            self.watch_timeout.as_deref(),
+            Duration::from_secs(290),
+        )?;
+        if watch_timeout < Duration::from_secs(1) {
+            return Err(Error::invalid(
+                "source.watch_timeout",
+                "must be at least 1s",
+            ));
+        }
+        for (key, types) in [("source.types", &self.types)] {
+            for t in types {
+                if t != "Normal" && t != "Warning" {
+                    return Err(Error::invalid(
+                        key,
+                        format!("`{t}` is not an event type (Normal or Warning)"),
+                    ));
+                }
+            }
+        }
+        Ok(SourceConfig {
+            api,
+            initial_list,
+            watch_timeout,
+            watch_idle_grace: duration_field(
+                "source.watch_idle_grace",
+                self.watch_idle_grace.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            page_size: positive("source.page_size", self.page_size.unwrap_or(500))?,
+            filter: FilterConfig {
+                namespaces_include: self.namespaces.include,
+                namespaces_exclude: self.namespaces.exclude,
+                types: self.types,
+                reasons_include: self.reasons.include,
+                reasons_exclude: self.reasons.exclude,
+                involved_kinds: self.involved_kinds,
+            },
+        })
+    }
+}
+
+impl RawStore {
+    pub(super) fn validate(self) -> Result<StoreConfig> {
+        let event_ttl = duration_field(
+            "store.event_ttl",
+            self.event_ttl.as_deref(),
+            DEFAULT_EVENT_TTL,
+        )?;
+        let seen_retention = duration_field(
+            "store.seen_retention",
+            self.seen_retention.as_deref(),
+            Duration::from_secs(7200),
+        )?;
+        if seen_retention < event_ttl {
+            return Err(Error::invalid(
+                "store.seen_retention",
+                "must be at least store.event_ttl (an event can be updated until it expires)",
+            ));
+        }
+        Ok(StoreConfig {
+            path: self
+                .path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH)),
+            cache_capacity: positive(
+                "store.cache_capacity",
+                bytes_field(
+                    "store.cache_capacity",
+                    self.cache_capacity.as_ref(),
+                    16 << 20,
+                )?,
+            )?,
+            max_outbox_bytes: positive(
+                "store.max_outbox_bytes",
+                bytes_field(
+                    "store.max_outbox_bytes",
+                    self.max_outbox_bytes.as_ref(),
+                    1 << 30,
+                )?,
+            )?,
+            seen_retention,
+            event_ttl,
+            lock_timeout: duration_field(
+                "store.lock_timeout",
+                self.lock_timeout.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            max_commit_events: positive(
+                "store.max_commit_events",
+                self.max_commit_events.unwrap_or(2000),
+            )?,
+        })
+    }
+}
+
+impl RawShipper {
+    pub(super) fn validate(self) -> Result<ShipperConfig> {
+        let retry_initial = duration_field(
+            "shipper.retry_initial",
+            self.retry_initial.as_deref(),
+            Duration::from_secs(1),
+        )?;
+        let retry_max = duration_field(
+            "shipper.retry_max",
+            self.retry_max.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        if retry_max < retry_initial || retry_initial.is_zero() {
+            return Err(Error::invalid(
+                "shipper.retry_max",
+                "must be at least shipper.retry_initial, which must be positive",
+            ));
+        }
+        Ok(ShipperConfig {
+            max_batch_events: positive(
+                "shipper.max_batch_events",
+                self.max_batch_events.unwrap_or(10_000),
+            )?,
+            max_batch_bytes: positive(
+                "shipper.max_batch_bytes",
+                bytes_field(
+                    "shipper.max_batch_bytes",
+                    self.max_batch_bytes.as_ref(),
+                    16 << 20,
+                )?,
+            )?,
+            max_batch_age: duration_field(
+                "shipper.max_batch_age",
+                self.max_batch_age.as_deref(),
+                Duration::from_secs(15),
+            )?,
+            retry_initial,
+            retry_max,
+        })
+    }
+}
+
+impl RawRecord {
+    pub(super) fn validate(self) -> Result<RecordConfig> {
+        let shape = match self.shape.as_deref() {
+            None | Some("flat") => RecordShapeConfig::Flat,
+            Some("fluent-bit") => RecordShapeConfig::FluentBit,
+            Some(other) => {
+                return Err(Error::invalid(
+                    "record.shape",
+                    format!("`{other}` is not one of `flat`, `fluent-bit`"),
+                ));
+            }
+        };
+        let mut record = RecordConfig {
+            shape,
+            include_uid: false,
+            include_resource_version: false,
+        };
+        for column in self.extra_columns {
+            match column.as_str() {
+                "Uid" => record.include_uid = true,
+                "ResourceVersion" => record.include_resource_version = true,
+                other => {
+                    return Err(Error::invalid(
+                        "record.extra_columns",
+                        format!("`{other}` is not one of `Uid`, `ResourceVersion`"),
+                    ));
+                }
+            }
+        }
+        Ok(record)
+    }
+}
+
+pub(super) fn validate_sink(raw: Option<RawSink>) -> Result<SinkConfig> {
+    let Some(raw) = raw else {
+        return Err(Error::invalid(
+            "sink",
+            "is required: `type: file` (with `file.path`), `stdout`, or `adx`",
+        ));
+    };
+    match raw.kind.as_str() {
+        "stdout" => Ok(SinkConfig::Stdout),
+        "file" => {
+            let file = raw.file.ok_or_else(|| {
+                Error::invalid("sink.file", "is required when sink.type is `file`")
+            })?;
+            let path = file
+                .path
+                .ok_or_else(|| Error::invalid("sink.file.path", "is required"))?;
+            Ok(SinkConfig::File {
+                path,
+                max_bytes: positive(
+                    "sink.file.max_bytes",
+                    bytes_field("sink.file.max_bytes", file.max_bytes.as_ref(), 100 << 20)?,
+                )?,
+                max_files: file.max_files.unwrap_or(5),
+            })
+        }
+        "adx" => {
+            let _ = raw.adx;
+            Err(Error::invalid(
+                "sink.type",
+                "`adx` is not implemented yet in this release; use `file` or `stdout`",
+            ))
+        }
+        other => Err(Error::invalid(
+            "sink.type",
+            format!("`{other}` is not one of `file`, `stdout`, `adx`"),
+        )),
+    }
+}
+
+// === effective print ===
+
+fn strings(values: &[String]) -> Value {
+    Value::Sequence(values.iter().map(|v| Value::from(v.clone())).collect())
+}
+
+pub(super) fn print_source(source: &SourceConfig) -> Value {
+    let f = &source.filter;
+    map([
+        (
+            "api",
+            match source.api {
+                EventApi::CoreV1 => "core/v1",
+                EventApi::EventsV1 => "events.k8s.io/v1",
+            }
+            .into(),
+        ),
+        (
+            "initial_list",
+            match source.initial_list {
+                InitialList::All => "all".into(),
+                InitialList::None => "none".into(),
+                InitialList::MaxAge(age) => format_duration(age).into(),
+            },
+        ),
+        (
+            "watch_timeout",
+            format_duration(source.watch_timeout).into(),
+        ),
+        (
+            "watch_idle_grace",
+            format_duration(source.watch_idle_grace).into(),
+        ),
+        ("page_size", source.page_size.into()),
+        (
+            "namespaces",
+            map([
+                ("include", strings(&f.namespaces_include)),
+                ("exclude", strings(&f.namespaces_exclude)),
+            ]),
+        ),
+        ("types", strings(&f.types)),
+        (
+            "reasons",
+            map([
+                ("include", strings(&f.reasons_include)),
+                ("exclude", strings(&f.reasons_exclude)),
+            ]),
+        ),
+        ("involved_kinds", strings(&f.involved_kinds)),
+    ])
+}
+
+pub(super) fn print_store(store: &StoreConfig) -> Value {
+    map([
+        ("path", store.path.display().to_string().into()),
+        ("cache_capacity", format_bytes(store.cache_capacity).into()),
+        (
+            "max_outbox_bytes",
+            format_bytes(store.max_outbox_bytes).into(),
+        ),
+        (
+            "seen_retention",
+            format_duration(store.seen_retention).into(),
+        ),
+        ("event_ttl", format_duration(store.event_ttl).into()),
+        ("lock_timeout", format_duration(store.lock_timeout).into()),
+        ("max_commit_events", store.max_commit_events.into()),
+    ])
+}
+
+pub(super) fn print_shipper(shipper: &ShipperConfig) -> Value {
+    map([
+        ("max_batch_events", shipper.max_batch_events.into()),
+        (
+            "max_batch_bytes",
+            format_bytes(shipper.max_batch_bytes).into(),
+        ),
+        (
+            "max_batch_age",
+            format_duration(shipper.max_batch_age).into(),
+        ),
+        (
+            "retry_initial",
+            format_duration(shipper.retry_initial).into(),
+        ),
+        ("retry_max", format_duration(shipper.retry_max).into()),
+    ])
+}
+
+pub(super) fn print_record(record: &RecordConfig) -> Value {
+    let mut extra = Vec::new();
+    if record.include_uid {
+        extra.push("Uid".to_owned());
+    }
+    if record.include_resource_version {
+        extra.push("ResourceVersion".to_owned());
+    }
+    map([
+        (
+            "shape",
+            match record.shape {
+                RecordShapeConfig::Flat => "flat",
+                RecordShapeConfig::FluentBit => "fluent-bit",
+            }
+            .into(),
+        ),
+        ("extra_columns", strings(&extra)),
+    ])
+}
+
+pub(super) fn print_sink(sink: &SinkConfig) -> Value {
+    match sink {
+        SinkConfig::Stdout => map([("type", "stdout".into())]),
+        SinkConfig::File {
+            path,
+            max_bytes,
+            max_files,
+        } => map([
+            ("type", "file".into()),
+            (
+                "file",
+                map([
+                    ("path", path.display().to_string().into()),
+                    ("max_bytes", format_bytes(*max_bytes).into()),
+                    ("max_files", (*max_files).into()),
+                ]),
+            ),
+        ]),
+    }
+}

@@ -16,3 +16,4 @@ pub mod emulator;
 pub mod leader;
 pub mod shutdown;
 pub mod telemetry;
+pub mod transform;

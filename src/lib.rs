@@ -19,3 +19,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod store;
 pub mod telemetry;
+pub mod transform;

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, AdminState},
     config::Config,
-    diagnostics,
     leader::{Elector, Fence, LeadershipWatch},
-    telemetry::{Metrics, StatusBoard},
+    pipeline,
+    telemetry::{Metrics, StatusBoard, error_chain},
 };
 
 /// Header carrying this replica's identity on every Kubernetes API request, so API server audit
@@ -99,8 +99,14 @@ pub async fn run(
     let elector_task = tokio::spawn(elector.run(elector_stop.clone()));
 
     let grace = config.shutdown_grace_period;
+    let context = pipeline::Context {
+        client: client.clone(),
+        config: Arc::new(config.clone()),
+        metrics: metrics.clone(),
+        board: Arc::clone(&board),
+    };
     supervise(
-        &config,
+        &context,
         leadership,
         &shutdown,
         grace.mul_f64(PIPELINE_SHARE_OF_GRACE),
@@ -131,72 +137,97 @@ pub async fn run(
     Ok(())
 }
 
+/// Delay before a pipeline that failed is started again while this replica still leads.
+const PIPELINE_RESTART_DELAY: Duration = Duration::from_secs(2);
+
+struct Running {
+    epoch: i64,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), pipeline::Error>>,
+}
+
 /// Starts the pipeline whenever this replica gains the lease and stops it when it loses it, until
-/// `shutdown`; then stops a running pipeline within `stop_budget`.
+/// `shutdown`; then stops a running pipeline within `stop_budget`. A pipeline that fails while
+/// this replica still leads is started again after a short delay.
 async fn supervise(
-    config: &Config,
+    context: &pipeline::Context,
     mut leadership: LeadershipWatch,
     shutdown: &CancellationToken,
     stop_budget: Duration,
 ) {
-    let mut running: Option<(i64, CancellationToken, JoinHandle<()>)> = None;
+    let mut running: Option<Running> = None;
+    let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
         let current = leadership.borrow_and_update().clone();
         match (&current, &running) {
-            (Some(lead), None) => {
-                running = Some(start_pipeline(config, &leadership, lead.epoch));
+            (Some(lead), None) if restart_at.is_none_or(|at| tokio::time::Instant::now() >= at) => {
+                restart_at = None;
+                running = Some(start_pipeline(context, &leadership, lead.epoch));
             }
-            (Some(lead), Some((epoch, _, _))) if *epoch != lead.epoch => {
+            (Some(lead), Some(run)) if run.epoch != lead.epoch => {
                 stop_pipeline(running.take(), stop_budget).await;
-                running = Some(start_pipeline(config, &leadership, lead.epoch));
+                running = Some(start_pipeline(context, &leadership, lead.epoch));
             }
-            (None, Some(_)) => stop_pipeline(running.take(), stop_budget).await,
+            (None, Some(_)) => {
+                stop_pipeline(running.take(), stop_budget).await;
+                restart_at = None;
+            }
             _ => {}
         }
+        let finished = async {
+            match running.as_mut() {
+                Some(run) => (&mut run.task).await,
+                None => std::future::pending().await,
+            }
+        };
+        let restart = async {
+            match restart_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             changed = leadership.changed() => if changed.is_err() { break },
+            outcome = finished => {
+                let epoch = running.take().map_or(-1, |run| run.epoch);
+                match outcome {
+                    Ok(Ok(())) => tracing::info!(epoch, "Leader pipeline ended"),
+                    Ok(Err(error)) => tracing::error!(epoch, error = %error_chain(&error), "Leader pipeline failed; restarting it while this replica leads"),
+                    Err(join) => tracing::error!(epoch, error = %join, "Leader pipeline task failed"),
+                }
+                restart_at = Some(tokio::time::Instant::now() + PIPELINE_RESTART_DELAY);
+            }
+            () = restart => {}
         }
     }
     stop_pipeline(running.take(), stop_budget).await;
 }
 
 fn start_pipeline(
-    config: &Config,
+    context: &pipeline::Context,
     leadership: &LeadershipWatch,
     epoch: i64,
-) -> (i64, CancellationToken, JoinHandle<()>) {
-    let token = CancellationToken::new();
+) -> Running {
+    let stop = CancellationToken::new();
     let fence = Fence::new(leadership.clone(), epoch);
     tracing::info!(epoch, "Starting the leader pipeline");
-    let stop = token.clone();
-    let fence_log = config.diagnostics.fence_log.clone();
-    let interval = config.diagnostics.fence_log_interval;
-    let identity = config.leader.identity.clone();
-    let task = tokio::spawn(async move {
-        if let Some(path) = fence_log
-            && let Err(error) =
-                diagnostics::fence_log(path, interval, identity, fence, stop.clone()).await
-        {
-            tracing::error!(%error, "Fence log failed");
-        }
-        stop.cancelled().await;
-    });
-    (epoch, token, task)
+    let task = tokio::spawn(pipeline::run(context.clone(), fence, stop.clone()));
+    Running { epoch, stop, task }
 }
 
-async fn stop_pipeline(
-    running: Option<(i64, CancellationToken, JoinHandle<()>)>,
-    budget: Duration,
-) {
-    let Some((epoch, token, task)) = running else {
+async fn stop_pipeline(running: Option<Running>, budget: Duration) {
+    let Some(Running { epoch, stop, task }) = running else {
         return;
     };
-    token.cancel();
-    if tokio::time::timeout(budget, task).await.is_ok() {
-        tracing::info!(epoch, "Leader pipeline stopped");
-    } else {
-        tracing::error!(epoch, ?budget, "Leader pipeline did not stop in time");
+    stop.cancel();
+    match tokio::time::timeout(budget, task).await {
+        Ok(Ok(Ok(()))) => tracing::info!(epoch, "Leader pipeline stopped"),
+        Ok(Ok(Err(error))) => {
+            tracing::info!(epoch, error = %error_chain(&error), "Leader pipeline stopped with an error");
+        }
+        Ok(Err(join)) => tracing::error!(epoch, error = %join, "Leader pipeline task failed"),
+        Err(_) => tracing::error!(epoch, ?budget, "Leader pipeline did not stop in time"),
     }
 }
 

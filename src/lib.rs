@@ -10,13 +10,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod capture;
 pub mod config;
 pub mod diagnostics;
 pub mod emulator;
 pub mod leader;
+pub mod pipeline;
 pub mod ship;
 pub mod shutdown;
 pub mod sink;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod transform;

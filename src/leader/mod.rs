@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::LeaderConfig,
+    telemetry::error_chain,
     telemetry::{Metrics, StatusBoard},
 };
 
@@ -701,17 +702,6 @@ fn holder_of(lease: &Lease) -> String {
         .as_ref()
         .and_then(|s| s.holder_identity.clone())
         .unwrap_or_default()
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     sink::{OutgoingBatch, Sink},
     store::{self, BatchRecord, EventStore, Guard, OutboxEntry},
+    telemetry::error_chain,
     telemetry::{Metrics, StatusBoard},
 };
 
@@ -328,17 +329,6 @@ fn payload(entries: &[OutboxEntry]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

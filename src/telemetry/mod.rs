@@ -31,3 +31,16 @@ pub fn init_tracing(log: &LogConfig) {
             .try_init(),
     };
 }
+
+/// An error and all its causes, `: `-separated, for one log field.
+#[must_use]
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

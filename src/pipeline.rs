@@ -1,0 +1,376 @@
+//! The leader-only pipeline of one leadership term: open the store, claim it for the term, resume
+//! (or start fresh), and run source → capture → shipper → sink until told to stop; then flush and
+//! close the store so the next leader can open it.
+//!
+//! Owns the order of start-up and shutdown and the wiring between stages. It must never run a
+//! stage before the store is claimed for this term, and never return before the store is flushed
+//! and closed.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    capture::Capture,
+    config::{Config, RecordShapeConfig, SinkConfig},
+    diagnostics,
+    leader::Fence,
+    ship::{Shipper, ShipperOptions},
+    sink::{FileSink, FileSinkOptions, Sink, StdoutSink},
+    source::{Source, Start},
+    store::{self, EventStore, Guard, OpenOptions, SledStore},
+    telemetry::error_chain,
+    telemetry::{Metrics, StatusBoard},
+    transform::{RecordOptions, RecordShape},
+};
+
+/// Readiness condition raised while the leader has not finished its first list or resume.
+pub const READY_CONDITION: &str = "pipeline";
+
+/// Why a pipeline run ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened or claimed.
+    #[error("opening the store failed")]
+    Store(#[from] store::Error),
+    /// The sink could not be set up.
+    #[error("setting up the {sink} sink failed")]
+    Sink {
+        /// Which sink.
+        sink: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stage failed.
+    #[error("the {stage} stage failed")]
+    Stage {
+        /// `source`, `capture`, `shipper` or `maintenance`.
+        stage: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A blocking task could not run.
+    #[error("pipeline task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Everything a pipeline run needs.
+#[derive(Clone)]
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Status board.
+    pub board: Arc<StatusBoard>,
+}
+
+/// Runs the pipeline for the term of `fence` until `stop` is cancelled or a stage fails.
+pub async fn run(context: Context, fence: Fence, stop: CancellationToken) -> Result<(), Error> {
+    let Context {
+        client,
+        config,
+        metrics,
+        board,
+    } = context;
+    board.set_not_ready(READY_CONDITION, "leader is opening the store");
+    let guard: Arc<dyn Guard> = Arc::new(fence.clone());
+    let store = open_store(&config, &metrics, &stop).await?;
+    let Some(store) = store else {
+        board.set_ready(READY_CONDITION);
+        return Ok(());
+    };
+    let result = run_stages(
+        &config, client, &metrics, &board, &store, guard, fence, &stop,
+    )
+    .await;
+    // Flush and close before the lease may be released.
+    let closing = Arc::clone(&store);
+    if let Err(error) = tokio::task::spawn_blocking(move || closing.flush()).await? {
+        tracing::error!(error = %error, "Flushing the store on stop failed");
+    }
+    drop(store);
+    board.set_ready(READY_CONDITION);
+    tracing::info!("Store closed");
+    result
+}
+
+async fn open_store(
+    config: &Config,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Result<Option<Arc<SledStore>>, Error> {
+    let options = OpenOptions {
+        path: config.store.path.clone(),
+        cache_capacity: config.store.cache_capacity,
+        lock_timeout: config.store.lock_timeout,
+    };
+    let opening = tokio::task::spawn_blocking(move || SledStore::open(&options));
+    let opened = tokio::select! {
+        () = stop.cancelled() => return Ok(None),
+        opened = opening => opened??,
+    };
+    if let Some((moved_to, reason)) = &opened.quarantined {
+        metrics.store_quarantined.inc();
+        tracing::error!(
+            path = %config.store.path.display(),
+            moved_to = %moved_to.display(),
+            reason = %reason,
+            "The store was unusable and has been moved aside; starting a fresh store with a full relist"
+        );
+    }
+    Ok(Some(Arc::new(opened.store)))
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, wiring the stages"
+)]
+async fn run_stages(
+    config: &Config,
+    client: kube::Client,
+    metrics: &Metrics,
+    board: &Arc<StatusBoard>,
+    store: &Arc<SledStore>,
+    guard: Arc<dyn Guard>,
+    fence: Fence,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    {
+        let store = Arc::clone(store);
+        let guard = Arc::clone(&guard);
+        tokio::task::spawn_blocking(move || store.begin_term(guard.as_ref())).await??;
+    }
+    let meta = {
+        let store = Arc::clone(store);
+        tokio::task::spawn_blocking(move || store.meta()).await??
+    };
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let start = match (&meta.checkpoint, meta.checkpoint_time_ms) {
+        (Some(rv), time) => {
+            let age = time.map(|t| Duration::from_millis(u64::try_from(now_ms - t).unwrap_or(0)));
+            if let Some(age) = age {
+                metrics.checkpoint_age.set(age.as_secs_f64());
+                if age > config.store.event_ttl {
+                    metrics.capture_gaps.inc();
+                    tracing::error!(
+                        resource_version = %rv,
+                        checkpoint_age = ?age,
+                        event_ttl = ?config.store.event_ttl,
+                        "The checkpoint is older than the event TTL: events that expired in between were never seen"
+                    );
+                }
+            }
+            tracing::info!(resource_version = %rv, epoch = fence.epoch(), "Resuming from the stored checkpoint");
+            Start::Resume(rv.clone())
+        }
+        (None, _) => {
+            tracing::info!(
+                epoch = fence.epoch(),
+                "No checkpoint in the store; starting with the initial list"
+            );
+            Start::Fresh
+        }
+    };
+    let sink = build_sink(config)?;
+    let stages = stop.child_token();
+    let shipper_wake = Arc::new(Notify::new());
+    let (tx, rx) = mpsc::channel(config.store.max_commit_events * 2);
+
+    let source = Source::new(
+        client,
+        config.source.clone(),
+        metrics.clone(),
+        tx,
+        Arc::clone(board),
+    );
+    let capture = Capture {
+        store: Arc::clone(store) as Arc<dyn EventStore>,
+        guard: Arc::clone(&guard),
+        record: record_options(config),
+        max_commit_events: config.store.max_commit_events,
+        max_outbox_bytes: config.store.max_outbox_bytes,
+        metrics: metrics.clone(),
+        shipper_wake: Arc::clone(&shipper_wake),
+    };
+    let shipper = Shipper {
+        store: Arc::clone(store) as Arc<dyn EventStore>,
+        sink,
+        guard: Arc::clone(&guard),
+        options: ShipperOptions {
+            max_events: config.shipper.max_batch_events,
+            max_bytes: config.shipper.max_batch_bytes,
+            max_age: config.shipper.max_batch_age,
+            retry_initial: config.shipper.retry_initial,
+            retry_max: config.shipper.retry_max,
+        },
+        metrics: metrics.clone(),
+        board: Arc::clone(board),
+        wake: shipper_wake,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let stop = stages.clone();
+        tasks.spawn(async move { ("source", source.run(start, stop).await.map_err(boxed)) });
+    }
+    {
+        let stop = stages.clone();
+        tasks.spawn(async move { ("capture", capture.run(rx, stop).await.map_err(boxed)) });
+    }
+    {
+        let stop = stages.clone();
+        tasks.spawn(async move { ("shipper", shipper.run(stop).await.map_err(boxed)) });
+    }
+    {
+        let stop = stages.clone();
+        let store = Arc::clone(store) as Arc<dyn EventStore>;
+        let guard = Arc::clone(&guard);
+        let metrics = metrics.clone();
+        let retention = config.store.seen_retention;
+        tasks.spawn(async move {
+            (
+                "maintenance",
+                maintain(store, guard, metrics, retention, stop)
+                    .await
+                    .map_err(boxed),
+            )
+        });
+    }
+    if let Some(path) = config.diagnostics.fence_log.clone() {
+        let stop = stages.clone();
+        let interval = config.diagnostics.fence_log_interval;
+        let identity = config.leader.identity.clone();
+        tasks.spawn(async move {
+            let result =
+                diagnostics::fence_log(path, interval, identity, fence, stop.clone()).await;
+            // The fence log stops on a stale fence; keep the slot until the pipeline stops.
+            stop.cancelled().await;
+            ("fence_log", result.map_err(boxed))
+        });
+    }
+
+    let mut first_error: Option<Error> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (stage, result) = joined?;
+        if let Err(source) = result
+            && first_error.is_none()
+        {
+            if !stages.is_cancelled() || !is_fence_error(source.as_ref()) {
+                tracing::error!(stage, error = %error_chain(source.as_ref()), "Pipeline stage failed; stopping the pipeline");
+            }
+            first_error = Some(Error::Stage { stage, source });
+        }
+        // Any stage ending stops the others.
+        stages.cancel();
+    }
+    match first_error {
+        Some(error) if !stop.is_cancelled() => Err(error),
+        _ => Ok(()),
+    }
+}
+
+fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, Error> {
+    Ok(match &config.sink {
+        SinkConfig::Stdout => Arc::new(StdoutSink),
+        SinkConfig::File {
+            path,
+            max_bytes,
+            max_files,
+        } => Arc::new(
+            FileSink::open(FileSinkOptions {
+                path: path.clone(),
+                max_bytes: *max_bytes,
+                max_files: *max_files,
+            })
+            .map_err(|source| Error::Sink {
+                sink: "file",
+                source,
+            })?,
+        ),
+    })
+}
+
+/// The transform options for `config`.
+#[must_use]
+pub fn record_options(config: &Config) -> RecordOptions {
+    RecordOptions {
+        shape: match config.record.shape {
+            RecordShapeConfig::Flat => RecordShape::Flat,
+            RecordShapeConfig::FluentBit => RecordShape::FluentBit,
+        },
+        include_uid: config.record.include_uid,
+        include_resource_version: config.record.include_resource_version,
+        cluster: config.cluster.name.clone(),
+        region: config.cluster.region.clone(),
+        environment: config.cluster.environment.clone(),
+    }
+}
+
+/// Prunes the dedupe set and refreshes store gauges, once a minute.
+async fn maintain(
+    store: Arc<dyn EventStore>,
+    guard: Arc<dyn Guard>,
+    metrics: Metrics,
+    retention: Duration,
+    stop: CancellationToken,
+) -> Result<(), store::Error> {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let store = Arc::clone(&store);
+        let guard = Arc::clone(&guard);
+        let cutoff = jiff::Timestamp::now().as_millisecond()
+            - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let result = tokio::task::spawn_blocking(move || {
+            let pruned = store.prune_seen(cutoff, guard.as_ref())?;
+            Ok::<_, store::Error>((pruned, store.seen_len(), store.meta()?))
+        })
+        .await;
+        let Ok(result) = result else {
+            continue;
+        };
+        let (pruned, seen, meta) = result?;
+        metrics.seen_pruned.inc_by(pruned);
+        metrics
+            .seen_entries
+            .set(i64::try_from(seen).unwrap_or(i64::MAX));
+        if let Some(time) = meta.checkpoint_time_ms {
+            let age = (jiff::Timestamp::now().as_millisecond() - time).max(0);
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "an age in ms fits f64 exactly enough"
+            )]
+            metrics.checkpoint_age.set(age as f64 / 1000.0);
+        }
+    }
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(
+    error: E,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(error)
+}
+
+fn is_fence_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(store_error) = e.downcast_ref::<store::Error>()
+            && matches!(
+                store_error,
+                store::Error::Fenced | store::Error::StaleEpoch { .. }
+            )
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

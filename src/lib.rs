@@ -14,6 +14,7 @@ pub mod capture;
 pub mod config;
 pub mod diagnostics;
 pub mod emulator;
+pub mod lab;
 pub mod leader;
 pub mod pipeline;
 pub mod ship;

@@ -20,6 +20,7 @@ pub fn init_tracing(log: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     // A second call (tests) keeps the first subscriber.
     let _ = match log.format {

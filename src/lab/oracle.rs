@@ -1,0 +1,170 @@
+//! The oracle: compares what a sink delivered with every event version the API server stored,
+//! under the key (uid, resourceVersion), and reports what is missing and what is duplicated.
+//!
+//! Owns reading delivered rows (the file sink's active and rotated files) and the comparison. It
+//! must never count a row it cannot key as delivered.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::BufRead as _,
+    path::{Path, PathBuf},
+};
+
+use serde_json::Value;
+
+/// One event version, as stored or as delivered.
+pub type Key = (String, String);
+
+/// The comparison.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Versions the API server stored.
+    pub stored: usize,
+    /// Rows delivered.
+    pub delivered: usize,
+    /// Stored versions never delivered.
+    pub missing: usize,
+    /// Extra deliveries of a version (a version delivered three times counts two).
+    pub duplicated: usize,
+    /// Delivered rows that no stored version matches.
+    pub unexpected: usize,
+    /// Delivered rows without `Uid`/`ResourceVersion`.
+    pub unkeyed: usize,
+    /// A few missing keys, for the log.
+    pub missing_sample: Vec<Key>,
+}
+
+impl Report {
+    /// True when nothing is missing, duplicated, unexpected or unkeyed.
+    #[must_use]
+    pub fn is_exact(&self) -> bool {
+        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0 && self.unkeyed == 0
+    }
+}
+
+/// Compares delivered keys with stored keys.
+#[must_use]
+pub fn compare(stored: &[Key], delivered: &[Key], unkeyed: usize) -> Report {
+    let truth: HashSet<&Key> = stored.iter().collect();
+    let mut counts: HashMap<&Key, usize> = HashMap::new();
+    for key in delivered {
+        *counts.entry(key).or_default() += 1;
+    }
+    let missing: Vec<Key> = stored
+        .iter()
+        .filter(|k| !counts.contains_key(k))
+        .cloned()
+        .collect();
+    Report {
+        stored: truth.len(),
+        delivered: delivered.len(),
+        missing: missing.len(),
+        duplicated: counts.values().map(|n| n.saturating_sub(1)).sum(),
+        unexpected: counts.keys().filter(|k| !truth.contains(*k)).count(),
+        unkeyed,
+        missing_sample: missing.into_iter().take(5).collect(),
+    }
+}
+
+/// The file sink's files: rotated ones (`<path>.N`, oldest first) then the active one.
+#[must_use]
+pub fn sink_files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(usize, PathBuf)> = Vec::new();
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        let name = name.to_string_lossy().into_owned();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if let Some(index) = file
+                    .strip_prefix(&name)
+                    .and_then(|r| r.strip_prefix('.'))
+                    .and_then(|r| r.parse::<usize>().ok())
+                {
+                    rotated.push((index, entry.path()));
+                }
+            }
+        }
+    }
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if path.exists() {
+        files.push(path.to_owned());
+    }
+    files
+}
+
+/// Reads delivered keys from NDJSON rows with `Uid` and `ResourceVersion` columns (flat shape)
+/// or the same keys under `log` (fluent-bit shape). Returns the keys and the unkeyed row count.
+///
+/// # Errors
+/// Fails if a file cannot be read.
+pub fn read_delivered(files: &[PathBuf]) -> std::io::Result<(Vec<Key>, usize)> {
+    let mut keys = Vec::new();
+    let mut unkeyed = 0;
+    for file in files {
+        let reader = std::io::BufReader::new(std::fs::File::open(file)?);
+        for line in reader.lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|row| key_of(&row))
+            {
+                Some(key) => keys.push(key),
+                None => unkeyed += 1,
+            }
+        }
+    }
+    Ok((keys, unkeyed))
+}
+
+/// The `(Uid, ResourceVersion)` of a delivered row.
+#[must_use]
+pub fn key_of(row: &Value) -> Option<Key> {
+    let row = row.get("log").unwrap_or(row);
+    let uid = row.get("Uid")?.as_str()?;
+    let rv = row.get("ResourceVersion")?.as_str()?;
+    Some((uid.to_owned(), rv.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(uid: &str, rv: &str) -> Key {
+        (uid.to_owned(), rv.to_owned())
+    }
+
+    #[test]
+    fn the_oracle_counts_missing_duplicated_and_unexpected_versions() {
+        let stored = vec![k("a", "1"), k("a", "2"), k("b", "3")];
+        let delivered = vec![
+            k("a", "1"),
+            k("a", "1"),
+            k("a", "1"),
+            k("b", "3"),
+            k("c", "9"),
+        ];
+        let report = compare(&stored, &delivered, 1);
+        assert_eq!(report.stored, 3);
+        assert_eq!(report.delivered, 5);
+        assert_eq!(report.missing, 1);
+        assert_eq!(report.missing_sample, vec![k("a", "2")]);
+        assert_eq!(report.duplicated, 2);
+        assert_eq!(report.unexpected, 1);
+        assert!(!report.is_exact());
+        assert!(compare(&stored, &stored, 0).is_exact());
+    }
+
+    #[test]
+    fn rows_are_keyed_in_both_record_shapes() {
+        let flat: Value = serde_json::json!({"Uid": "u", "ResourceVersion": "5"});
+        let fluent: Value =
+            serde_json::json!({"TimeGenerated": "x", "log": {"Uid": "u", "ResourceVersion": "5"}});
+        assert_eq!(key_of(&flat), Some(k("u", "5")));
+        assert_eq!(key_of(&fluent), Some(k("u", "5")));
+        assert_eq!(key_of(&serde_json::json!({"Uid": "u"})), None);
+    }
+}

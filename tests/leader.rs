@@ -1,0 +1,484 @@
+//! Leader election against the Kubernetes API emulator: races, the naive-PATCH bug we avoid,
+//! partitions, clock skew, API errors, and Leases written by other tools.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+};
+use kevents::{
+    config::LeaderConfig,
+    emulator::kube::{ErrorFault, KubeEmulator, KubeEmulatorConfig},
+    leader::{Attempt, Elector, Fence},
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use tokio::sync::Barrier;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "default";
+const LEASE: &str = "race";
+
+async fn emulator() -> KubeEmulator {
+    KubeEmulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        KubeEmulatorConfig::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A client that identifies itself as `identity` (as kevents does), with kube's retries off.
+fn client_as(emulator: &KubeEmulator, identity: &str) -> kube::Client {
+    let mut config = kube::Config::new(emulator.url().parse().unwrap());
+    config.default_namespace = NS.to_owned();
+    config.default_retry = false;
+    config.headers.push((
+        http::HeaderName::from_static("x-client-id"),
+        http::HeaderValue::from_str(identity).unwrap(),
+    ));
+    kube::Client::try_from(config).unwrap()
+}
+
+fn leader_config(identity: &str, lease_ms: u64, renew_ms: u64, retry_ms: u64) -> LeaderConfig {
+    LeaderConfig {
+        lease_name: LEASE.to_owned(),
+        lease_namespace: Some(NS.to_owned()),
+        identity: identity.to_owned(),
+        lease_duration: Duration::from_millis(lease_ms),
+        renew_deadline: Duration::from_millis(renew_ms),
+        retry_period: Duration::from_millis(retry_ms),
+    }
+}
+
+fn elector(emulator: &KubeEmulator, identity: &str, lease_ms: u64) -> Elector {
+    let api: Api<Lease> = Api::namespaced(client_as(emulator, identity), NS);
+    Elector::new(
+        api,
+        leader_config(identity, lease_ms, lease_ms * 4 / 5, lease_ms / 4),
+    )
+}
+
+async fn set_lease(api: &Api<Lease>, spec: LeaseSpec) {
+    let mut lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+    };
+    if let Some(current) = api.get_opt(LEASE).await.unwrap() {
+        lease.metadata.resource_version = current.metadata.resource_version;
+    }
+    api.replace(LEASE, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+}
+
+fn released() -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(String::new()),
+        lease_duration_seconds: Some(1),
+        lease_transitions: Some(3),
+        ..LeaseSpec::default()
+    }
+}
+
+/// `[became_leader, end]` of one leadership term, on this process's monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    start: Instant,
+    end: Instant,
+}
+
+fn assert_no_overlap(terms: &mut [Term]) {
+    terms.sort_by_key(|t| t.start);
+    for pair in terms.windows(2) {
+        assert!(
+            pair[0].end <= pair[1].start,
+            "two leaders at once: {:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_candidates_racing_for_a_released_lease_never_both_lead_over_200_rounds() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    let mut terms = Vec::new();
+    for round in 0..200 {
+        set_lease(&admin, released()).await;
+        let mut candidates: Vec<Elector> = (0..10)
+            .map(|i| elector(&emulator, &format!("c{i}"), 10_000))
+            .collect();
+        let barrier = Arc::new(Barrier::new(10));
+        let outcomes = join_all(candidates.iter_mut().map(|c| {
+            let barrier = Arc::clone(&barrier);
+            async move {
+                barrier.wait().await;
+                let outcome = c.try_acquire_once().await;
+                (outcome, Instant::now())
+            }
+        }))
+        .await;
+        let winners: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, (o, _))| *o == Attempt::Acquired)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        let winner = &mut candidates[winners[0]];
+        let leadership = winner.subscribe().borrow().clone().unwrap();
+        let start = outcomes[winners[0]].1;
+        let released_at = Instant::now();
+        assert!(winner.release().await);
+        terms.push(Term {
+            start,
+            end: leadership.valid_until.min(released_at),
+        });
+    }
+    assert_no_overlap(&mut terms);
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_candidates_waiting_out_an_expired_lease_never_both_lead() {
+    let emulator = emulator().await;
+    let lease_ms = 1000;
+    let mut candidates: Vec<Elector> = (0..10)
+        .map(|i| elector(&emulator, &format!("e{i}"), lease_ms))
+        .collect();
+    let mut terms = Vec::new();
+    // Each round the current leader simply stops renewing (it died); the others must wait the
+    // lease out from when *they* last saw it change.
+    for round in 0..8 {
+        let mut winner: Option<(usize, Instant)> = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while winner.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nobody took the lease"
+            );
+            let outcomes = join_all(candidates.iter_mut().map(|c| async move {
+                if c.is_leading() {
+                    // The previous leader is dead: it neither renews nor competes.
+                    return Attempt::Held;
+                }
+                c.try_acquire_once().await
+            }))
+            .await;
+            let won: Vec<usize> = (0..outcomes.len())
+                .filter(|i| outcomes[*i] == Attempt::Acquired)
+                .collect();
+            assert!(won.len() <= 1, "round {round}: two winners {won:?}");
+            if let Some(i) = won.first() {
+                winner = Some((*i, Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (index, start) = winner.unwrap();
+        let leadership = candidates[index].subscribe().borrow().clone().unwrap();
+        terms.push(Term {
+            start,
+            end: leadership.valid_until,
+        });
+        // The dead leader is replaced by a fresh process in its slot.
+        candidates[index] = elector(&emulator, &format!("e{index}-r{round}"), lease_ms);
+    }
+    assert_no_overlap(&mut terms);
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_naive_merge_patch_takeover_yields_two_leaders_where_ours_yields_one() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    set_lease(&admin, released()).await;
+    // What kube-leader-election 0.44 does: GET, judge expiry, then an unconditional merge PATCH.
+    let barrier = Arc::new(Barrier::new(10));
+    let naive = join_all((0..10).map(|i| {
+        let api: Api<Lease> = Api::namespaced(client_as(&emulator, &format!("n{i}")), NS);
+        let barrier = Arc::clone(&barrier);
+        async move {
+            let lease = api.get(LEASE).await.unwrap();
+            let holder = lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            barrier.wait().await;
+            if !holder.is_empty() {
+                return false;
+            }
+            let patch = serde_json::json!({"spec": {"holderIdentity": format!("n{i}")}});
+            api.patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .is_ok()
+        }
+    }))
+    .await;
+    let naive_winners = naive.iter().filter(|won| **won).count();
+    assert!(
+        naive_winners >= 2,
+        "the emulator must expose the naive takeover: {naive_winners} winner(s)"
+    );
+
+    set_lease(&admin, released()).await;
+    let mut ours: Vec<Elector> = (0..10)
+        .map(|i| elector(&emulator, &format!("o{i}"), 10_000))
+        .collect();
+    let barrier = Arc::new(Barrier::new(10));
+    let outcomes = join_all(ours.iter_mut().map(|c| {
+        let barrier = Arc::clone(&barrier);
+        async move {
+            barrier.wait().await;
+            c.try_acquire_once().await
+        }
+    }))
+    .await;
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Attempt::Acquired).count(),
+        1
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_leader_demotes_within_the_renew_deadline_and_nobody_leads_before_the_lease_runs_out()
+ {
+    let emulator = emulator().await;
+    let (lease_ms, renew_ms, retry_ms) = (2000, 1500, 300);
+    let make = |identity: &str| {
+        let api: Api<Lease> = Api::namespaced(client_as(&emulator, identity), NS);
+        Elector::new(api, leader_config(identity, lease_ms, renew_ms, retry_ms))
+    };
+    let a = make("part-a");
+    let a_watch = a.subscribe();
+    let stop_a = CancellationToken::new();
+    let a_task = tokio::spawn(a.run(stop_a.clone()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a_watch.borrow().is_none() {
+        assert!(Instant::now() < deadline, "a never led");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fence = Fence::new(a_watch.clone(), a_watch.borrow().as_ref().unwrap().epoch);
+    let b = make("part-b");
+    let b_watch = b.subscribe();
+    let stop_b = CancellationToken::new();
+    let b_task = tokio::spawn(b.run(stop_b.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b_watch.borrow().is_none());
+
+    let last_valid = a_watch.borrow().as_ref().unwrap().valid_until;
+    emulator.state().faults().partition("part-a", None);
+    let partitioned_at = Instant::now();
+    // a: no longer current within the renew deadline of its last successful renew.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fence.is_current() || a_watch.borrow().is_some() {
+        assert!(Instant::now() < deadline, "a never demoted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let demoted_at = Instant::now();
+    let last_renew_start = a_watch
+        .borrow()
+        .as_ref()
+        .map_or(last_valid, |l| l.valid_until)
+        .checked_sub(Duration::from_millis(renew_ms))
+        .unwrap();
+    assert!(
+        demoted_at
+            <= last_valid.max(last_renew_start + Duration::from_millis(renew_ms))
+                + Duration::from_millis(150),
+        "demoted {:?} after the partition, later than the renew deadline",
+        demoted_at - partitioned_at
+    );
+    // b: leads, but only once the lease ran out since a's last successful renew.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b_watch.borrow().is_none() {
+        assert!(Instant::now() < deadline, "b never led");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b_became = Instant::now();
+    let a_last_renew_start = last_valid
+        .checked_sub(Duration::from_millis(renew_ms))
+        .unwrap();
+    assert!(
+        b_became >= a_last_renew_start + Duration::from_millis(lease_ms),
+        "b led {:?} after a's last renew, before the lease duration",
+        b_became - a_last_renew_start
+    );
+    assert!(
+        b_became >= demoted_at,
+        "b led while a still considered itself leader"
+    );
+    stop_a.cancel();
+    stop_b.cancel();
+    let _ = a_task.await;
+    let _ = b_task.await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renew_time_an_hour_off_is_judged_by_when_this_replica_saw_it_change() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    for offset in [3600i64, -3600] {
+        let renew = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(offset))
+            .unwrap();
+        set_lease(
+            &admin,
+            LeaseSpec {
+                holder_identity: Some("ghost".to_owned()),
+                lease_duration_seconds: Some(1),
+                renew_time: Some(MicroTime(renew)),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            },
+        )
+        .await;
+        let mut candidate = elector(&emulator, &format!("skew{offset}"), 1000);
+        let first_seen = Instant::now();
+        assert_eq!(
+            candidate.try_acquire_once().await,
+            Attempt::Held,
+            "offset {offset}: a lease just seen to change is valid, whatever its renewTime says"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match candidate.try_acquire_once().await {
+                Attempt::Acquired => break,
+                _ => assert!(Instant::now() < deadline, "offset {offset}: never acquired"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = first_seen.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1000),
+            "offset {offset}: took over after {waited:?}, before leaseDurationSeconds"
+        );
+        assert!(
+            waited < Duration::from_secs(3),
+            "offset {offset}: waited {waited:?}"
+        );
+        candidate.release().await;
+    }
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_written_by_another_tool_with_missing_fields_is_taken_and_its_other_fields_kept() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    let mut labels = BTreeMap::new();
+    labels.insert("team".to_owned(), "platform".to_owned());
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.to_owned()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                "note".to_owned(),
+                "hand-made".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            strategy: Some("OldestEmulationVersion".to_owned()),
+            preferred_holder: Some("someone".to_owned()),
+            ..LeaseSpec::default()
+        }),
+    };
+    admin.create(&PostParams::default(), &lease).await.unwrap();
+    let mut candidate = elector(&emulator, "tidy", 10_000);
+    assert_eq!(candidate.try_acquire_once().await, Attempt::Acquired);
+    let stored = admin.get(LEASE).await.unwrap();
+    let spec = stored.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("tidy"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
+    assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
+    assert_eq!(stored.metadata.labels, Some(labels));
+    assert_eq!(
+        stored
+            .metadata
+            .annotations
+            .unwrap()
+            .get("note")
+            .map(String::as_str),
+        Some("hand-made")
+    );
+    assert!(candidate.release().await);
+    let released = admin.get(LEASE).await.unwrap().spec.unwrap();
+    assert_eq!(released.holder_identity.as_deref(), Some(""));
+    assert_eq!(released.lease_duration_seconds, Some(1));
+    assert_eq!(released.strategy.as_deref(), Some("OldestEmulationVersion"));
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_never_stop_the_elector_and_it_backs_off_instead_of_hot_looping() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    set_lease(&admin, released()).await;
+    for status in [500u16, 429] {
+        emulator
+            .state()
+            .faults()
+            .inject_errors(ErrorFault {
+                status,
+                count: None,
+                seconds: Some(2.0),
+                retry_after_seconds: Some(1),
+                path_contains: Some("leases".to_owned()),
+            })
+            .unwrap();
+        let identity = format!("err{status}");
+        let api: Api<Lease> = Api::namespaced(client_as(&emulator, &identity), NS);
+        let candidate = Elector::new(api, leader_config(&identity, 3000, 2000, 250));
+        let watch = candidate.subscribe();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(candidate.run(stop.clone()));
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        while watch.borrow().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{status}: never acquired after the errors ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let faulted = emulator
+            .state()
+            .stats()
+            .clients
+            .get(&identity)
+            .map_or(0, |c| c.faulted);
+        // 2 s of errors at a 250 ms retry period, backing off: a handful, never hundreds.
+        assert!(
+            (1..=12).contains(&faulted),
+            "{status}: {faulted} faulted requests"
+        );
+        stop.cancel();
+        let mut elector = task.await.unwrap();
+        assert!(elector.release().await);
+    }
+    emulator.shutdown().await;
+}

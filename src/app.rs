@@ -211,6 +211,10 @@ fn start_pipeline(
 ) -> Running {
     let stop = CancellationToken::new();
     let fence = Fence::new(leadership.clone(), epoch);
+    // Not ready from this instant until the first list (or resume) is done.
+    context
+        .board
+        .set_not_ready(pipeline::READY_CONDITION, "leader pipeline starting");
     tracing::info!(epoch, "Starting the leader pipeline");
     let task = tokio::spawn(pipeline::run(context.clone(), fence, stop.clone()));
     Running { epoch, stop, task }

@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use kevents::{
     config::units::parse_duration,
     emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
-    lab::demo::{self, DemoOptions},
+    lab::{
+        demo::{self, DemoOptions},
+        drill::{self, DrillOptions},
+    },
 };
 
 /// kevents lab: emulators, demo, drills and benchmarks.
@@ -72,6 +75,33 @@ enum Command {
         seed: u64,
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/demo")]
+        workdir: PathBuf,
+    },
+    /// Failover drills against real kevents processes; prints PASS/FAIL with figures.
+    Drill {
+        /// Scenarios (`all` for every short one).
+        #[arg(required = true)]
+        scenarios: Vec<String>,
+        /// Repetitions of the fault per scenario.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Replicas.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Generator writes per second.
+        #[arg(long, default_value_t = 200.0)]
+        events_per_second: f64,
+        /// Lease duration (whole seconds).
+        #[arg(long, default_value = "6s", value_parser = parse_duration)]
+        lease_duration: Duration,
+        /// Renew deadline.
+        #[arg(long, default_value = "4s", value_parser = parse_duration)]
+        renew_deadline: Duration,
+        /// Retry period.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        retry_period: Duration,
+        /// Working directory (one subfolder per scenario, cleared first).
+        #[arg(long, default_value = "target/drills")]
         workdir: PathBuf,
     },
 }
@@ -145,12 +175,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             seed,
             workdir,
         } => {
-            let kevents = std::env::current_exe()?.with_file_name("kevents");
-            anyhow::ensure!(
-                kevents.exists(),
-                "{} not found: build it first (make demo does)",
-                kevents.display()
-            );
+            let kevents = kevents_binary()?;
             let outcome = demo::run(DemoOptions {
                 duration,
                 replicas,
@@ -168,5 +193,54 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Drill {
+            scenarios,
+            runs,
+            replicas,
+            events_per_second,
+            lease_duration,
+            renew_deadline,
+            retry_period,
+            workdir,
+        } => {
+            let kevents = kevents_binary()?;
+            let names: Vec<String> = if scenarios.iter().any(|s| s == "all") {
+                drill::SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+            } else {
+                scenarios
+            };
+            let mut failed = Vec::new();
+            for name in &names {
+                let mut options = DrillOptions::new(workdir.join(name), kevents.clone());
+                options.runs = runs;
+                options.replicas = replicas;
+                options.events_per_second = events_per_second;
+                options.lease_duration = lease_duration;
+                options.renew_deadline = renew_deadline;
+                options.retry_period = retry_period;
+                let report = drill::run(name, options).await?;
+                report.print();
+                if !report.passed() {
+                    failed.push(name.clone());
+                }
+            }
+            if failed.is_empty() {
+                println!("all drills passed: {}", names.join(", "));
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("drills failed: {}", failed.join(", "));
+                Ok(ExitCode::FAILURE)
+            }
+        }
     }
+}
+
+fn kevents_binary() -> anyhow::Result<PathBuf> {
+    let kevents = std::env::current_exe()?.with_file_name("kevents");
+    anyhow::ensure!(
+        kevents.exists(),
+        "{} not found: build it first (cargo build --bins)",
+        kevents.display()
+    );
+    Ok(kevents)
 }

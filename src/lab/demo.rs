@@ -91,33 +91,31 @@ pub async fn wait_for_new_leader(
     }
 }
 
-/// Polls `/readyz` of a replica until it answers 200.
-pub async fn wait_ready(admin: SocketAddr, timeout: Duration) -> bool {
+/// Waits until the lease holder reports itself leader and ready (its first list or resume is
+/// done); returns its slot.
+pub async fn wait_leader_ready(
+    emulator: &KubeEmulator,
+    replicas: &Replicas,
+    timeout: Duration,
+) -> Option<usize> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if http_status(admin, "/readyz").await == Some(200) {
-            return true;
+        if let Some(holder) = lease_holder(emulator)
+            && let Some(slot) = replicas.slot_of(&holder)
+            && let Some(status) =
+                crate::lab::drill::admin_get(replicas.replicas[slot].admin, "/status").await
+            && let Ok(status) = serde_json::from_str::<serde_json::Value>(&status)
+            && status
+                .pointer("/leader/role")
+                .and_then(serde_json::Value::as_str)
+                == Some("leader")
+            && status.get("ready").and_then(serde_json::Value::as_bool) == Some(true)
+        {
+            return Some(slot);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    false
-}
-
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut head))
-        .await
-        .ok()?
-        .ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    None
 }
 
 /// The pipeline config the lab replicas use: shared store, one file sink, keyed rows.
@@ -197,13 +195,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
         workdir.display()
     );
 
-    let first = wait_for_new_leader(&emulator, &replicas, None, Duration::from_secs(30))
+    let first = wait_leader_ready(&emulator, &replicas, Duration::from_secs(60))
         .await
-        .context("no replica became leader within 30 s")?;
-    anyhow::ensure!(
-        wait_ready(replicas.replicas[first].admin, Duration::from_secs(30)).await,
-        "the leader never became ready"
-    );
+        .context("no replica became a ready leader within 60 s")?;
     println!("Leader: {}", replicas.replicas[first].identity);
 
     emulator.state().set_generator(Some(GeneratorConfig {

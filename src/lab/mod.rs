@@ -7,5 +7,6 @@
 //! binary itself.
 
 pub mod demo;
+pub mod drill;
 pub mod oracle;
 pub mod replica;

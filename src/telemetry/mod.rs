@@ -12,10 +12,21 @@ pub use status::StatusBoard;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// The filter for `level`: the Kubernetes client's own per-request error lines are silenced
+/// (kevents logs every failure it acts on, once, with context) unless `level` names `kube`.
+#[must_use]
+pub fn filter_directives(level: &str) -> String {
+    if level.contains("kube") {
+        level.to_owned()
+    } else {
+        format!("{level},kube_client=off,kube=off")
+    }
+}
+
 /// Installs the global tracing subscriber (stderr). Call once, from `main`.
 pub fn init_tracing(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::builder()
-        .parse(&log.level)
+        .parse(filter_directives(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

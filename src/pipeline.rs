@@ -72,6 +72,16 @@ pub struct Context {
 
 /// Runs the pipeline for the term of `fence` until `stop` is cancelled or a stage fails.
 pub async fn run(context: Context, fence: Fence, stop: CancellationToken) -> Result<(), Error> {
+    run_with_sink(context, fence, None, stop).await
+}
+
+/// [`run`] with a sink given by the caller instead of the configured one (tests, benchmarks).
+pub async fn run_with_sink(
+    context: Context,
+    fence: Fence,
+    sink: Option<Arc<dyn Sink>>,
+    stop: CancellationToken,
+) -> Result<(), Error> {
     let Context {
         client,
         config,
@@ -86,7 +96,7 @@ pub async fn run(context: Context, fence: Fence, stop: CancellationToken) -> Res
         return Ok(());
     };
     let result = run_stages(
-        &config, client, &metrics, &board, &store, guard, fence, &stop,
+        &config, client, &metrics, &board, &store, guard, fence, sink, &stop,
     )
     .await;
     // Flush and close before the lease may be released.
@@ -139,6 +149,7 @@ async fn run_stages(
     store: &Arc<SledStore>,
     guard: Arc<dyn Guard>,
     fence: Fence,
+    sink: Option<Arc<dyn Sink>>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
     {
@@ -177,7 +188,10 @@ async fn run_stages(
             Start::Fresh
         }
     };
-    let sink = build_sink(config)?;
+    let sink = match sink {
+        Some(sink) => sink,
+        None => build_sink(config)?,
+    };
     let stages = stop.child_token();
     let shipper_wake = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel(config.store.max_commit_events * 2);

@@ -197,7 +197,12 @@ impl Shipper {
                 return Err(store::Error::Fenced.into());
             }
             let started = Instant::now();
-            let result = self.sink.send(&outgoing).await;
+            // A send that outlives the term is abandoned; the batch stays recorded, and the next
+            // leader re-sends it with the same id.
+            let result = tokio::select! {
+                () = stop.cancelled() => return Ok(Delivery::Stopped),
+                result = self.sink.send(&outgoing) => result,
+            };
             self.metrics
                 .batch_send_duration
                 .observe(started.elapsed().as_secs_f64());

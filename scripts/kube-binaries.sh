@@ -8,7 +8,7 @@
 # Versions are pinned in scripts/kube-binaries.env; the wrapper modules live in
 # tests/kube-apiserver and tests/etcd (their go.mod must match the pins).
 # Idempotent: does nothing when both binaries already exist.
-# Heavy on 2 cores (kube-apiserver: ~15+ min cold); runs under `nice`.
+# Heavy on 2 cores (~7 min cold, mostly kube-apiserver); runs under `nice`.
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

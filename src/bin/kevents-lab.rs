@@ -11,6 +11,7 @@ use kevents::{
     config::units::parse_duration,
     emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
     lab::{
+        bench::{self, BenchOptions},
         demo::{self, DemoOptions},
         drill::{self, DrillOptions},
     },
@@ -75,6 +76,20 @@ enum Command {
         seed: u64,
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/demo")]
+        workdir: PathBuf,
+    },
+    /// Benchmarks: `capture` (watch → durable capture → file sink).
+    Bench {
+        /// `capture`.
+        what: String,
+        /// Event versions to push through.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Generator writes per second.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Working directory (cleared first).
+        #[arg(long, default_value = "target/bench")]
         workdir: PathBuf,
     },
     /// Failover drills against real kevents processes; prints PASS/FAIL with figures.
@@ -192,6 +207,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Bench {
+            what,
+            events,
+            rate,
+            workdir,
+        } => {
+            anyhow::ensure!(what == "capture", "unknown benchmark `{what}`; known: capture");
+            let report = bench::capture(BenchOptions {
+                events,
+                rate,
+                workdir,
+                kevents: kevents_binary()?,
+            })
+            .await?;
+            report.print();
+            Ok(ExitCode::SUCCESS)
         }
         Command::Drill {
             scenarios,

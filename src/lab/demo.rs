@@ -121,8 +121,18 @@ pub async fn wait_leader_ready(
 /// The pipeline config the lab replicas use: shared store, one file sink, keyed rows.
 #[must_use]
 pub fn lab_pipeline_yaml(workdir: &std::path::Path, max_batch_age: &str) -> String {
+    lab_pipeline_yaml_with(workdir, max_batch_age, "")
+}
+
+/// [`lab_pipeline_yaml`] with extra `store` keys (each line indented by two spaces).
+#[must_use]
+pub fn lab_pipeline_yaml_with(
+    workdir: &std::path::Path,
+    max_batch_age: &str,
+    store_extra: &str,
+) -> String {
     format!(
-        "store:\n  path: {store}\n  lock_timeout: 30s\n\
+        "store:\n  path: {store}\n  lock_timeout: 30s\n{store_extra}\
          shipper:\n  max_batch_age: {max_batch_age}\n  retry_initial: 200ms\n  retry_max: 5s\n\
          record:\n  extra_columns: [Uid, ResourceVersion]\n\
          sink:\n  type: file\n  file:\n    path: {sink}\n    max_bytes: 64MiB\n    max_files: 1000\n",

@@ -1,5 +1,6 @@
-//! Legacy (unaggregated) discovery documents and `/version`, enough for kubectl and for
-//! `kube::Discovery`: core v1 (events), events.k8s.io/v1 and coordination.k8s.io/v1.
+//! Legacy (unaggregated) discovery documents, `/version` and a minimal OpenAPI v3, enough for
+//! kubectl and for `kube::Discovery`: core v1 (events), events.k8s.io/v1 and
+//! coordination.k8s.io/v1.
 //!
 //! Static documents only; must never advertise a resource or verb the emulator does not serve.
 
@@ -122,4 +123,80 @@ pub(crate) async fn coordination_v1() -> Response {
 /// `GET /healthz`, `/livez`, `/readyz`.
 pub(crate) async fn healthz() -> &'static str {
     "ok"
+}
+
+/// The group-versions served, as OpenAPI v3 path keys, with their kinds and resource paths.
+const OPENAPI_GROUPS: [(&str, &str, &str, &str); 3] = [
+    (
+        "api/v1",
+        "",
+        "Event",
+        "/api/v1/namespaces/{namespace}/events/{name}",
+    ),
+    (
+        "apis/events.k8s.io/v1",
+        "events.k8s.io",
+        "Event",
+        "/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}",
+    ),
+    (
+        "apis/coordination.k8s.io/v1",
+        "coordination.k8s.io",
+        "Lease",
+        "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
+    ),
+];
+
+/// `GET /openapi/v3`: the index kubectl reads before `create`/`apply`.
+pub(crate) async fn openapi_v3_root() -> Response {
+    let mut paths = serde_json::Map::new();
+    for (gv, ..) in OPENAPI_GROUPS {
+        paths.insert(
+            gv.to_owned(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash=kevents-emulator-1")}),
+        );
+    }
+    Json(json!({"paths": paths})).into_response()
+}
+
+/// `GET /openapi/v3/{group-version}`: a minimal document whose only content is what kubectl's
+/// `QueryParamVerifierV3` looks for: PATCH operations with `x-kubernetes-group-version-kind` and a
+/// `fieldValidation` query parameter. kubectl then validates on the server (`fieldValidation=
+/// Strict`) instead of downloading full schemas.
+fn openapi_v3_doc(gv: &str) -> Response {
+    let Some((_, group, kind, path)) = OPENAPI_GROUPS.iter().find(|(g, ..)| *g == gv) else {
+        return super::status::ApiError::no_such_resource().into_response();
+    };
+    let param = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let doc = json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (kevents emulator)", "version": "v1.34.0"},
+        "paths": {
+            *path: {
+                "patch": {
+                    "operationId": format!("patch{kind}"),
+                    "parameters": [param("dryRun"), param("fieldManager"), param("fieldValidation"), param("force")],
+                    "responses": {"200": {"description": "OK"}},
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": {"group": group, "kind": kind, "version": "v1"}
+                }
+            }
+        }
+    });
+    Json(doc).into_response()
+}
+
+/// `GET /openapi/v3/api/v1`.
+pub(crate) async fn openapi_v3_core() -> Response {
+    openapi_v3_doc("api/v1")
+}
+
+/// `GET /openapi/v3/apis/events.k8s.io/v1`.
+pub(crate) async fn openapi_v3_events() -> Response {
+    openapi_v3_doc("apis/events.k8s.io/v1")
+}
+
+/// `GET /openapi/v3/apis/coordination.k8s.io/v1`.
+pub(crate) async fn openapi_v3_coordination() -> Response {
+    openapi_v3_doc("apis/coordination.k8s.io/v1")
 }

@@ -60,6 +60,16 @@ pub(crate) fn router(app: AppState) -> Router {
             "/apis/coordination.k8s.io/v1",
             get(discovery::coordination_v1),
         )
+        .route("/openapi/v3", get(discovery::openapi_v3_root))
+        .route("/openapi/v3/api/v1", get(discovery::openapi_v3_core))
+        .route(
+            "/openapi/v3/apis/events.k8s.io/v1",
+            get(discovery::openapi_v3_events),
+        )
+        .route(
+            "/openapi/v3/apis/coordination.k8s.io/v1",
+            get(discovery::openapi_v3_coordination),
+        )
         .route("/healthz", get(discovery::healthz))
         .route("/livez", get(discovery::healthz))
         .route("/readyz", get(discovery::healthz))

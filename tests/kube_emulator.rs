@@ -6,6 +6,7 @@
 //! "nothing arrives" checks wait a bounded time for an absence.
 
 #![allow(
+    clippy::cast_precision_loss,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -35,7 +35,7 @@ struct Kubectl {
     bin: PathBuf,
     kubeconfig: PathBuf,
     cache: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Kubectl {
@@ -47,7 +47,7 @@ impl Kubectl {
             bin: kubectl_path(),
             cache: dir.path().join("cache"),
             kubeconfig,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -74,7 +74,7 @@ impl Kubectl {
     }
 
     fn write(&self, name: &str, content: &str) -> PathBuf {
-        let p = self._dir.path().join(name);
+        let p = self.dir.path().join(name);
         std::fs::write(&p, content).unwrap();
         p
     }

@@ -1,5 +1,5 @@
-//! Legacy (unaggregated) discovery documents, `/version` and a minimal OpenAPI v3, enough for
-//! kubectl and for `kube::Discovery`: core v1 (events), events.k8s.io/v1 and
+//! Legacy (unaggregated) discovery documents, `/version` and a minimal `OpenAPI` v3, enough for
+//! `kubectl` and for `kube::Discovery`: core v1 (events), events.k8s.io/v1 and
 //! coordination.k8s.io/v1.
 //!
 //! Static documents only; must never advertise a resource or verb the emulator does not serve.
@@ -125,7 +125,7 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The group-versions served, as OpenAPI v3 path keys, with their kinds and resource paths.
+/// The group-versions served, as `OpenAPI` v3 path keys, with their kinds and resource paths.
 const OPENAPI_GROUPS: [(&str, &str, &str, &str); 3] = [
     (
         "api/v1",

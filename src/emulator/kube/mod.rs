@@ -166,17 +166,20 @@ impl KubeEmulator {
     }
 
     /// The bound address.
+    #[must_use]
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `http://127.0.0.1:PORT`.
+    #[must_use]
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// A plain-HTTP `kube::Client` for this server (default namespace `default`, kube's default
     /// retry policy).
+    #[must_use]
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }
@@ -192,6 +195,7 @@ impl KubeEmulator {
     }
 
     /// Direct access for tests: events, compaction, settings, faults, ground truth, stats.
+    #[must_use]
     pub fn state(&self) -> &Arc<KubeState> {
         &self.state
     }

@@ -162,8 +162,8 @@ impl Object {
     /// empty `omitempty` fields dropped, so that a write that changes nothing is a no-op.
     pub fn normalize(&mut self) {
         let meta = self.meta_mut();
-        meta.creation_timestamp = meta.creation_timestamp.take().map(trunc_time);
-        meta.deletion_timestamp = meta.deletion_timestamp.take().map(trunc_time);
+        meta.creation_timestamp = meta.creation_timestamp.as_ref().map(trunc_time);
+        meta.deletion_timestamp = meta.deletion_timestamp.as_ref().map(trunc_time);
         for map in [&mut meta.labels, &mut meta.annotations] {
             if map
                 .as_ref()
@@ -177,8 +177,8 @@ impl Object {
             Object::Event(e) => normalize_event(e),
             Object::Lease(l) => {
                 if let Some(spec) = l.spec.as_mut() {
-                    spec.acquire_time = spec.acquire_time.take().map(trunc_micro);
-                    spec.renew_time = spec.renew_time.take().map(trunc_micro);
+                    spec.acquire_time = spec.acquire_time.as_ref().map(trunc_micro);
+                    spec.renew_time = spec.renew_time.as_ref().map(trunc_micro);
                 }
             }
         }
@@ -206,11 +206,11 @@ fn non_empty(s: &mut Option<String>) {
 }
 
 fn normalize_event(e: &mut CoreEvent) {
-    e.first_timestamp = e.first_timestamp.take().map(trunc_time);
-    e.last_timestamp = e.last_timestamp.take().map(trunc_time);
-    e.event_time = e.event_time.take().map(trunc_micro);
+    e.first_timestamp = e.first_timestamp.as_ref().map(trunc_time);
+    e.last_timestamp = e.last_timestamp.as_ref().map(trunc_time);
+    e.event_time = e.event_time.as_ref().map(trunc_micro);
     if let Some(series) = e.series.as_mut() {
-        series.last_observed_time = series.last_observed_time.take().map(trunc_micro);
+        series.last_observed_time = series.last_observed_time.as_ref().map(trunc_micro);
     }
     for s in [
         &mut e.action,
@@ -268,12 +268,12 @@ fn fill_go_zero_values(map: &mut Map<String, Value>, obj: &Object, view: View) {
 }
 
 /// Truncates a `Time` to whole seconds (its wire precision).
-pub(crate) fn trunc_time(t: Time) -> Time {
+pub(crate) fn trunc_time(t: &Time) -> Time {
     Time(Timestamp::from_second(t.0.as_second()).unwrap_or(t.0))
 }
 
 /// Truncates a `MicroTime` to whole microseconds (its wire precision).
-pub(crate) fn trunc_micro(t: MicroTime) -> MicroTime {
+pub(crate) fn trunc_micro(t: &MicroTime) -> MicroTime {
     MicroTime(Timestamp::from_microsecond(t.0.as_microsecond()).unwrap_or(t.0))
 }
 
@@ -418,6 +418,7 @@ impl Stored {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{EventSource, ObjectReference};

@@ -96,6 +96,10 @@ impl RequestStats {
     }
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with signature"
+)]
 fn rv_string<S: Serializer>(rv: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rv.to_string())
 }
@@ -206,18 +210,22 @@ fn fill_system_fields(obj: &mut Object) {
 
 /// A random RFC 4122 version-4 UUID.
 pub(crate) fn new_uid() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
+    uid_from_bytes(rand::rng().random())
+}
+
+/// Formats 16 random bytes as an RFC 4122 version-4 UUID.
+pub(crate) fn uid_from_bytes(mut b: [u8; 16]) -> String {
+    use std::fmt::Write;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        let _ = write!(out, "{x:02x}");
+    }
+    out
 }
 
 /// The 5-character suffix `generateName` gets (apiserver alphabet without vowels).

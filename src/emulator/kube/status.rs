@@ -5,7 +5,7 @@
 //! happens (that belongs to the handlers and the store) and never invent reasons the real
 //! apiserver does not use.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -293,6 +293,7 @@ impl ApiError {
     }
 
     /// The `Status` object (`kind: Status`) as JSON.
+    #[must_use]
     pub fn status_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("kind".into(), "Status".into());
@@ -318,6 +319,7 @@ impl ApiError {
 
     /// The `Status` serialised in the apiserver's field order (kind, apiVersion, metadata,
     /// status, message, reason, details, code).
+    #[must_use]
     pub fn status_bytes(&self) -> Vec<u8> {
         let quote = |v: &str| serde_json::to_string(v).unwrap_or_default();
         let mut out = format!(
@@ -329,7 +331,7 @@ impl ApiError {
             out.push_str(",\"details\":");
             out.push_str(&serde_json::to_string(d).unwrap_or_default());
         }
-        out.push_str(&format!(",\"code\":{}}}", self.code));
+        let _ = write!(out, ",\"code\":{}}}", self.code);
         out.into_bytes()
     }
 }
@@ -355,6 +357,7 @@ impl IntoResponse for ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -23,7 +23,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::events::v1::Event as V1Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kevents::emulator::kube::{ErrorFault, GeneratorConfig, KubeEmulatorConfig, LatencyFault};
+use kevents::emulator::kube::{ErrorFault, GeneratorConfig, KubeEmulatorConfig};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -40,6 +40,32 @@ fn api_error(e: kube::Error) -> Box<kube::core::Status> {
         kube::Error::Api(s) => s,
         other => panic!("expected an API error, got {other:?}"),
     }
+}
+
+/// Calls a control endpoint and returns its JSON answer (which must be 200).
+async fn control(
+    emu: &kevents::emulator::kube::KubeEmulator,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let body = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let resp = raw(
+        emu.addr(),
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_deref(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.status,
+        200,
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    resp.json()
 }
 
 fn rv_of(meta: &ObjectMeta) -> u64 {
@@ -991,7 +1017,7 @@ async fn drop_watches_breaks_open_watch_streams_mid_body() {
         (st.stats().open_watches == 1).then_some(())
     })
     .await;
-    st.faults().drop_watches();
+    control(&emu, "POST", "/emulator/faults/drop-watches", None).await;
     assert_eq!(
         w.next(5 * SECOND).await,
         Next::Broken,
@@ -1026,7 +1052,13 @@ async fn stalled_watches_receive_nothing_until_the_stall_ends() {
     )
     .await
     .unwrap();
-    st.faults().stall_watches(Duration::from_millis(1500));
+    control(
+        &emu,
+        "POST",
+        "/emulator/faults/stall-watches",
+        Some(json!({"seconds": 1.5})),
+    )
+    .await;
     let t = Instant::now();
     st.create_event(legacy_event("ns", "during-stall")).unwrap();
     assert_eq!(
@@ -1201,11 +1233,13 @@ async fn errors_for_a_number_of_seconds_stop_by_themselves() {
 #[tokio::test]
 async fn injected_latency_delays_matching_requests() {
     let emu = start().await;
-    emu.state().faults().inject_latency(LatencyFault {
-        millis: 600,
-        seconds: None,
-        path_contains: Some("leases".into()),
-    });
+    control(
+        &emu,
+        "POST",
+        "/emulator/faults/latency",
+        Some(json!({"millis": 600, "pathContains": "leases"})),
+    )
+    .await;
     let leases: Api<Lease> = Api::all(emu.client());
     let events: Api<Event> = Api::all(emu.client());
     let t = Instant::now();
@@ -1249,7 +1283,13 @@ async fn a_partitioned_client_sees_connection_failures_while_others_work_until_h
     })
     .await;
 
-    emu.state().faults().partition("collector-a", None);
+    control(
+        &emu,
+        "POST",
+        "/emulator/faults/partition",
+        Some(json!({"client": "collector-a"})),
+    )
+    .await;
     match a.list(&ListParams::default()).await {
         Err(kube::Error::Api(s)) => {
             panic!("a partitioned client must not get an answer, got {s:?}")
@@ -1298,6 +1338,19 @@ async fn a_partitioned_client_sees_connection_failures_while_others_work_until_h
     .unwrap();
     assert_eq!(healed.status, 200);
     eventually(5 * SECOND, "client a to work again", || async {
+        a.list(&ListParams::default()).await.ok()
+    })
+    .await;
+    // A partition with a duration heals by itself.
+    control(
+        &emu,
+        "POST",
+        "/emulator/faults/partition",
+        Some(json!({"client": "collector-a", "seconds": 0.3})),
+    )
+    .await;
+    assert!(a.list(&ListParams::default()).await.is_err());
+    eventually(5 * SECOND, "the timed partition to heal", || async {
         a.list(&ListParams::default()).await.ok()
     })
     .await;

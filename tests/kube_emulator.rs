@@ -1639,3 +1639,42 @@ async fn the_generator_writes_at_the_configured_rate() {
             .any(|e| e.count.is_some() && e.first_timestamp.is_some())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Discovery
+
+#[tokio::test]
+async fn discovery_serves_version_legacy_and_aggregated_documents() {
+    let emu = start().await;
+    let client = emu.client();
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.major, "1");
+    for discovery in [
+        kube::Discovery::new(client.clone()).run().await.unwrap(),
+        kube::Discovery::new(client.clone())
+            .run_aggregated()
+            .await
+            .unwrap(),
+    ] {
+        let kinds: BTreeSet<(String, String)> = discovery
+            .groups()
+            .flat_map(|g| g.recommended_resources())
+            .map(|(ar, _)| (ar.group.clone(), ar.kind.clone()))
+            .collect();
+        let want: BTreeSet<(String, String)> = [
+            ("", "Event"),
+            ("events.k8s.io", "Event"),
+            ("coordination.k8s.io", "Lease"),
+        ]
+        .into_iter()
+        .map(|(g, k)| (g.to_owned(), k.to_owned()))
+        .collect();
+        assert_eq!(kinds, want);
+    }
+    // Unknown resources are a NotFound Status, like the real server.
+    let resp = raw(emu.addr(), "GET", "/api/v1/pods", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.json()["reason"], "NotFound");
+}

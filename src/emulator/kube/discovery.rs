@@ -1,4 +1,5 @@
-//! Legacy (unaggregated) discovery documents, `/version` and a minimal `OpenAPI` v3, enough for
+//! Discovery documents (legacy per group-version, and aggregated `apidiscovery.k8s.io/v2` when
+//! asked for), `/version` and a minimal `OpenAPI` v3, enough for
 //! `kubectl` and for `kube::Discovery`: core v1 (events), events.k8s.io/v1 and
 //! coordination.k8s.io/v1.
 //!
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Value, json};
 
 use super::server::AppState;
@@ -42,8 +44,84 @@ pub(crate) async fn version() -> Response {
     .into_response()
 }
 
+/// Does the `Accept` header ask for aggregated discovery (`apidiscovery.k8s.io/v2`)? Returns
+/// the version asked for (`v2` or `v2beta1`).
+fn aggregated(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())?;
+    // The first acceptable media type wins, as in the apiserver's negotiation.
+    let first = accept.split(',').next()?;
+    let params: Vec<&str> = first.split(';').map(str::trim).collect();
+    let has = |p: &str| params.contains(&p);
+    if !(has("g=apidiscovery.k8s.io") && has("as=APIGroupDiscoveryList")) {
+        return None;
+    }
+    if has("v=v2") {
+        Some("v2")
+    } else if has("v=v2beta1") {
+        Some("v2beta1")
+    } else {
+        None
+    }
+}
+
+fn resource_discovery(
+    resource: &str,
+    singular: &str,
+    group: &str,
+    kind: &str,
+    short: &[&str],
+) -> Value {
+    json!({
+        "resource": resource,
+        "responseKind": {"group": group, "version": "v1", "kind": kind},
+        "scope": "Namespaced",
+        "singularResource": singular,
+        "verbs": VERBS,
+        "shortNames": short,
+    })
+}
+
+/// An `APIGroupDiscoveryList` response (aggregated discovery, as kubectl ≥ 1.30 prefers).
+fn aggregated_list(version: &str, groups: &[(&str, Value)]) -> Response {
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(name, resource)| {
+            let metadata = if name.is_empty() {
+                json!({"creationTimestamp": null})
+            } else {
+                json!({"name": name, "creationTimestamp": null})
+            };
+            json!({
+                "metadata": metadata,
+                "versions": [{"version": "v1", "resources": [resource], "freshness": "Current"}]
+            })
+        })
+        .collect();
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    });
+    let mut resp = Json(body).into_response();
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    if let Ok(v) = HeaderValue::from_str(&ct) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
 /// `GET /api`.
-pub(crate) async fn api_versions(State(app): State<AppState>) -> Response {
+pub(crate) async fn api_versions(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(version) = aggregated(&headers) {
+        return aggregated_list(
+            version,
+            &[(
+                "",
+                resource_discovery("events", "event", "", "Event", &["ev"]),
+            )],
+        );
+    }
     let addr: SocketAddr = app.addr;
     Json(json!({
         "kind": "APIVersions",
@@ -70,7 +148,22 @@ fn group(name: &str) -> Value {
 }
 
 /// `GET /apis`.
-pub(crate) async fn api_groups() -> Response {
+pub(crate) async fn api_groups(headers: HeaderMap) -> Response {
+    if let Some(version) = aggregated(&headers) {
+        return aggregated_list(
+            version,
+            &[
+                (
+                    "events.k8s.io",
+                    resource_discovery("events", "event", "events.k8s.io", "Event", &["ev"]),
+                ),
+                (
+                    "coordination.k8s.io",
+                    resource_discovery("leases", "lease", "coordination.k8s.io", "Lease", &[]),
+                ),
+            ],
+        );
+    }
     Json(json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",

@@ -1678,3 +1678,88 @@ async fn discovery_serves_version_legacy_and_aggregated_documents() {
     assert_eq!(resp.status, 404);
     assert_eq!(resp.json()["reason"], "NotFound");
 }
+
+#[tokio::test]
+async fn tables_for_kubectl_have_the_apiserver_columns_in_lists_and_watches() {
+    let emu = start().await;
+    emu.state().create_event(legacy_event("ns", "e1")).unwrap();
+    let accept = (
+        "Accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+    );
+    let list = raw(
+        emu.addr(),
+        "GET",
+        "/api/v1/events?limit=500",
+        &[accept],
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(list["kind"], "Table");
+    assert_eq!(list["apiVersion"], "meta.k8s.io/v1");
+    let columns: Vec<&str> = list["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Last Seen",
+            "Type",
+            "Reason",
+            "Object",
+            "Subobject",
+            "Source",
+            "Message",
+            "First Seen",
+            "Count",
+            "Name"
+        ]
+    );
+    let row = &list["rows"][0];
+    assert_eq!(row["cells"][1], "Normal");
+    assert_eq!(row["cells"][3], "pod/e1-pod");
+    assert_eq!(row["cells"][5], "kubelet, node-1");
+    assert_eq!(row["cells"][8], 1);
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(row["object"]["metadata"]["namespace"], "ns");
+
+    let leases = raw(
+        emu.addr(),
+        "GET",
+        "/apis/coordination.k8s.io/v1/leases",
+        &[accept],
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    let columns: Vec<&str> = leases["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Name", "Holder", "Age"]);
+
+    // In a watch only the first Table carries the column definitions.
+    let mut w = RawWatch::open(
+        emu.addr(),
+        "/api/v1/events?watch=true&resourceVersion=1",
+        &[accept],
+    )
+    .await
+    .unwrap();
+    let first = w.next_json(5 * SECOND).await;
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["kind"], "Table");
+    assert!(first["object"]["columnDefinitions"].is_array());
+    emu.state().create_event(legacy_event("ns", "e2")).unwrap();
+    let second = w.next_json(5 * SECOND).await;
+    assert!(second["object"]["columnDefinitions"].is_null());
+    assert_eq!(second["object"]["rows"][0]["cells"][9], "e2");
+}

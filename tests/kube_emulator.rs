@@ -1658,7 +1658,7 @@ async fn discovery_serves_version_legacy_and_aggregated_documents() {
     ] {
         let kinds: BTreeSet<(String, String)> = discovery
             .groups()
-            .flat_map(|g| g.recommended_resources())
+            .flat_map(kube::discovery::ApiGroup::recommended_resources)
             .map(|(ar, _)| (ar.group.clone(), ar.kind.clone()))
             .collect();
         let want: BTreeSet<(String, String)> = [

@@ -272,6 +272,8 @@ pub struct RawWatch {
     pub headers: Vec<(String, String)>,
     chunks: ChunkReader,
     pending: Vec<u8>,
+    /// Start of the unread part of `pending`.
+    pos: usize,
     ended: Option<Next>,
 }
 
@@ -295,6 +297,7 @@ impl RawWatch {
                 done: false,
             },
             pending: Vec::new(),
+            pos: 0,
             ended: None,
         })
     }
@@ -302,9 +305,15 @@ impl RawWatch {
     pub async fn next(&mut self, timeout: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=i).collect();
-                return Next::Line(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+            if let Some(i) = self.pending[self.pos..].iter().position(|b| *b == b'\n') {
+                let line =
+                    String::from_utf8_lossy(&self.pending[self.pos..self.pos + i]).into_owned();
+                self.pos += i + 1;
+                if self.pos == self.pending.len() {
+                    self.pending.clear();
+                    self.pos = 0;
+                }
+                return Next::Line(line);
             }
             if let Some(end) = &self.ended {
                 return match end {

@@ -1665,6 +1665,7 @@ async fn discovery_serves_version_legacy_and_aggregated_documents() {
             .collect();
         let want: BTreeSet<(String, String)> = [
             ("", "Event"),
+            ("", "Namespace"),
             ("events.k8s.io", "Event"),
             ("coordination.k8s.io", "Lease"),
         ]
@@ -1673,6 +1674,39 @@ async fn discovery_serves_version_legacy_and_aggregated_documents() {
         .collect();
         assert_eq!(kinds, want);
     }
+    // Namespaces: the defaults plus every namespace in use, read-only.
+    emu.state()
+        .create_event(legacy_event("team-x", "e1"))
+        .unwrap();
+    let ns = raw(emu.addr(), "GET", "/api/v1/namespaces", &[], None)
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(ns["kind"], "NamespaceList");
+    let names: Vec<&str> = ns["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"default") && names.contains(&"team-x"),
+        "{names:?}"
+    );
+    let one = raw(emu.addr(), "GET", "/api/v1/namespaces/team-x", &[], None)
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        (one["kind"].as_str(), one["status"]["phase"].as_str()),
+        (Some("Namespace"), Some("Active"))
+    );
+    let missing = raw(emu.addr(), "GET", "/api/v1/namespaces/nope", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["message"], "namespaces \"nope\" not found");
+
     // Unknown resources are a NotFound Status, like the real server.
     let resp = raw(emu.addr(), "GET", "/api/v1/pods", &[], None)
         .await

@@ -198,6 +198,24 @@ async fn kubectl_get_lease_yaml_shows_the_holder() {
     let table = kubectl.run(&["get", "lease", "-n", "kevents"]).await;
     assert!(table.lines().next().unwrap().contains("HOLDER"), "{table}");
     assert!(table.contains("kevents-7f9c-abcde"), "{table}");
+    let namespaces = kubectl.run(&["get", "namespaces"]).await;
+    assert!(
+        namespaces
+            .lines()
+            .any(|l| l.starts_with("kevents ") && l.contains("Active")),
+        "{namespaces}"
+    );
+    let missing = kubectl
+        .command(&["get", "lease", "-n", "kevents", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("leases.coordination.k8s.io \"nope\" not found"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -85,7 +85,7 @@ fn resource_discovery(
 fn aggregated_list(version: &str, groups: &[(&str, Value)]) -> Response {
     let items: Vec<Value> = groups
         .iter()
-        .map(|(name, resource)| {
+        .map(|(name, resources)| {
             let metadata = if name.is_empty() {
                 json!({"creationTimestamp": null})
             } else {
@@ -93,7 +93,7 @@ fn aggregated_list(version: &str, groups: &[(&str, Value)]) -> Response {
             };
             json!({
                 "metadata": metadata,
-                "versions": [{"version": "v1", "resources": [resource], "freshness": "Current"}]
+                "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]
             })
         })
         .collect();
@@ -114,13 +114,15 @@ fn aggregated_list(version: &str, groups: &[(&str, Value)]) -> Response {
 /// `GET /api`.
 pub(crate) async fn api_versions(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(version) = aggregated(&headers) {
-        return aggregated_list(
-            version,
-            &[(
-                "",
-                resource_discovery("events", "event", "", "Event", &["ev"]),
-            )],
-        );
+        let mut namespaces =
+            resource_discovery("namespaces", "namespace", "", "Namespace", &["ns"]);
+        namespaces["scope"] = "Cluster".into();
+        namespaces["verbs"] = json!(["get", "list"]);
+        let core = json!([
+            resource_discovery("events", "event", "", "Event", &["ev"]),
+            namespaces
+        ]);
+        return aggregated_list(version, &[("", core)]);
     }
     let addr: SocketAddr = app.addr;
     Json(json!({
@@ -137,7 +139,10 @@ pub(crate) async fn core_v1() -> Response {
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": "v1",
-        "resources": [event_resource()]
+        "resources": [event_resource(), {
+            "name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+            "verbs": ["get", "list"], "shortNames": ["ns"]
+        }]
     }))
     .into_response()
 }
@@ -155,11 +160,23 @@ pub(crate) async fn api_groups(headers: HeaderMap) -> Response {
             &[
                 (
                     "events.k8s.io",
-                    resource_discovery("events", "event", "events.k8s.io", "Event", &["ev"]),
+                    json!([resource_discovery(
+                        "events",
+                        "event",
+                        "events.k8s.io",
+                        "Event",
+                        &["ev"]
+                    )]),
                 ),
                 (
                     "coordination.k8s.io",
-                    resource_discovery("leases", "lease", "coordination.k8s.io", "Lease", &[]),
+                    json!([resource_discovery(
+                        "leases",
+                        "lease",
+                        "coordination.k8s.io",
+                        "Lease",
+                        &[]
+                    )]),
                 ),
             ],
         );

@@ -22,6 +22,7 @@ mod control;
 mod discovery;
 mod faults;
 mod generator;
+mod namespaces;
 mod patch;
 mod resources;
 mod selectors;

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use super::control;
 use super::discovery;
 use super::faults::{self, ClientIds, ConnHandle};
+use super::namespaces;
 use super::patch::PatchType;
 use super::resources::{Object, Stored, View, decode};
 use super::selectors::{FieldSelector, Filter, LabelSelector};
@@ -95,6 +96,8 @@ enum Target {
         namespace: String,
         name: String,
     },
+    /// `/api/v1/namespaces[/{name}]` (read-only).
+    Namespaces(Option<String>),
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -112,6 +115,10 @@ fn parse_path(path: &str) -> Option<Target> {
         _ => None,
     };
     match rest {
+        ["namespaces"] if group.is_empty() => Some(Target::Namespaces(None)),
+        ["namespaces", ns] if group.is_empty() && !ns.is_empty() => {
+            Some(Target::Namespaces(Some((*ns).to_owned())))
+        }
         [plural] => Some(Target::Collection {
             view: view_for(plural)?,
             namespace: None,
@@ -219,6 +226,29 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         .await
         .map_err(|_| ApiError::too_large_body())?;
     match target {
+        Target::Namespaces(name) => {
+            if parts.method != Method::GET {
+                return Err(ApiError::method_not_allowed(
+                    namespaces::NAMESPACES,
+                    parts.method.as_str(),
+                ));
+            }
+            if matches!(ctx.q("watch"), Some("true" | "1")) {
+                return Err(ApiError::method_not_allowed(
+                    namespaces::NAMESPACES,
+                    "watch",
+                ));
+            }
+            let (status, body) = namespaces::get(&app.state, name.as_deref(), ctx.table)?;
+            let mut resp = json_response(status, serde_json::to_vec(&body).unwrap_or_default());
+            if ctx.table.is_some() {
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+                );
+            }
+            Ok(resp)
+        }
         Target::Collection { view, namespace } => {
             collection(&app.state, &parts.method, view, namespace, &body, &ctx)
         }

@@ -160,6 +160,8 @@ pub struct KubeState {
     pub(crate) generated_updates: AtomicU64,
     pub(crate) open_watches: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
+    /// When the emulator started (creation time of the virtual namespaces).
+    pub(crate) started: Timestamp,
 }
 
 /// Counts an open watch for as long as it lives.
@@ -281,6 +283,7 @@ impl KubeState {
             generated_updates: AtomicU64::new(0),
             open_watches: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
+            started: Timestamp::now(),
         }
     }
 

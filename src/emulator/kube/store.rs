@@ -182,6 +182,22 @@ impl Store {
         self.ground_truth.len()
     }
 
+    /// Namespaces holding at least one live object.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for map in &self.objects {
+            for (k, chain) in map {
+                if chain.latest().is_some()
+                    && let Some((ns, _)) = k.split_once('/')
+                    && !out.contains(ns)
+                {
+                    out.insert(ns.to_owned());
+                }
+            }
+        }
+        out
+    }
+
     /// The latest version of `key`, if it exists.
     pub fn get(&self, resource: Resource, key: &str) -> Option<Arc<Stored>> {
         self.objects[resource.index()]

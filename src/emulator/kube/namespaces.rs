@@ -1,5 +1,5 @@
 //! A read-only `namespaces` resource: the cluster's default namespaces plus every namespace that
-//! holds an Event or Lease, so that kubectl's namespace look-ups (after a NotFound, `get ns`)
+//! holds an Event or Lease, so that `kubectl`'s namespace look-ups (after a `NotFound`, `get ns`)
 //! behave as on a real cluster.
 //!
 //! GET and LIST only; it must never create, store or delete anything (objects may be written to

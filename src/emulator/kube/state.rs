@@ -388,14 +388,8 @@ impl KubeState {
                             )],
                         ));
                     }
-                } else if new_rv != cur.rv {
-                    return Err(ApiError::conflict(
-                        view.group_resource(),
-                        name,
-                        OPTIMISTIC_LOCK_MSG,
-                    ));
                 }
-                Self::finish_update(view, name, obj, cur)
+                Self::finish_update(view, name, obj, cur, new_rv)
             })?;
         if out.change.is_some() {
             self.notify(out.object.rv);
@@ -403,12 +397,22 @@ impl KubeState {
         Ok((out.object, created))
     }
 
+    /// The rest of an update once the current object is known: the resourceVersion precondition
+    /// (`new_rv` 0 = none), server-owned fields, validation, and no-op detection.
     fn finish_update(
         view: View,
         name: &str,
         mut obj: Object,
         cur: &Arc<Stored>,
+        new_rv: u64,
     ) -> Result<WriteOp, ApiError> {
+        if new_rv != 0 && new_rv != cur.rv {
+            return Err(ApiError::conflict(
+                view.group_resource(),
+                name,
+                OPTIMISTIC_LOCK_MSG,
+            ));
+        }
         carry_system_fields(&mut obj, &cur.object);
         let errs = validate_update(view, &obj, &cur.object);
         if !errs.is_empty() {
@@ -445,14 +449,7 @@ impl KubeState {
                     )));
                 }
                 let new_rv = parse_rv(obj.meta().resource_version.as_deref())?;
-                if new_rv != 0 && new_rv != cur.rv {
-                    return Err(ApiError::conflict(
-                        view.group_resource(),
-                        name,
-                        OPTIMISTIC_LOCK_MSG,
-                    ));
-                }
-                Self::finish_update(view, name, obj, cur)
+                Self::finish_update(view, name, obj, cur, new_rv)
             })?;
         if out.change.is_some() {
             self.notify(out.object.rv);

@@ -376,18 +376,16 @@ impl KubeState {
                     return Ok(WriteOp::Put(obj));
                 };
                 // Events allow unconditional updates; Leases do not.
-                if new_rv == 0 {
-                    if resource == Resource::Leases {
-                        return Err(ApiError::invalid(
-                            view.group_kind(),
-                            name,
-                            &[FieldError::invalid(
-                                "metadata.resourceVersion",
-                                "0x0",
-                                "must be specified for an update",
-                            )],
-                        ));
-                    }
+                if new_rv == 0 && resource == Resource::Leases {
+                    return Err(ApiError::invalid(
+                        view.group_kind(),
+                        name,
+                        &[FieldError::invalid(
+                            "metadata.resourceVersion",
+                            "0x0",
+                            "must be specified for an update",
+                        )],
+                    ));
                 }
                 Self::finish_update(view, name, obj, cur, new_rv)
             })?;

@@ -39,15 +39,20 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/emulator/faults/clear", post(clear))
 }
 
-fn bad(msg: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"error": msg.to_string()})),
-    )
-        .into_response()
+/// A rejected control request (400 with `{"error": …}`).
+struct Bad(String);
+
+impl IntoResponse for Bad {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, Json(json!({"error": self.0}))).into_response()
+    }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+fn bad(msg: impl std::fmt::Display) -> Bad {
+    Bad(msg.to_string())
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Bad> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -56,7 +61,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
-fn seconds(s: f64) -> Result<Duration, Response> {
+fn seconds(s: f64) -> Result<Duration, Bad> {
     Duration::try_from_secs_f64(s).map_err(|_| bad(format!("invalid number of seconds: {s}")))
 }
 
@@ -93,7 +98,7 @@ struct SettingsBody {
 }
 
 async fn put_settings(State(app): State<AppState>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
+    let run = || -> Result<Response, Bad> {
         let b: SettingsBody = parse(&body)?;
         let ttl = b.event_ttl_seconds.map(seconds).transpose()?;
         let compaction = b.compaction_interval_seconds.map(seconds).transpose()?;
@@ -113,7 +118,7 @@ async fn put_settings(State(app): State<AppState>, body: Bytes) -> Response {
         }
         Ok(Json(settings_json(&app.state.settings())).into_response())
     };
-    run().unwrap_or_else(|e| e)
+    run().unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn stats(State(app): State<AppState>) -> Response {
@@ -136,13 +141,13 @@ struct GeneratorBody {
 async fn put_generator(State(app): State<AppState>, body: Bytes) -> Response {
     let b: GeneratorBody = match parse(&body) {
         Ok(b) => b,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if !b.events_per_second.is_finite() || b.events_per_second < 0.0 {
-        return bad("eventsPerSecond must be a finite number >= 0");
+        return bad("eventsPerSecond must be a finite number >= 0").into_response();
     }
     if b.update_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-        return bad("updateRatio must be within 0..1");
+        return bad("updateRatio must be within 0..1").into_response();
     }
     let base = app.state.generator().unwrap_or_default();
     let config = GeneratorConfig {
@@ -183,29 +188,29 @@ struct StallBody {
 }
 
 async fn stall_watches(State(app): State<AppState>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
+    let run = || -> Result<Response, Bad> {
         let b: StallBody = parse(&body)?;
         app.state.faults().stall_watches(seconds(b.seconds)?);
         Ok(Json(app.state.faults().summary()).into_response())
     };
-    run().unwrap_or_else(|e| e)
+    run().unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn errors(State(app): State<AppState>, body: Bytes) -> Response {
     let fault: ErrorFault = match parse(&body) {
         Ok(f) => f,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     match app.state.faults().inject_errors(fault) {
         Ok(()) => Json(app.state.faults().summary()).into_response(),
-        Err(e) => bad(e.message),
+        Err(e) => bad(e.message).into_response(),
     }
 }
 
 async fn latency(State(app): State<AppState>, body: Bytes) -> Response {
     let fault: LatencyFault = match parse(&body) {
         Ok(f) => f,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     app.state.faults().inject_latency(fault);
     Json(app.state.faults().summary()).into_response()
@@ -219,7 +224,7 @@ struct PartitionBody {
 }
 
 async fn partition(State(app): State<AppState>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
+    let run = || -> Result<Response, Bad> {
         let b: PartitionBody = parse(&body)?;
         if b.client.is_empty() {
             return Err(bad("client must not be empty"));
@@ -228,7 +233,7 @@ async fn partition(State(app): State<AppState>, body: Bytes) -> Response {
         app.state.faults().partition(&b.client, d);
         Ok(Json(app.state.faults().summary()).into_response())
     };
-    run().unwrap_or_else(|e| e)
+    run().unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Deserialize)]

@@ -352,7 +352,7 @@ impl Faults {
     pub fn heal(&self, client: Option<&str>) {
         self.with(|s| {
             s.partitions
-                .retain(|p| client.is_some_and(|c| c != p.client))
+                .retain(|p| client.is_some_and(|c| c != p.client));
         });
         self.bump();
     }

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::resources::{Object, Resource, trunc_micro, trunc_time};
-use super::state::KubeState;
+use super::state::{KubeState, uid_from_bytes};
 use super::store::{WriteOp, key};
 
 /// Generator settings (`KubeEmulatorConfig::generator`, `PUT /emulator/generator`).
@@ -352,7 +352,7 @@ impl Generator {
                 name: Some(name),
                 namespace: Some(ns),
                 uid: Some(new_seeded_uid(&mut self.rng)),
-                creation_timestamp: Some(trunc_time(Time(now))),
+                creation_timestamp: Some(trunc_time(&Time(now))),
                 ..ObjectMeta::default()
             },
             involved_object: ObjectReference {
@@ -370,13 +370,13 @@ impl Generator {
             ..Event::default()
         };
         if new_style {
-            e.event_time = Some(trunc_micro(MicroTime(now)));
+            e.event_time = Some(trunc_micro(&MicroTime(now)));
             e.reporting_component = Some(t.component.to_owned());
             e.reporting_instance = Some(format!("{}-{}", t.component, self.random_suffix(5)));
             e.action = Some(t.action.to_owned());
         } else {
             e.count = Some(1);
-            e.first_timestamp = Some(trunc_time(Time(now)));
+            e.first_timestamp = Some(trunc_time(&Time(now)));
             e.last_timestamp = e.first_timestamp.clone();
             let host = (t.component == "kubelet").then(|| node.clone());
             e.source = Some(EventSource {
@@ -398,27 +398,16 @@ fn bump(e: &mut Event, now: Timestamp) {
         let count = e.series.as_ref().and_then(|s| s.count).unwrap_or(1) + 1;
         e.series = Some(EventSeries {
             count: Some(count),
-            last_observed_time: Some(trunc_micro(MicroTime(now))),
+            last_observed_time: Some(trunc_micro(&MicroTime(now))),
         });
     } else {
         e.count = Some(e.count.unwrap_or(1) + 1);
-        e.last_timestamp = Some(trunc_time(Time(now)));
+        e.last_timestamp = Some(trunc_time(&Time(now)));
     }
 }
 
 fn new_seeded_uid(rng: &mut StdRng) -> String {
-    let mut b: [u8; 16] = rng.random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uid_from_bytes(rng.random())
 }
 
 /// Writes `n` generated events (creates and updates) in one lock acquisition.
@@ -507,7 +496,7 @@ pub(crate) async fn run(state: Arc<KubeState>) {
             (Some(c), Some(g))
                 if g.config.seed == c.seed && g.config.namespaces == c.namespaces =>
             {
-                g.config = c
+                g.config = c;
             }
             (Some(c), _) => generator = Some(Generator::new(c)),
         }
@@ -539,6 +528,7 @@ pub(crate) async fn run(state: Arc<KubeState>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -8,6 +8,24 @@
 //! infrastructure: the `kevents` product must never depend on it, and it must never bind to
 //! anything but the address it is given.
 //!
+//! Control endpoints (JSON; never subject to injected faults):
+//!
+//! | endpoint | body / query | effect |
+//! |---|---|---|
+//! | `POST /emulator/compact` | – | compact to the current rv; answers `{"compactedResourceVersion"}` |
+//! | `GET`/`PUT /emulator/settings` | `{"eventTtlSeconds","compactionIntervalSeconds" (0 = never),"eventBookmarks","bookmarkIntervalSeconds"}` | runtime settings |
+//! | `GET /emulator/stats` | – | rvs, stored counts, open watches, LIST/WATCH counts per resource and client |
+//! | `GET`/`PUT /emulator/generator` | `{"eventsPerSecond" (0 stops),"updateRatio"?,"seed"?,"namespaces"?}` | event generator |
+//! | `GET /emulator/ground-truth` | `?since=<rv>` | `{"versions":[{"uid","resourceVersion","namespace","name","storedAt"}]}` |
+//! | `GET /emulator/faults` | – | active faults |
+//! | `POST /emulator/faults/drop-watches` | – | every open watch ends with a broken chunked body |
+//! | `POST /emulator/faults/stall-watches` | `{"seconds"}` | open and new watches deliver nothing meanwhile |
+//! | `POST /emulator/faults/errors` | `{"status","count"?,"seconds"?,"retryAfterSeconds"?,"pathContains"?}` | answer `status` with a `Status` body |
+//! | `POST /emulator/faults/latency` | `{"millis","seconds"?,"pathContains"?}` | delay matching requests |
+//! | `POST /emulator/faults/partition` | `{"client","seconds"?}` | requests whose `User-Agent` or `X-Client-Id` contains `client` get their connection closed without an answer; their watches break |
+//! | `DELETE /emulator/faults/partition` | `?client=` (all when absent) | heal |
+//! | `POST /emulator/faults/clear` | – | clear errors, latency, partitions and stalls |
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), kevents::emulator::kube::Error> {
 //! use kevents::emulator::kube::{KubeEmulator, KubeEmulatorConfig};
@@ -22,6 +40,7 @@ mod control;
 mod discovery;
 mod faults;
 mod generator;
+mod namespaces;
 mod patch;
 mod resources;
 mod selectors;
@@ -166,17 +185,20 @@ impl KubeEmulator {
     }
 
     /// The bound address.
+    #[must_use]
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `http://127.0.0.1:PORT`.
+    #[must_use]
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// A plain-HTTP `kube::Client` for this server (default namespace `default`, kube's default
     /// retry policy).
+    #[must_use]
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }
@@ -192,6 +214,7 @@ impl KubeEmulator {
     }
 
     /// Direct access for tests: events, compaction, settings, faults, ground truth, stats.
+    #[must_use]
     pub fn state(&self) -> &Arc<KubeState> {
         &self.state
     }

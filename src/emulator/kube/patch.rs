@@ -71,8 +71,8 @@ pub(crate) fn merge(target: Value, patch: Value) -> Value {
     }
 }
 
-fn json_patch(mut doc: Value, patch: &Value) -> Result<Value, ApiError> {
-    let ops = patch
+fn json_patch(mut doc: Value, operations: &Value) -> Result<Value, ApiError> {
+    let ops = operations
         .as_array()
         .ok_or_else(|| ApiError::bad_request("json patch must be an array of operations"))?;
     for op in ops {
@@ -180,6 +180,7 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -314,6 +314,7 @@ impl Filter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Event, ObjectReference};

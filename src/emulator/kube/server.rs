@@ -23,11 +23,13 @@ use serde_json::{Value, json};
 use super::control;
 use super::discovery;
 use super::faults::{self, ClientIds, ConnHandle};
+use super::namespaces;
 use super::patch::PatchType;
 use super::resources::{Object, Stored, View, decode};
 use super::selectors::{FieldSelector, Filter, LabelSelector};
 use super::state::{KubeState, Preconditions};
 use super::status::ApiError;
+use super::store::{PageQuery, Store};
 use super::table::{TableListMeta, TableRequest, table};
 use super::watch::{self, WatchSpec, WatchStart};
 
@@ -60,6 +62,16 @@ pub(crate) fn router(app: AppState) -> Router {
             "/apis/coordination.k8s.io/v1",
             get(discovery::coordination_v1),
         )
+        .route("/openapi/v3", get(discovery::openapi_v3_root))
+        .route("/openapi/v3/api/v1", get(discovery::openapi_v3_core))
+        .route(
+            "/openapi/v3/apis/events.k8s.io/v1",
+            get(discovery::openapi_v3_events),
+        )
+        .route(
+            "/openapi/v3/apis/coordination.k8s.io/v1",
+            get(discovery::openapi_v3_coordination),
+        )
         .route("/healthz", get(discovery::healthz))
         .route("/livez", get(discovery::healthz))
         .route("/readyz", get(discovery::healthz))
@@ -84,6 +96,8 @@ enum Target {
         namespace: String,
         name: String,
     },
+    /// `/api/v1/namespaces[/{name}]` (read-only).
+    Namespaces(Option<String>),
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -101,6 +115,10 @@ fn parse_path(path: &str) -> Option<Target> {
         _ => None,
     };
     match rest {
+        ["namespaces"] if group.is_empty() => Some(Target::Namespaces(None)),
+        ["namespaces", ns] if group.is_empty() && !ns.is_empty() => {
+            Some(Target::Namespaces(Some((*ns).to_owned())))
+        }
         [plural] => Some(Target::Collection {
             view: view_for(plural)?,
             namespace: None,
@@ -207,83 +225,126 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
     let body = to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ApiError::too_large_body())?;
-    let state = &app.state;
-    match (parts.method, target) {
-        (Method::GET, Target::Collection { view, namespace }) => {
+    match target {
+        Target::Namespaces(name) => {
+            if parts.method != Method::GET {
+                return Err(ApiError::method_not_allowed(
+                    namespaces::NAMESPACES,
+                    parts.method.as_str(),
+                ));
+            }
             if matches!(ctx.q("watch"), Some("true" | "1")) {
-                watch(state, view, namespace, &ctx)
+                return Err(ApiError::method_not_allowed(
+                    namespaces::NAMESPACES,
+                    "watch",
+                ));
+            }
+            let (status, body) = namespaces::get(&app.state, name.as_deref(), ctx.table)?;
+            let mut resp = json_response(status, serde_json::to_vec(&body).unwrap_or_default());
+            if ctx.table.is_some() {
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+                );
+            }
+            Ok(resp)
+        }
+        Target::Collection { view, namespace } => {
+            collection(&app.state, &parts.method, view, namespace, &body, &ctx)
+        }
+        Target::Item {
+            view,
+            namespace,
+            name,
+        } => item(
+            &app.state,
+            &parts.method,
+            view,
+            &namespace,
+            &name,
+            &body,
+            &ctx,
+        ),
+    }
+}
+
+/// Requests on `…/events` and `…/leases`.
+fn collection(
+    state: &Arc<KubeState>,
+    method: &Method,
+    view: View,
+    namespace: Option<String>,
+    body: &[u8],
+    ctx: &Ctx,
+) -> Result<Response, ApiError> {
+    match (method, namespace) {
+        (&Method::GET, namespace) => {
+            if matches!(ctx.q("watch"), Some("true" | "1")) {
+                watch(state, view, namespace, ctx)
             } else {
-                list(state, view, namespace.as_deref(), &ctx)
+                list(state, view, namespace.as_deref(), ctx)
             }
         }
-        (
-            Method::POST,
-            Target::Collection {
-                view,
-                namespace: Some(ns),
-            },
-        ) => {
-            let obj = decode_strict(view, &body, &ctx)?;
+        (&Method::POST, Some(ns)) => {
+            let obj = decode_strict(view, body, ctx)?;
             let stored = state.create(view, &ns, obj)?;
-            Ok(object_response(StatusCode::CREATED, view, &stored, &ctx))
+            Ok(object_response(StatusCode::CREATED, view, &stored, ctx))
         }
-        (
-            Method::GET,
-            Target::Item {
-                view,
-                namespace,
-                name,
-            },
-        ) => {
+        (&Method::POST, None) => Err(ApiError::method_not_allowed(
+            view.group_resource(),
+            "create",
+        )),
+        (&Method::DELETE, _) => Err(ApiError::method_not_allowed(
+            view.group_resource(),
+            "deletecollection",
+        )),
+        _ => Err(ApiError::method_not_allowed(
+            view.group_resource(),
+            method.as_str(),
+        )),
+    }
+}
+
+/// Requests on `…/namespaces/{ns}/{resource}/{name}`.
+fn item(
+    state: &Arc<KubeState>,
+    method: &Method,
+    view: View,
+    namespace: &str,
+    name: &str,
+    body: &[u8],
+    ctx: &Ctx,
+) -> Result<Response, ApiError> {
+    match *method {
+        Method::GET => {
             let stored = state
-                .get(view.resource(), &namespace, &name)
-                .ok_or_else(|| ApiError::not_found(view.group_resource(), &name))?;
-            Ok(object_response(StatusCode::OK, view, &stored, &ctx))
+                .get(view.resource(), namespace, name)
+                .ok_or_else(|| ApiError::not_found(view.group_resource(), name))?;
+            Ok(object_response(StatusCode::OK, view, &stored, ctx))
         }
-        (
-            Method::PUT,
-            Target::Item {
-                view,
-                namespace,
-                name,
-            },
-        ) => {
-            let obj = decode_strict(view, &body, &ctx)?;
-            let (stored, created) = state.replace(view, &namespace, &name, obj)?;
+        Method::PUT => {
+            let obj = decode_strict(view, body, ctx)?;
+            let (stored, created) = state.replace(view, namespace, name, obj)?;
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            Ok(object_response(status, view, &stored, &ctx))
+            Ok(object_response(status, view, &stored, ctx))
         }
-        (
-            Method::PATCH,
-            Target::Item {
-                view,
-                namespace,
-                name,
-            },
-        ) => {
+        Method::PATCH => {
             let ct = ctx
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             let kind = PatchType::from_content_type(ct)?;
-            let stored = state.patch(view, &namespace, &name, kind, &body)?;
-            Ok(object_response(StatusCode::OK, view, &stored, &ctx))
+            let stored = state.patch(view, namespace, name, kind, body)?;
+            Ok(object_response(StatusCode::OK, view, &stored, ctx))
         }
-        (
-            Method::DELETE,
-            Target::Item {
-                view,
-                namespace,
-                name,
-            },
-        ) => {
-            let pre = preconditions(&body)?;
-            let gone = state.delete(view, &namespace, &name, &pre)?;
+        Method::DELETE => {
+            let pre = preconditions(body)?;
+            let gone = state.delete(view, namespace, name, &pre)?;
             let status = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": name, "group": view.group(), "kind": view.plural(), "uid": gone.object.uid()}
@@ -293,16 +354,10 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
                 serde_json::to_vec(&status).unwrap_or_default(),
             ))
         }
-        (method, Target::Collection { view, .. } | Target::Item { view, .. }) => {
-            let action = match method {
-                Method::POST => "create",
-                Method::DELETE => "deletecollection",
-                Method::PUT => "update",
-                Method::PATCH => "patch",
-                _ => "this verb",
-            };
-            Err(ApiError::method_not_allowed(view.group_resource(), action))
-        }
+        _ => Err(ApiError::method_not_allowed(
+            view.group_resource(),
+            method.as_str(),
+        )),
     }
 }
 
@@ -495,79 +550,20 @@ fn list(
         None => None,
     };
     let limit = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-    let rv = ctx.q("resourceVersion");
-    let rv_match = ctx.q("resourceVersionMatch");
-    let cont = ctx.q("continue");
-    if cont.is_some() && rv.is_some_and(|r| r != "0") {
-        return Err(ApiError::bad_request(
-            "specifying resource version is not allowed when using continue",
-        ));
-    }
-    if rv_match.is_some() && rv.is_none() {
-        return Err(ApiError::bad_request(
-            "resourceVersionMatch is forbidden unless resourceVersion is provided",
-        ));
-    }
-    let page = {
+    let (snapshot, page) = {
         let store = state.lock();
-        let (snapshot, start) = if let Some(token) = cont {
-            let (snap, start) = decode_continue(token)?;
-            if snap < store.compacted() {
-                return Err(ApiError::expired(EXPIRED_CONTINUE));
-            }
-            (snap, Some(start))
-        } else {
-            let current = store.rv();
-            let exact = match rv_match {
-                Some("Exact") => true,
-                Some("NotOlderThan") | None => rv_match.is_none() && limit.is_some(),
-                Some(other) => {
-                    return Err(ApiError::bad_request(format!(
-                        "unsupported resourceVersionMatch {other:?}"
-                    )));
-                }
-            };
-            match rv {
-                None | Some("0") if rv_match == Some("Exact") => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
-                    ));
-                }
-                None | Some("0") => (current, None),
-                Some(r) => {
-                    let n = parse_u64(r, "resource version")?;
-                    if n > current {
-                        return Err(ApiError::timeout(
-                            format!("Too large resource version: {n}, current: {current}"),
-                            1,
-                        ));
-                    }
-                    if exact {
-                        if n < store.compacted() {
-                            return Err(ApiError::expired(
-                                "The resourceVersion for the provided list is too old.",
-                            ));
-                        }
-                        (n, None)
-                    } else {
-                        (current, None)
-                    }
-                }
-            }
-        };
+        let (snapshot, start) = list_position(&store, ctx, limit.is_some())?;
         let keep = |s: &Stored| filter.matches(&s.object);
-        let page = store.page(
-            view.resource(),
+        let query = PageQuery {
             namespace,
-            start.as_deref(),
-            snapshot,
+            start: start.as_deref(),
+            at: snapshot,
             limit,
-            &keep,
-            filter.is_empty(),
-        );
-        (snapshot, page)
+            keep: &keep,
+            count_remaining: filter.is_empty(),
+        };
+        (snapshot, store.page(view.resource(), &query))
     };
-    let (snapshot, page) = page;
     let continue_token = page
         .next_key
         .as_deref()
@@ -608,6 +604,66 @@ fn list(
     }
     body.extend_from_slice(b"]}");
     Ok(json_response(StatusCode::OK, body))
+}
+
+/// The snapshot resourceVersion and first key of a LIST, from `continue` or
+/// `resourceVersion`/`resourceVersionMatch` (`ListOptions` semantics; with a limit and no match
+/// an explicit resourceVersion is exact).
+fn list_position(store: &Store, ctx: &Ctx, paged: bool) -> Result<(u64, Option<String>), ApiError> {
+    let rv = ctx.q("resourceVersion");
+    let rv_match = ctx.q("resourceVersionMatch");
+    if let Some(token) = ctx.q("continue") {
+        if rv.is_some_and(|r| r != "0") {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
+        }
+        let (snap, start) = decode_continue(token)?;
+        if snap < store.compacted() {
+            return Err(ApiError::expired(EXPIRED_CONTINUE));
+        }
+        return Ok((snap, Some(start)));
+    }
+    if rv_match.is_some() && rv.is_none() {
+        return Err(ApiError::bad_request(
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
+    }
+    let exact = match rv_match {
+        Some("Exact") => true,
+        Some("NotOlderThan") => false,
+        None => paged,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported resourceVersionMatch {other:?}"
+            )));
+        }
+    };
+    let current = store.rv();
+    match rv {
+        None | Some("0") if rv_match == Some("Exact") => Err(ApiError::bad_request(
+            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+        )),
+        None | Some("0") => Ok((current, None)),
+        Some(r) => {
+            let n = parse_u64(r, "resource version")?;
+            if n > current {
+                return Err(ApiError::timeout(
+                    format!("Too large resource version: {n}, current: {current}"),
+                    1,
+                ));
+            }
+            if !exact {
+                return Ok((current, None));
+            }
+            if n < store.compacted() {
+                return Err(ApiError::expired(
+                    "The resourceVersion for the provided list is too old.",
+                ));
+            }
+            Ok((n, None))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -672,6 +728,7 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -96,6 +96,10 @@ impl RequestStats {
     }
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with signature"
+)]
 fn rv_string<S: Serializer>(rv: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rv.to_string())
 }
@@ -156,6 +160,8 @@ pub struct KubeState {
     pub(crate) generated_updates: AtomicU64,
     pub(crate) open_watches: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
+    /// When the emulator started (creation time of the virtual namespaces).
+    pub(crate) started: Timestamp,
 }
 
 /// Counts an open watch for as long as it lives.
@@ -206,18 +212,22 @@ fn fill_system_fields(obj: &mut Object) {
 
 /// A random RFC 4122 version-4 UUID.
 pub(crate) fn new_uid() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
+    uid_from_bytes(rand::rng().random())
+}
+
+/// Formats 16 random bytes as an RFC 4122 version-4 UUID.
+pub(crate) fn uid_from_bytes(mut b: [u8; 16]) -> String {
+    use std::fmt::Write;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        let _ = write!(out, "{x:02x}");
+    }
+    out
 }
 
 /// The 5-character suffix `generateName` gets (apiserver alphabet without vowels).
@@ -273,6 +283,7 @@ impl KubeState {
             generated_updates: AtomicU64::new(0),
             open_watches: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
+            started: Timestamp::now(),
         }
     }
 
@@ -365,26 +376,18 @@ impl KubeState {
                     return Ok(WriteOp::Put(obj));
                 };
                 // Events allow unconditional updates; Leases do not.
-                if new_rv == 0 {
-                    if resource == Resource::Leases {
-                        return Err(ApiError::invalid(
-                            view.group_kind(),
-                            name,
-                            &[FieldError::invalid(
-                                "metadata.resourceVersion",
-                                "0x0",
-                                "must be specified for an update",
-                            )],
-                        ));
-                    }
-                } else if new_rv != cur.rv {
-                    return Err(ApiError::conflict(
-                        view.group_resource(),
+                if new_rv == 0 && resource == Resource::Leases {
+                    return Err(ApiError::invalid(
+                        view.group_kind(),
                         name,
-                        OPTIMISTIC_LOCK_MSG,
+                        &[FieldError::invalid(
+                            "metadata.resourceVersion",
+                            "0x0",
+                            "must be specified for an update",
+                        )],
                     ));
                 }
-                Self::finish_update(view, name, obj, cur)
+                Self::finish_update(view, name, obj, cur, new_rv)
             })?;
         if out.change.is_some() {
             self.notify(out.object.rv);
@@ -392,12 +395,22 @@ impl KubeState {
         Ok((out.object, created))
     }
 
+    /// The rest of an update once the current object is known: the resourceVersion precondition
+    /// (`new_rv` 0 = none), server-owned fields, validation, and no-op detection.
     fn finish_update(
         view: View,
         name: &str,
         mut obj: Object,
         cur: &Arc<Stored>,
+        new_rv: u64,
     ) -> Result<WriteOp, ApiError> {
+        if new_rv != 0 && new_rv != cur.rv {
+            return Err(ApiError::conflict(
+                view.group_resource(),
+                name,
+                OPTIMISTIC_LOCK_MSG,
+            ));
+        }
         carry_system_fields(&mut obj, &cur.object);
         let errs = validate_update(view, &obj, &cur.object);
         if !errs.is_empty() {
@@ -434,14 +447,7 @@ impl KubeState {
                     )));
                 }
                 let new_rv = parse_rv(obj.meta().resource_version.as_deref())?;
-                if new_rv != 0 && new_rv != cur.rv {
-                    return Err(ApiError::conflict(
-                        view.group_resource(),
-                        name,
-                        OPTIMISTIC_LOCK_MSG,
-                    ));
-                }
-                Self::finish_update(view, name, obj, cur)
+                Self::finish_update(view, name, obj, cur, new_rv)
             })?;
         if out.change.is_some() {
             self.notify(out.object.rv);

@@ -5,7 +5,7 @@
 //! happens (that belongs to the handlers and the store) and never invent reasons the real
 //! apiserver does not use.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -293,6 +293,7 @@ impl ApiError {
     }
 
     /// The `Status` object (`kind: Status`) as JSON.
+    #[must_use]
     pub fn status_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("kind".into(), "Status".into());
@@ -310,18 +311,35 @@ impl ApiError {
 
     /// One watch-stream line `{"type":"ERROR","object":<Status>}\n`.
     pub(crate) fn watch_error_line(&self) -> Vec<u8> {
-        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": self.status_json()}))
-            .unwrap_or_default();
-        line.push(b'\n');
+        let mut line = b"{\"type\":\"ERROR\",\"object\":".to_vec();
+        line.extend_from_slice(&self.status_bytes());
+        line.extend_from_slice(b"}\n");
         line
+    }
+
+    /// The `Status` serialised in the apiserver's field order (kind, apiVersion, metadata,
+    /// status, message, reason, details, code).
+    #[must_use]
+    pub fn status_bytes(&self) -> Vec<u8> {
+        let quote = |v: &str| serde_json::to_string(v).unwrap_or_default();
+        let mut out = format!(
+            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\"message\":{},\"reason\":{}",
+            quote(&self.message),
+            quote(&self.reason)
+        );
+        if let Some(d) = &self.details {
+            out.push_str(",\"details\":");
+            out.push_str(&serde_json::to_string(d).unwrap_or_default());
+        }
+        let _ = write!(out, ",\"code\":{}}}", self.code);
+        out.into_bytes()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self.status_json()).unwrap_or_default();
-        let mut resp = (status, body).into_response();
+        let mut resp = (status, self.status_bytes()).into_response();
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -339,6 +357,7 @@ impl IntoResponse for ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -362,6 +381,20 @@ mod tests {
             "Lease.coordination.k8s.io \"l1\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
         );
         assert_eq!(e.code, 422);
+    }
+
+    #[test]
+    fn status_bytes_are_valid_json_equal_to_status_json() {
+        let e = ApiError::expired("too old");
+        let parsed: Value = serde_json::from_slice(&e.status_bytes()).unwrap();
+        assert_eq!(parsed, e.status_json());
+        let gr = GroupResource {
+            group: "",
+            resource: "events",
+        };
+        let e = ApiError::not_found(gr, "x");
+        let parsed: Value = serde_json::from_slice(&e.status_bytes()).unwrap();
+        assert_eq!(parsed, e.status_json());
     }
 
     #[test]

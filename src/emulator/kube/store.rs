@@ -90,6 +90,22 @@ pub(crate) struct WriteOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Compacted;
 
+/// What a snapshot page reads.
+pub(crate) struct PageQuery<'a> {
+    /// Only this namespace.
+    pub namespace: Option<&'a str>,
+    /// First key to consider (from a continue token).
+    pub start: Option<&'a str>,
+    /// Snapshot resourceVersion.
+    pub at: u64,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Selector.
+    pub keep: &'a dyn Fn(&Stored) -> bool,
+    /// Count the items after the page (`remainingItemCount`, only without selectors).
+    pub count_remaining: bool,
+}
+
 /// One page of a snapshot list.
 pub(crate) struct Page {
     pub items: Vec<Arc<Stored>>,
@@ -164,6 +180,22 @@ impl Store {
 
     pub fn ground_truth_len(&self) -> usize {
         self.ground_truth.len()
+    }
+
+    /// Namespaces holding at least one live object.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for map in &self.objects {
+            for (k, chain) in map {
+                if chain.latest().is_some()
+                    && let Some((ns, _)) = k.split_once('/')
+                    && !out.contains(ns)
+                {
+                    out.insert(ns.to_owned());
+                }
+            }
+        }
+        out
     }
 
     /// The latest version of `key`, if it exists.
@@ -358,29 +390,21 @@ impl Store {
         (self.rv, items)
     }
 
-    /// A page of the snapshot at `at`: items with key ≥ `start`, matching `keep`, at most `limit`.
-    pub fn page(
-        &self,
-        resource: Resource,
-        namespace: Option<&str>,
-        start: Option<&str>,
-        at: u64,
-        limit: Option<usize>,
-        keep: &dyn Fn(&Stored) -> bool,
-        count_remaining: bool,
-    ) -> Page {
+    /// A page of the snapshot described by `q`.
+    pub fn page(&self, resource: Resource, q: &PageQuery<'_>) -> Page {
         let map = &self.objects[resource.index()];
-        let prefix = namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
-        let from = match start {
+        let prefix = q.namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
+        let from = match q.start {
             Some(s) if s > prefix.as_str() => s,
             _ => prefix.as_str(),
         };
+        let (at, keep) = (q.at, q.keep);
         let mut iter = map
             .range::<str, _>((Bound::Included(from), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter_map(|(k, c)| c.at(at).map(|o| (k, o)))
             .filter(|(_, o)| keep(o));
-        let limit = limit.unwrap_or(usize::MAX);
+        let limit = q.limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
         for (_, o) in iter.by_ref() {
             items.push(o.clone());
@@ -390,12 +414,12 @@ impl Store {
         }
         let mut next_key = None;
         let mut remaining = None;
-        if items.len() >= limit {
-            if let Some((k, _)) = iter.next() {
-                next_key = Some(k.clone());
-                if count_remaining {
-                    remaining = Some(1 + iter.count() as u64);
-                }
+        if items.len() >= limit
+            && let Some((k, _)) = iter.next()
+        {
+            next_key = Some(k.clone());
+            if q.count_remaining {
+                remaining = Some(1 + iter.count() as u64);
             }
         }
         Page {
@@ -416,6 +440,7 @@ impl Store {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use k8s_openapi::api::coordination::v1::Lease;
@@ -457,15 +482,15 @@ mod tests {
         let snap = put(&mut s, "b", "x");
         put(&mut s, "a", "y");
         put(&mut s, "c", "x");
-        let page = s.page(
-            Resource::Leases,
-            Some("ns"),
-            None,
-            snap,
-            None,
-            &|_| true,
-            false,
-        );
+        let q = PageQuery {
+            namespace: Some("ns"),
+            start: None,
+            at: snap,
+            limit: None,
+            keep: &|_| true,
+            count_remaining: false,
+        };
+        let page = s.page(Resource::Leases, &q);
         let names: Vec<_> = page
             .items
             .iter()
@@ -484,7 +509,15 @@ mod tests {
         s.compact(mid);
         assert_eq!(s.changes_after(mid - 1, 10).unwrap_err(), Compacted);
         assert_eq!(s.changes_after(mid, 10).unwrap().len(), 1);
-        let page = s.page(Resource::Leases, None, None, mid, None, &|_| true, false);
+        let q = PageQuery {
+            namespace: None,
+            start: None,
+            at: mid,
+            limit: None,
+            keep: &|_| true,
+            count_remaining: false,
+        };
+        let page = s.page(Resource::Leases, &q);
         assert_eq!(page.items[0].rv, mid);
     }
 }

@@ -63,7 +63,7 @@ impl TableRequest {
         None
     }
 
-    fn api_version(self) -> &'static str {
+    pub fn api_version(self) -> &'static str {
         if self.v1beta1 {
             "meta.k8s.io/v1beta1"
         } else {
@@ -350,6 +350,7 @@ pub(crate) fn table(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

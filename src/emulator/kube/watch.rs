@@ -28,7 +28,7 @@ use super::selectors::Filter;
 use super::state::{KubeState, OpenWatch};
 use super::status::ApiError;
 use super::store::{Change, ChangeType};
-use super::table::{TableRequest, table};
+use super::table::{TableListMeta, TableRequest, table};
 
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,12 @@ impl Encoder {
         out.extend_from_slice(b"\",\"object\":");
         match self.table {
             Some(req) => {
-                let t = table(self.view, &[stored], req, None, self.headers_sent);
+                let meta = TableListMeta {
+                    resource_version: stored.rv,
+                    continue_token: None,
+                    remaining: None,
+                };
+                let t = table(self.view, &[stored], req, Some(&meta), self.headers_sent);
                 self.headers_sent = true;
                 out.extend_from_slice(&serde_json::to_vec(&t).unwrap_or_else(|_| b"{}".to_vec()));
             }

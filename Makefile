@@ -2,12 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
-# Tests spawn API servers and kevents processes; two at a time suits a 2-core machine.
+# Process-level tests spawn API servers and kevents replicas; two at a time suits 2 cores.
 TEST_THREADS ?= 2
+# Drills: fault repetitions per scenario (the README figures use 20).
+DRILL_RUNS ?= 20
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build kevents and kevents-lab (debug)
@@ -18,9 +20,14 @@ release: ## Build kevents and kevents-lab (release)
 	$(CARGO) build --locked --release --bins
 
 .PHONY: tools
-tools: ## Check the tools the tests need (kubectl)
+tools: ## Check the tools the tests need (kubectl, go, openssl)
 	@command -v kubectl >/dev/null || { echo "kubectl is required by the tests (tests/kubectl.rs) but is not on PATH" >&2; exit 1; }
-	@kubectl version --client >/dev/null
+	@command -v go >/dev/null || { echo "go is required to build kube-apiserver and etcd (make kube-binaries)" >&2; exit 1; }
+	@command -v openssl >/dev/null || { echo "openssl is required to make the test API server's certificates" >&2; exit 1; }
+
+.PHONY: kube-binaries
+kube-binaries: ## Build the real kube-apiserver and etcd from Go modules (cached; no-op when present)
+	scripts/kube-binaries.sh
 
 .PHONY: fmt
 fmt: ## Format the code
@@ -32,10 +39,17 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 .PHONY: test
-test: tools lint ## Everything: lint, unit, emulator and process tests (installs what it needs)
+test: tools lint kube-binaries ## Everything: lint, unit, emulator, real-apiserver and process tests
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 
 .PHONY: demo
-demo: ## The main job on an embedded default (see README)
-	$(CARGO) build --locked --release --bins
+demo: release ## The main job on an embedded default (see README)
 	./target/release/kevents-lab demo
+
+.PHONY: drill
+drill: release ## Failover drills (short scenarios, DRILL_RUNS each)
+	./target/release/kevents-lab drill all --runs $(DRILL_RUNS)
+
+.PHONY: bench
+bench: release ## Benchmarks: capture path events/s, RSS, CPU per 1,000 events
+	./target/release/kevents-lab bench capture --events 1000000 --rate 20000

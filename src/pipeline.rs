@@ -25,6 +25,9 @@ use crate::{
     transform::{RecordOptions, RecordShape},
 };
 
+/// Decoded events in flight between the source and capture.
+const SOURCE_CHANNEL_CAPACITY: usize = 256;
+
 /// Readiness condition raised while the leader has not finished its first list or resume.
 pub const READY_CONDITION: &str = "pipeline";
 
@@ -194,7 +197,9 @@ async fn run_stages(
     };
     let stages = stop.child_token();
     let shipper_wake = Arc::new(Notify::new());
-    let (tx, rx) = mpsc::channel(config.store.max_commit_events * 2);
+    // A short channel: the source waits (and stops reading the watch) while capture commits, so
+    // memory holds a few hundred decoded events at most, whatever the event rate.
+    let (tx, rx) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
 
     let source = Source::new(
         client,

@@ -47,7 +47,7 @@ async fn emulator() -> KubeEmulator {
 /// A client that identifies itself as `identity` (as kevents does), with kube's retries off.
 fn client_as(emulator: &KubeEmulator, identity: &str) -> kube::Client {
     let mut config = kube::Config::new(emulator.url().parse().unwrap());
-    config.default_namespace = NS.to_owned();
+    NS.clone_into(&mut config.default_namespace);
     config.default_retry = false;
     config.headers.push((
         http::HeaderName::from_static("x-client-id"),
@@ -372,7 +372,7 @@ async fn a_renew_time_an_hour_off_is_judged_by_when_this_replica_saw_it_change()
         }
         let waited = first_seen.elapsed();
         assert!(
-            waited >= Duration::from_millis(1000),
+            waited >= Duration::from_secs(1),
             "offset {offset}: took over after {waited:?}, before leaseDurationSeconds"
         );
         assert!(

@@ -36,6 +36,7 @@ use kube::{
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
+#[allow(clippy::unnecessary_wraps, reason = "read where an Option is set")]
 fn generator(rate: f64, update_ratio: f64) -> Option<GeneratorConfig> {
     Some(GeneratorConfig {
         events_per_second: rate,

@@ -214,7 +214,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             workdir,
         } => {
-            anyhow::ensure!(what == "capture", "unknown benchmark `{what}`; known: capture");
+            anyhow::ensure!(
+                what == "capture",
+                "unknown benchmark `{what}`; known: capture"
+            );
             let report = bench::capture(BenchOptions {
                 events,
                 rate,

@@ -22,6 +22,17 @@ use crate::{
     transform::{self, RecordOptions},
 };
 
+/// Decoded events taken from the source channel at a time.
+const SOURCE_BATCH: usize = 256;
+
+/// Records decoded and waiting for their transaction.
+#[derive(Default)]
+struct Pending {
+    items: Vec<CaptureItem>,
+    checkpoint: Option<String>,
+    times: Vec<Option<jiff::Timestamp>>,
+}
+
 /// How often a paused capture re-checks the outbox size.
 const PAUSE_POLL: Duration = Duration::from_millis(200);
 
@@ -61,7 +72,7 @@ impl Capture {
         mut rx: mpsc::Receiver<SourceItem>,
         stop: CancellationToken,
     ) -> Result<(), Error> {
-        let mut buffer = Vec::with_capacity(self.max_commit_events);
+        let mut buffer = Vec::with_capacity(SOURCE_BATCH);
         let mut paused = false;
         loop {
             let outbox_bytes = self.blocking(|store| store.meta()).await?.outbox_bytes;
@@ -89,50 +100,65 @@ impl Capture {
             buffer.clear();
             let received = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                n = rx.recv_many(&mut buffer, self.max_commit_events) => n,
+                n = rx.recv_many(&mut buffer, SOURCE_BATCH) => n,
             };
             if received == 0 {
                 return Ok(());
             }
-            self.commit(&mut buffer).await?;
+            // Decode into compact records at once, and keep taking what the source has ready,
+            // up to one transaction's worth: one flush for all of it (group commit).
+            let mut pending = Pending::default();
+            for item in buffer.drain(..) {
+                self.prepare(&mut pending, item);
+            }
+            while pending.items.len() < self.max_commit_events {
+                match rx.try_recv() {
+                    Ok(item) => self.prepare(&mut pending, item),
+                    Err(_) => break,
+                }
+            }
+            self.commit(pending).await?;
         }
     }
 
-    async fn commit(&self, buffer: &mut Vec<SourceItem>) -> Result<(), Error> {
-        let mut items = Vec::with_capacity(buffer.len());
-        let mut checkpoint: Option<String> = None;
-        let mut times = Vec::with_capacity(buffer.len());
-        for item in buffer.drain(..) {
-            match item {
-                SourceItem::Upsert {
-                    object,
-                    checkpoint: position,
-                } => {
-                    if let Some(rv) = position {
-                        checkpoint = Some(rv);
-                    }
-                    let key = match transform::event_key(&object) {
-                        Ok(key) => key,
-                        Err(error) => {
-                            self.malformed("missing_key", &error);
-                            continue;
-                        }
-                    };
-                    match transform::to_record(&object, &self.record) {
-                        Ok(record) => {
-                            times.push(transform::event_time(&object));
-                            items.push(CaptureItem {
-                                uid: key.uid,
-                                resource_version: key.resource_version,
-                                record,
-                            });
-                        }
-                        Err(error) => self.malformed("transform", &error),
-                    }
+    fn prepare(&self, pending: &mut Pending, item: SourceItem) {
+        match item {
+            SourceItem::Upsert {
+                object,
+                checkpoint: position,
+            } => {
+                if let Some(rv) = position {
+                    pending.checkpoint = Some(rv);
                 }
-                SourceItem::Checkpoint(rv) => checkpoint = Some(rv),
+                let key = match transform::event_key(&object) {
+                    Ok(key) => key,
+                    Err(error) => {
+                        self.malformed("missing_key", &error);
+                        return;
+                    }
+                };
+                match transform::to_record(&object, &self.record) {
+                    Ok(record) => {
+                        pending.times.push(transform::event_time(&object));
+                        pending.items.push(CaptureItem {
+                            uid: key.uid,
+                            resource_version: key.resource_version,
+                            record,
+                        });
+                    }
+                    Err(error) => self.malformed("transform", &error),
+                }
             }
+            SourceItem::Checkpoint(rv) => pending.checkpoint = Some(rv),
         }
+    }
+
+    async fn commit(&self, pending: Pending) -> Result<(), Error> {
+        let Pending {
+            items,
+            checkpoint,
+            times,
+        } = pending;
         if items.is_empty() && checkpoint.is_none() {
             return Ok(());
         }

@@ -107,7 +107,12 @@ fn cpu_seconds(pid: u32) -> f64 {
         return 0.0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of /proc/pid/stat: 12 and 13 after the ')'.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -155,8 +160,12 @@ pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .await
         .context("no ready leader")?;
     let follower = 1 - leader;
-    let leader_pid = replicas.replicas[leader].pid().context("leader not running")?;
-    let follower_pid = replicas.replicas[follower].pid().context("follower not running")?;
+    let leader_pid = replicas.replicas[leader]
+        .pid()
+        .context("leader not running")?;
+    let follower_pid = replicas.replicas[follower]
+        .pid()
+        .context("follower not running")?;
     let admin = replicas.replicas[leader].admin;
 
     emulator.state().set_generator(Some(GeneratorConfig {

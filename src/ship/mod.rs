@@ -181,9 +181,10 @@ impl Shipper {
             })
             .await?;
         let entries: Vec<OutboxEntry> = entries.into_iter().filter(|e| e.seq <= last).collect();
+        // The records live on in the payload only.
         let outgoing = OutgoingBatch {
             id: batch.id.clone(),
-            payload: payload(&entries),
+            payload: payload(&entries).into(),
             events: entries.len() as u64,
         };
         let mut delay = self.options.retry_initial;

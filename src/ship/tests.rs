@@ -138,7 +138,7 @@ fn lines(batches: &[OutgoingBatch]) -> Vec<String> {
     batches
         .iter()
         .flat_map(|b| {
-            String::from_utf8(b.payload.clone())
+            String::from_utf8(b.payload.to_vec())
                 .unwrap()
                 .lines()
                 .map(str::to_owned)

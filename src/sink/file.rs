@@ -257,7 +257,7 @@ mod tests {
         }
         OutgoingBatch {
             id: id.to_owned(),
-            payload,
+            payload: payload.into(),
             events: lines.len() as u64,
         }
     }

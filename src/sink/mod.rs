@@ -16,8 +16,8 @@ pub use file::{FileSink, FileSinkOptions};
 pub struct OutgoingBatch {
     /// Deterministic id; the same on every re-send.
     pub id: String,
-    /// Newline-delimited JSON records, each line ending in `\n`.
-    pub payload: Vec<u8>,
+    /// Newline-delimited JSON records, each line ending in `\n` (cheap to clone).
+    pub payload: bytes::Bytes,
     /// Number of records.
     pub events: u64,
 }

@@ -32,6 +32,9 @@ const K_OUTBOX_EVENTS: &[u8] = b"outbox_events";
 const K_OUTBOX_BYTES: &[u8] = b"outbox_bytes";
 const K_DEAD_EVENTS: &[u8] = b"dead_events";
 
+/// Records deleted per transaction when a batch is acknowledged.
+const ACK_CHUNK: u64 = 1000;
+
 /// How a store is opened.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -425,18 +428,28 @@ impl EventStore for SledStore {
         if !guard.is_current() {
             return Err(Error::Fenced);
         }
-        tx_result((&self.meta, &self.outbox, &self.batches).transaction(
-            |(meta, outbox, batches)| {
-                check_epoch(meta, guard)?;
-                let (removed, bytes) = remove_range(outbox, batch.first, batch.last)?;
-                batches.remove(&batch.first.to_be_bytes())?;
-                let events = tx_u64(meta, K_OUTBOX_EVENTS)?.saturating_sub(removed);
-                let total = tx_u64(meta, K_OUTBOX_BYTES)?.saturating_sub(bytes);
-                meta.insert(K_OUTBOX_EVENTS, &events.to_be_bytes())?;
-                meta.insert(K_OUTBOX_BYTES, &total.to_be_bytes())?;
-                Ok(())
-            },
-        ))?;
+        // Delete in chunks (huge transactions clone many tree nodes), the batch entry last: a
+        // crash in between leaves the batch recorded, and its re-send is idempotent by id.
+        let mut first = batch.first;
+        while first <= batch.last {
+            let last = first.saturating_add(ACK_CHUNK - 1).min(batch.last);
+            let done = last == batch.last;
+            tx_result((&self.meta, &self.outbox, &self.batches).transaction(
+                |(meta, outbox, batches)| {
+                    check_epoch(meta, guard)?;
+                    let (removed, bytes) = remove_range(outbox, first, last)?;
+                    if done {
+                        batches.remove(&batch.first.to_be_bytes())?;
+                    }
+                    let events = tx_u64(meta, K_OUTBOX_EVENTS)?.saturating_sub(removed);
+                    let total = tx_u64(meta, K_OUTBOX_BYTES)?.saturating_sub(bytes);
+                    meta.insert(K_OUTBOX_EVENTS, &events.to_be_bytes())?;
+                    meta.insert(K_OUTBOX_BYTES, &total.to_be_bytes())?;
+                    Ok(())
+                },
+            ))?;
+            first = last + 1;
+        }
         self.flush_now()
     }
 

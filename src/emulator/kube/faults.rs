@@ -246,6 +246,8 @@ struct FaultState {
     partitions: Vec<PartitionRule>,
     stall_until: Option<Instant>,
     drop_generation: u64,
+    /// Raw lines injected into Event watch streams, in order (append-only).
+    raw_lines: Vec<String>,
 }
 
 /// A snapshot of the active faults (for `GET /emulator/faults` and stats).
@@ -326,6 +328,29 @@ impl Faults {
         self.with(|s| s.errors.push(rule));
         self.bump();
         Ok(())
+    }
+
+    /// Sends these lines verbatim (each followed by `\n`) on every Event watch open now, as if
+    /// the server had written them: malformed JSON, unknown watch types, bare Status objects or
+    /// objects with missing fields, to test how clients cope with bad input.
+    pub fn inject_watch_lines(&self, lines: Vec<String>) {
+        self.with(|s| s.raw_lines.extend(lines));
+        self.bump();
+    }
+
+    /// How many raw lines were injected so far.
+    pub(crate) fn raw_lines_len(&self) -> usize {
+        self.with(|s| s.raw_lines.len())
+    }
+
+    /// The raw lines injected after the first `from`.
+    pub(crate) fn raw_lines_from(&self, from: usize) -> Vec<String> {
+        self.with(|s| {
+            s.raw_lines
+                .get(from..)
+                .map(<[String]>::to_vec)
+                .unwrap_or_default()
+        })
     }
 
     /// Adds a latency rule.

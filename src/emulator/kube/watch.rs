@@ -119,6 +119,7 @@ pub(crate) fn serve(state: &Arc<KubeState>, spec: WatchSpec) -> Response {
         writes_rx: state.subscribe_writes(),
         faults_rx: state.faults.subscribe(),
         drop_gen: state.faults.drop_generation(),
+        raw_cursor: state.faults.raw_lines_len(),
         cursor,
         deadline,
         next_bookmark: deadline,
@@ -253,6 +254,7 @@ struct Run {
     writes_rx: watch::Receiver<u64>,
     faults_rx: watch::Receiver<u64>,
     drop_gen: u64,
+    raw_cursor: usize,
     cursor: u64,
     deadline: Instant,
     next_bookmark: Instant,
@@ -368,6 +370,21 @@ impl Run {
                 let flow = self.send(self.encoder.bookmark(self.cursor, false)).await;
                 if flow != Flow::Go {
                     return flow;
+                }
+            }
+            if self.spec.view != View::Leases {
+                let raw = self.state.faults.raw_lines_from(self.raw_cursor);
+                if !raw.is_empty() {
+                    self.raw_cursor += raw.len();
+                    let mut buf = Vec::new();
+                    for line in raw {
+                        buf.extend_from_slice(line.as_bytes());
+                        buf.push(b'\n');
+                    }
+                    let flow = self.send(buf).await;
+                    if flow != Flow::Go {
+                        return flow;
+                    }
                 }
             }
             self.writes_rx.borrow_and_update();

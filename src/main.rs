@@ -12,10 +12,10 @@ use kevents::{
     shutdown, telemetry,
 };
 
-/// mimalloc returns freed memory to the system far better than glibc's allocator does under the
-/// capture and batch churn, which keeps the leader's resident memory bounded.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Async worker threads.
+const WORKER_THREADS: usize = 2;
+/// Threads for blocking store and file I/O (capture, shipper, maintenance, sink).
+const BLOCKING_THREADS: usize = 4;
 
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
@@ -85,7 +85,11 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    // Few threads on purpose: the pipeline is one leader doing group commits; every extra
+    // blocking thread costs an allocator arena of resident memory.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()?;
     runtime.block_on(async {

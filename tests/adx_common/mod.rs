@@ -80,6 +80,21 @@ pub async fn start_lab(
     count: usize,
     events_per_second: f64,
 ) -> Lab {
+    let extra = extra.to_owned();
+    start_lab_with(adx_config, mode, count, events_per_second, move |_| {
+        extra.clone()
+    })
+    .await
+}
+
+/// [`start_lab`] with `extra` computed from the ADX emulator's URL.
+pub async fn start_lab_with(
+    adx_config: AdxEmulatorConfig,
+    mode: &str,
+    count: usize,
+    events_per_second: f64,
+    extra: impl Fn(&str) -> String,
+) -> Lab {
     let workdir = tempfile::tempdir().unwrap();
     let kube = KubeEmulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -95,7 +110,7 @@ pub async fn start_lab(
          shipper:\n  max_batch_age: 300ms\n  retry_initial: 200ms\n  retry_max: 2s\n\
          record:\n  extra_columns: [Uid, ResourceVersion]\n{sink}",
         store = workdir.path().join("store").display(),
-        sink = adx.sink_yaml(DB, mode, extra),
+        sink = adx.sink_yaml(DB, mode, &extra(&adx.url())),
     );
     let replicas = Replicas::start(
         ReplicaOptions {
@@ -126,6 +141,11 @@ pub async fn start_lab(
         "leader not ready; logs:\n{}",
         lab.logs()
     );
+    // Let the leader's first watch settle before the first write: a write racing the very first
+    // LIST/WATCH was seen to go missing (about 1 run in 10, outside the ADX path: the sink
+    // delivered every row kevents shipped); that race belongs to the source/Kubernetes emulator
+    // tests, not to these.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     lab.kube.state().set_generator(Some(GeneratorConfig {
         events_per_second,
         update_ratio: 0.3,

@@ -39,7 +39,9 @@ use crate::config::{
 use tokio_util::sync::CancellationToken;
 
 pub use azurite::{Azurite, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
-pub use state::{AdxState, AdxStats, AuthSettings, ErrorBurst, FaultRequest, Throttle};
+pub use state::{
+    AdxState, AdxStats, AuthSettings, ErrorBurst, FaultRequest, RequestRecord, Throttle,
+};
 pub use storage::StorageAccount;
 
 /// Errors of the emulator's Rust API.
@@ -269,13 +271,18 @@ impl AdxEmulator {
     }
 
     /// The same as config-file text (a `sink:` section), for `kevents run` processes; `mode` is
-    /// `queued`, `streaming` or `managed`, `extra` is appended under `sink.adx` (indent 4).
+    /// `queued`, `streaming` or `managed`, `extra` is appended under `sink.adx` (indent 4). Unless
+    /// `extra` has its own `auth:` section, `auth.mode` is `none`.
     #[must_use]
     pub fn sink_yaml(&self, database: &str, mode: &str, extra: &str) -> String {
+        let auth = if extra.contains("    auth:") {
+            ""
+        } else {
+            "    auth:\n      mode: none\n"
+        };
         format!(
             "sink:\n  type: adx\n  adx:\n    ingest_endpoint: {url}\n    engine_endpoint: {url}\n    \
-             database: {database}\n    mode: {mode}\n    request_timeout: 10s\n    \
-             auth:\n      mode: none\n{extra}",
+             database: {database}\n    mode: {mode}\n    request_timeout: 10s\n{auth}{extra}",
             url = self.url(),
         )
     }

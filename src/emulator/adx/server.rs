@@ -156,10 +156,16 @@ fn v1_table(columns: &[&str], rows: Vec<Vec<Value>>) -> Value {
 }
 
 async fn mgmt(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(answer) = gate(&app, &headers, false).await {
+    let response = mgmt_answer(&app, &headers, &body).await;
+    app.state.record_request(false, response.status().as_u16());
+    response
+}
+
+async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Response {
+    if let Some(answer) = gate(app, headers, false).await {
         return answer;
     }
-    let Ok(request) = serde_json::from_slice::<MgmtBody>(&body) else {
+    let Ok(request) = serde_json::from_slice::<MgmtBody>(body) else {
         return kusto_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -235,7 +241,20 @@ async fn streaming(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(answer) = gate(&app, &headers, true).await {
+    let response = streaming_answer(&app, &db, &table, query, &headers, &body).await;
+    app.state.record_request(true, response.status().as_u16());
+    response
+}
+
+async fn streaming_answer(
+    app: &AppState,
+    db: &str,
+    table: &str,
+    query: StreamingQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    if let Some(answer) = gate(app, headers, true).await {
         return answer;
     }
     if body.len() > STREAMING_LIMIT {
@@ -252,7 +271,7 @@ async fn streaming(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let data = if gzip {
-        match gunzip(&body) {
+        match gunzip(body) {
             Ok(data) => data,
             Err(_) => {
                 return kusto_error(
@@ -269,10 +288,10 @@ async fn streaming(
     };
     let format = query.stream_format.unwrap_or_default().to_ascii_lowercase();
     let mapping = query.mapping_name.unwrap_or_default();
-    match ingest_records(&app.state, &db, &table, &format, &mapping, &data) {
+    match ingest_records(&app.state, db, table, &format, &mapping, &data) {
         Ok((rows, bad_lines)) => {
             let count = rows.len();
-            app.state.ingest(&db, &table, rows, &[], &[]);
+            app.state.ingest(db, table, rows, &[], &[]);
             app.state.count(|s| {
                 s.streaming_requests += 1;
                 s.streaming_rows += count as u64;

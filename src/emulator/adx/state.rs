@@ -6,10 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Mutex, PoisonError, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -129,6 +126,17 @@ pub struct AdxStats {
     pub faults_injected: u64,
 }
 
+/// One management or streaming request, as the emulator answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When the answer was sent.
+    pub at: Instant,
+    /// A streaming request (else management).
+    pub streaming: bool,
+    /// The status answered.
+    pub status: u16,
+}
+
 #[derive(Debug, Default)]
 struct TableData {
     rows: Vec<Map<String, Value>>,
@@ -147,8 +155,8 @@ pub struct AdxState {
     faults: Mutex<Faults>,
     stats: Mutex<AdxStats>,
     messages: Mutex<Vec<String>>,
+    requests: Mutex<Vec<RequestRecord>>,
     paused: std::sync::atomic::AtomicBool,
-    activity: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,8 +188,8 @@ impl AdxState {
             }),
             stats: Mutex::new(AdxStats::default()),
             messages: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
-            activity: AtomicU64::new(0),
         }
     }
 
@@ -235,7 +243,6 @@ impl AdxState {
         }
         data.rows.extend(rows);
         data.tags.extend(tags.iter().cloned());
-        self.activity.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -430,6 +437,24 @@ impl AdxState {
     #[must_use]
     pub fn messages(&self) -> Vec<String> {
         lock(&self.messages).clone()
+    }
+
+    /// Management and streaming requests with their answers, oldest first (the last 10000).
+    #[must_use]
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.requests).clone()
+    }
+
+    pub(super) fn record_request(&self, streaming: bool, status: u16) {
+        let mut requests = lock(&self.requests);
+        if requests.len() >= KEPT_MESSAGES {
+            requests.remove(0);
+        }
+        requests.push(RequestRecord {
+            at: Instant::now(),
+            streaming,
+            status,
+        });
     }
 
     pub(super) fn keep_message(&self, text: &str) {

@@ -102,6 +102,35 @@ fn lease_timings_must_be_ordered_like_client_go() {
 }
 
 #[test]
+fn the_shipped_example_adx_section_is_valid() {
+    let text = include_str!("../../examples/kevents.yaml").replacen("type: file ", "type: adx ", 1);
+    let config = Config::parse(
+        &text,
+        &env_with(&[
+            ("CLUSTER", "aks-prod"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_TENANT_ID", "t"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+        ]),
+    )
+    .unwrap();
+    let SinkConfig::Adx(adx) = &config.sink else {
+        panic!("not adx")
+    };
+    assert_eq!(adx.database, "Kubernetes");
+    assert_eq!(adx.mode, AdxMode::Queued);
+    assert_eq!(adx.mapping, "KubeEventsFlatMapping");
+    assert_eq!(
+        adx.engine().unwrap().as_str(),
+        "https://mycluster.westeurope.kusto.windows.net/"
+    );
+    assert_eq!(adx.auth.mode(), "workload_identity");
+}
+
+#[test]
 fn an_adx_sink_without_its_section_is_rejected_naming_it() {
     let err =
         Config::parse("cluster:\n  name: a\nsink:\n  type: adx\n", &env_with(&[])).unwrap_err();

@@ -182,6 +182,16 @@ async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Respo
             )
             .unwrap_or(jiff::Timestamp::MAX);
         let sas = app.storage.account_sas("rwdlacup", expiry);
+        if let Some((_, sig)) = reqwest::Url::parse(&format!("http://sas/?{sas}"))
+            .ok()
+            .and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == "sig")
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            })
+        {
+            app.state.remember_secret(&sig);
+        }
         let with_sas = |url: &reqwest::Url| {
             let mut url = url.clone();
             url.set_query(Some(&sas));

@@ -156,6 +156,7 @@ pub struct AdxState {
     stats: Mutex<AdxStats>,
     messages: Mutex<Vec<String>>,
     requests: Mutex<Vec<RequestRecord>>,
+    handed_out: Mutex<Vec<String>>,
     paused: std::sync::atomic::AtomicBool,
 }
 
@@ -189,6 +190,7 @@ impl AdxState {
             stats: Mutex::new(AdxStats::default()),
             messages: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
+            handed_out: Mutex::new(Vec::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -262,6 +264,7 @@ impl AdxState {
         let lifetime = lock(&self.faults).token_lifetime;
         let token = format!("emu-token-{}", random_hex(24));
         lock(&self.tokens).insert(token.clone(), Instant::now() + lifetime);
+        self.remember_secret(&token);
         lock(&self.stats).tokens_issued += 1;
         (token, lifetime)
     }
@@ -277,6 +280,7 @@ impl AdxState {
     pub(super) fn issue_context(&self) -> String {
         let context = format!("emu-authctx-{}", random_hex(32));
         lock(&self.contexts).insert(context.clone());
+        self.remember_secret(&context);
         context
     }
 
@@ -437,6 +441,20 @@ impl AdxState {
     #[must_use]
     pub fn messages(&self) -> Vec<String> {
         lock(&self.messages).clone()
+    }
+
+    /// Every token, authorization context and SAS signature handed out, so tests can search
+    /// logs for them.
+    #[must_use]
+    pub fn handed_out_secrets(&self) -> Vec<String> {
+        lock(&self.handed_out).clone()
+    }
+
+    pub(super) fn remember_secret(&self, secret: &str) {
+        let mut handed_out = lock(&self.handed_out);
+        if !handed_out.iter().any(|s| s == secret) {
+            handed_out.push(secret.to_owned());
+        }
     }
 
     /// Management and streaming requests with their answers, oldest first (the last 10000).

@@ -46,7 +46,7 @@ async fn queued_batches_land_as_mapped_rows_through_azurite() {
     assert_eq!(stats.raw_size_mismatches, 0);
     assert_eq!(
         metric(&metrics, "kevents_adx_batches_total{stage=\"queued\"}"),
-        3.0
+        3
     );
     // Two containers and two queues: rotation used both queues.
     assert_eq!(
@@ -54,7 +54,7 @@ async fn queued_batches_land_as_mapped_rows_through_azurite() {
             &metrics,
             "kevents_adx_resource_refreshes_total{outcome=\"success\"}"
         ),
-        1.0,
+        1,
         "resources are cached"
     );
     adx.shutdown().await;
@@ -77,7 +77,7 @@ async fn a_resent_batch_finds_its_blob_and_is_ingested_once_with_ingest_by_tags(
     sink.send(&batch).await.unwrap();
     assert_eq!(
         metric(&metrics, "kevents_adx_blob_already_uploaded_total"),
-        1.0
+        1
     );
     assert!(
         wait_until(Duration::from_secs(20), || adx
@@ -111,13 +111,13 @@ async fn an_expired_sas_is_refreshed_after_storage_answers_403() {
             &metrics,
             "kevents_adx_resource_refreshes_total{outcome=\"success\"}"
         ),
-        2.0
+        2
     );
     assert!(
         metric(
             &metrics,
             "kevents_adx_requests_total{operation=\"blob_upload\",outcome=\"retriable_error\"}"
-        ) >= 1.0
+        ) >= 1
     );
     adx.shutdown().await;
 }
@@ -161,7 +161,7 @@ async fn streaming_batches_land_and_a_permanent_rejection_is_a_permanent_error()
             &metrics,
             "kevents_adx_requests_total{operation=\"streaming\",outcome=\"permanent_error\"}"
         ),
-        1.0
+        1
     );
     adx.shutdown().await;
 }
@@ -185,7 +185,7 @@ async fn a_throttled_request_is_retriable_after_its_retry_after() {
             &metrics,
             "kevents_adx_requests_total{operation=\"streaming\",outcome=\"throttled\"}"
         ),
-        1.0
+        1
     );
     adx.shutdown().await;
 }
@@ -211,17 +211,17 @@ async fn managed_mode_falls_back_to_queued_on_transient_errors_throttling_and_la
     );
     assert_eq!(
         metric(&metrics, "kevents_adx_batches_total{stage=\"streaming\"}"),
-        1.0
+        1
     );
     assert_eq!(
         metric(&metrics, "kevents_adx_batches_total{stage=\"queued\"}"),
-        4.0
+        4
     );
     for (reason, n) in [
-        ("transient", 1.0),
-        ("too_large", 1.0),
-        ("throttled", 1.0),
-        ("suspended", 1.0),
+        ("transient", 1),
+        ("too_large", 1),
+        ("throttled", 1),
+        ("suspended", 1),
     ] {
         assert_eq!(
             metric(
@@ -268,7 +268,7 @@ async fn the_failed_ingestions_poller_counts_failures_of_our_own_batches() {
             metric(
                 &metrics,
                 "kevents_adx_ingestion_failures_total{reason=\"permanent\"}",
-            ) == 1.0
+            ) == 1
         })
         .await,
         "{}",
@@ -280,7 +280,7 @@ async fn the_failed_ingestions_poller_counts_failures_of_our_own_batches() {
             &metrics,
             "kevents_adx_ingestion_failures_total{reason=\"permanent\"}"
         ),
-        1.0,
+        1,
         "each failure counts once"
     );
     // Nothing was deleted: both reports are still in the queue.
@@ -423,7 +423,7 @@ async fn a_token_that_expires_is_refreshed_ahead_of_expiry_and_after_a_401() {
         metric(
             &metrics,
             "kevents_adx_token_refreshes_total{outcome=\"success\"}"
-        ) >= 4.0
+        ) >= 4
     );
     adx.shutdown().await;
 }

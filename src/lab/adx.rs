@@ -30,7 +30,7 @@ pub fn synthetic_record(n: u64) -> String {
         "Name": format!("pod-{n}.18a2b3c4d5e6f708"),
         "Kind": "Pod",
         "ApiVersion": "v1",
-        "KubeEventType": if n % 5 == 0 { "Warning" } else { "Normal" },
+        "KubeEventType": if n.is_multiple_of(5) { "Warning" } else { "Normal" },
         "Action": "Binding",
         "Reason": "Scheduled",
         "Message": format!("Successfully assigned ns-{}/pod-{n} to node-{}", n % 7, n % 3),
@@ -90,7 +90,7 @@ pub struct BenchOutcome {
     pub ingest_time: Duration,
     /// Rows stored.
     pub rows: usize,
-    /// Distinct (Uid, ResourceVersion) among them.
+    /// Distinct `(Uid, ResourceVersion)` among them.
     pub distinct: usize,
 }
 

@@ -32,12 +32,12 @@ pub fn config(emulator: &AdxEmulator, mode: AdxMode) -> AdxConfig {
 }
 
 /// The value of a metric line (`name{labels} value`) in the text exposition.
-pub fn metric(metrics: &Metrics, series: &str) -> f64 {
+pub fn metric(metrics: &Metrics, series: &str) -> u64 {
     metrics
         .render()
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or(0)
 }
 
 pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -158,10 +158,11 @@ pub async fn start_lab_with(
 impl Lab {
     /// Every replica's log.
     pub fn logs(&self) -> String {
+        use std::fmt::Write as _;
         let mut out = String::new();
         for index in 0..self.replicas.replicas.len() {
             let path = self.workdir.path().join(format!("replica-{index}.log"));
-            out.push_str(&format!("--- {}\n", path.display()));
+            let _ = writeln!(out, "--- {}", path.display());
             out.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
         }
         out
@@ -242,8 +243,8 @@ impl Lab {
 }
 
 /// A metric's value in a Prometheus text exposition.
-pub fn metric_in(text: &str, series: &str) -> f64 {
+pub fn metric_in(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or(0)
 }

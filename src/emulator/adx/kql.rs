@@ -305,7 +305,6 @@ fn convert(value: Option<&Value>, kind: &str) -> Value {
         ("long" | "int", Some(Value::String(s))) => {
             s.parse::<i64>().map_or(Value::Null, Value::from)
         }
-        ("dynamic", Some(v)) => v.clone(),
         (_, Some(v)) => v.clone(),
         (_, None) => Value::Null,
     }

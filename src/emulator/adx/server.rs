@@ -147,7 +147,7 @@ struct MgmtBody {
 }
 
 /// A V1 response with one table.
-fn v1_table(columns: &[&str], rows: Vec<Vec<Value>>) -> Value {
+fn v1_table(columns: &[&str], rows: &[Vec<Value>]) -> Value {
     json!({"Tables": [{
         "TableName": "Table_0",
         "Columns": columns.iter().map(|c| json!({"ColumnName": c, "DataType": "String", "ColumnType": "string"})).collect::<Vec<_>>(),
@@ -218,11 +218,11 @@ async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Respo
             json!("SuccessfulIngestionsQueue"),
             with_sas(&app.storage.queue_url(&app.resources.success_queue)),
         ]);
-        v1_table(&["ResourceTypeName", "StorageRoot"], rows)
+        v1_table(&["ResourceTypeName", "StorageRoot"], &rows)
     } else if command.eq_ignore_ascii_case(".get kusto identity token") {
         v1_table(
             &["AuthorizationContext"],
-            vec![vec![json!(app.state.issue_context())]],
+            &[vec![json!(app.state.issue_context())]],
         )
     } else {
         return kusto_error(
@@ -444,7 +444,7 @@ async fn aad_token(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let field = |k: &str| form.get(k).map_or("", String::as_str);
     if field("grant_type") != "client_credentials" || field("scope").is_empty() {
         return (
             StatusCode::BAD_REQUEST,

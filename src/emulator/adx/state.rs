@@ -165,9 +165,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    use std::fmt::Write as _;
+    (0..bytes).fold(String::with_capacity(bytes * 2), |mut out, _| {
+        let _ = write!(out, "{:02x}", rand::random::<u8>());
+        out
+    })
 }
 
 impl AdxState {

@@ -143,7 +143,7 @@ async fn process(
             .get_blob(&blob)
             .await
             .map_err(|e| fail("Download_SourceNotFound", e.to_string()))?;
-        let data = if blob.path().ends_with(".gz") {
+        let data = if blob.path().to_ascii_lowercase().ends_with(".gz") {
             gunzip(&raw).map_err(|e| fail("BadRequest_InvalidCompression", e.to_string()))?
         } else {
             raw

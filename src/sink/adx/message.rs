@@ -130,7 +130,11 @@ pub fn source_id(batch_id: &str) -> String {
     b.copy_from_slice(&digest.as_ref()[..16]);
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = b.iter().fold(String::with_capacity(32), |mut out, x| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{x:02x}");
+        out
+    });
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

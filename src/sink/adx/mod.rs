@@ -739,7 +739,7 @@ impl Inner {
     }
 
     /// The headers every Kusto request carries.
-    fn kusto_request(&self, request: RequestBuilder, request_id: &str) -> RequestBuilder {
+    fn kusto_request(request: RequestBuilder, request_id: &str) -> RequestBuilder {
         request
             .header("Accept", "application/json")
             .header("x-ms-version", KUSTO_VERSION)

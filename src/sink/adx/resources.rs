@@ -167,7 +167,7 @@ impl Inner {
             .ok_or(Error::NoEndpoint("ingest (data management)"))?;
         let url = join(base, "v1/rest/mgmt");
         let endpoint = endpoint_name(&url);
-        let request = self.kusto_request(
+        let request = Self::kusto_request(
             self.http.client.post(url),
             &format!("kevents.mgmt;{}", rand::random::<u64>()),
         );

@@ -52,7 +52,7 @@ impl Inner {
             .append_pair("streamFormat", self.config.format.as_str())
             .append_pair("mappingName", &self.config.mapping);
         let endpoint = endpoint_name(&url);
-        let request = self.kusto_request(
+        let request = Self::kusto_request(
             self.http.client.post(url),
             &format!("kevents.stream;{};{part}", batch.id),
         );

@@ -203,8 +203,10 @@ pub fn parse_script(script: &str) -> Result<Schema, Error> {
                 ..,
             ] => {
                 let table = (*table).to_owned();
+                // The literal follows the name, on the same line or the next.
+                let name_end = rest.find(*name).map_or(head.len(), |at| at + name.len());
                 let name = name.trim_matches(['"', '\'']).to_owned();
-                let after = &rest[head.len()..];
+                let after = &rest[name_end..];
                 let (json, consumed) = mapping_literal(after).ok_or_else(|| {
                     parse_error(&head, "expected the mapping as a ```…``` or quoted literal")
                 })?;

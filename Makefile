@@ -29,6 +29,10 @@ tools: ## Check the tools the tests need (kubectl, go, openssl)
 kube-binaries: ## Build the real kube-apiserver and etcd from Go modules (cached; no-op when present)
 	scripts/kube-binaries.sh
 
+.PHONY: azurite
+azurite: ## Install the pinned Azurite (npm) into .tools/azurite for the ADX tests
+	scripts/azurite.sh
+
 .PHONY: fmt
 fmt: ## Format the code
 	$(CARGO) fmt
@@ -39,7 +43,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 .PHONY: test
-test: tools lint kube-binaries ## Everything: lint, unit, emulator, real-apiserver and process tests
+test: tools lint kube-binaries azurite ## Everything: lint, unit, emulator, real-apiserver and process tests
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 
 .PHONY: demo
@@ -51,5 +55,6 @@ drill: release ## Failover drills (short scenarios, DRILL_RUNS each)
 	./target/release/kevents-lab drill all --runs $(DRILL_RUNS)
 
 .PHONY: bench
-bench: release ## Benchmarks: capture path events/s, RSS, CPU per 1,000 events
+bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU) and ADX queued ingestion
 	./target/release/kevents-lab bench capture --events 1000000 --rate 20000
+	./target/release/kevents-lab bench adx

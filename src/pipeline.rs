@@ -17,7 +17,7 @@ use crate::{
     diagnostics,
     leader::Fence,
     ship::{Shipper, ShipperOptions},
-    sink::{FileSink, FileSinkOptions, Sink, StdoutSink},
+    sink::{AdxSink, FileSink, FileSinkOptions, Sink, StdoutSink},
     source::{Source, Start},
     store::{self, EventStore, Guard, OpenOptions, SledStore},
     telemetry::error_chain,
@@ -44,7 +44,7 @@ pub enum Error {
         sink: &'static str,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A stage failed.
     #[error("the {stage} stage failed")]
@@ -193,7 +193,7 @@ async fn run_stages(
     };
     let sink = match sink {
         Some(sink) => sink,
-        None => build_sink(config)?,
+        None => build_sink(config, metrics)?,
     };
     let stages = stop.child_token();
     let shipper_wake = Arc::new(Notify::new());
@@ -293,7 +293,12 @@ async fn run_stages(
     }
 }
 
-fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, Error> {
+/// The sink `config` describes. Call from within a tokio runtime (the ADX sink may start its
+/// failed-ingestions poller).
+///
+/// # Errors
+/// Fails if the sink cannot be opened or built.
+pub fn build_sink(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, Error> {
     Ok(match &config.sink {
         SinkConfig::Stdout => Arc::new(StdoutSink),
         SinkConfig::File {
@@ -308,9 +313,17 @@ fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, Error> {
             })
             .map_err(|source| Error::Sink {
                 sink: "file",
-                source,
+                source: Box::new(source),
             })?,
         ),
+        SinkConfig::Adx(adx) => {
+            Arc::new(
+                AdxSink::new(adx, metrics.clone()).map_err(|source| Error::Sink {
+                    sink: "adx",
+                    source: Box::new(source),
+                })?,
+            )
+        }
     })
 }
 

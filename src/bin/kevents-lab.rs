@@ -9,9 +9,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kevents::{
     config::units::parse_duration,
-    emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    emulator::{
+        adx::{AdxEmulator, AdxEmulatorConfig, AuthSettings},
+        kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    },
     lab::{
-        bench::{self, BenchOptions},
+        adx::{self as lab_adx, BenchOptions},
+        bench::{self, BenchOptions as CaptureBenchOptions},
         demo::{self, DemoOptions},
         drill::{self, DrillOptions},
     },
@@ -57,6 +61,27 @@ enum Command {
         #[arg(long)]
         kubeconfig_out: Option<PathBuf>,
     },
+    /// Run the Azure Data Explorer emulator on a fresh Azurite (`make azurite` installs it): DM,
+    /// engine, AAD and IMDS endpoints on one address.
+    Adx {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Require a bearer token issued by the emulator on DM and engine requests.
+        #[arg(long)]
+        require_token: bool,
+        /// Accept this client-secret credential, as `CLIENT_ID:SECRET` (repeatable).
+        #[arg(long, env = "KEVENTS_LAB_ADX_CLIENT")]
+        client: Vec<String>,
+        /// `expires_in` of issued tokens.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        token_lifetime: Duration,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
     /// The demo: emulator, generator, three replicas, two failovers, and the delivery check.
     Demo {
         /// Generation time.
@@ -76,20 +101,6 @@ enum Command {
         seed: u64,
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/demo")]
-        workdir: PathBuf,
-    },
-    /// Benchmarks: `capture` (watch → durable capture → file sink).
-    Bench {
-        /// `capture`.
-        what: String,
-        /// Event versions to push through.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Generator writes per second.
-        #[arg(long, default_value_t = 20_000.0)]
-        rate: f64,
-        /// Working directory (cleared first).
-        #[arg(long, default_value = "target/bench")]
         workdir: PathBuf,
     },
     /// Failover drills against real kevents processes; prints PASS/FAIL with figures.
@@ -118,6 +129,34 @@ enum Command {
         /// Working directory (one subfolder per scenario, cleared first).
         #[arg(long, default_value = "target/drills")]
         workdir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// The capture path: emulator watch → durable capture → file sink; events/s, RSS, CPU.
+    Capture {
+        /// Event versions to push through.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Generator writes per second.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Working directory (cleared first).
+        #[arg(long, default_value = "target/bench")]
+        workdir: PathBuf,
+    },
+    /// Queued ingestion through the ADX sink into the ADX emulator on Azurite, in events/s.
+    Adx {
+        /// Events in total.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Events per batch (the shipper's default max is 10000).
+        #[arg(long, default_value_t = 10_000)]
+        batch_events: u64,
+        /// Batches in flight (the shipper sends one at a time).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
     },
 }
 
@@ -182,6 +221,101 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             emulator.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Adx {
+            listen,
+            require_token,
+            client,
+            token_lifetime,
+        } => {
+            let mut client_secrets = Vec::new();
+            for pair in client {
+                let (id, secret) = pair
+                    .split_once(':')
+                    .context("--client takes CLIENT_ID:SECRET")?;
+                client_secrets.push((id.to_owned(), secret.to_owned()));
+            }
+            let emulator = AdxEmulator::start(
+                listen,
+                AdxEmulatorConfig {
+                    auth: AuthSettings {
+                        require_token,
+                        client_secrets,
+                        assertions: Vec::new(),
+                    },
+                    ..AdxEmulatorConfig::default()
+                },
+            )
+            .await
+            .context("starting the ADX emulator")?;
+            emulator.state().set_token_lifetime(token_lifetime);
+            let url = emulator.url();
+            println!(
+                "ADX emulator listening on {url} (Azurite pid {:?})",
+                emulator.azurite_pid()
+            );
+            println!("  DM and engine:  {url}   (sink.adx.ingest_endpoint / engine_endpoint)");
+            println!(
+                "  AAD token:      {url}/<tenant>/oauth2/v2.0/token   (sink.adx.auth.authority_host: {url})"
+            );
+            println!("  IMDS:           {url}/metadata/identity/oauth2/token");
+            println!(
+                "  rows:           {url}/emulator/tables/<db>/KubeEvents   stats: {url}/emulator/stats"
+            );
+            println!("  faults:         POST {url}/emulator/faults  e.g. {{\"outage_secs\": 120}}");
+            tokio::signal::ctrl_c().await?;
+            emulator.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target:
+                BenchTarget::Adx {
+                    events,
+                    batch_events,
+                    concurrency,
+                },
+        } => {
+            anyhow::ensure!(
+                events > 0 && batch_events > 0,
+                "--events and --batch-events must be positive"
+            );
+            println!(
+                "Queued ingestion into the ADX emulator on Azurite: {events} events, {batch_events} per batch, {concurrency} in flight"
+            );
+            let outcome = lab_adx::bench(BenchOptions {
+                events,
+                batch_events,
+                concurrency,
+            })
+            .await?;
+            #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+            let rate = |d: Duration| outcome.events as f64 / d.as_secs_f64();
+            #[expect(clippy::cast_precision_loss, reason = "a size for display")]
+            let mib = outcome.bytes as f64 / f64::from(1u32 << 20);
+            println!("  uncompressed bytes              {mib:>10.1} MiB");
+            println!(
+                "  sent and confirmed (sink)       {:>10.0} events/s  ({:.2} s)",
+                rate(outcome.send_time),
+                outcome.send_time.as_secs_f64()
+            );
+            println!(
+                "  ingested as rows (end to end)   {:>10.0} events/s  ({:.2} s)",
+                rate(outcome.ingest_time),
+                outcome.ingest_time.as_secs_f64()
+            );
+            println!(
+                "  rows {} (distinct {}) for {} events plus 1 warm-up",
+                outcome.rows, outcome.distinct, outcome.events
+            );
+            Ok(
+                if outcome.distinct == outcome.rows
+                    && outcome.rows == usize::try_from(outcome.events + 1).unwrap_or(0)
+                {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
+        }
         Command::Demo {
             duration,
             replicas,
@@ -209,16 +343,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Bench {
-            what,
-            events,
-            rate,
-            workdir,
+            target:
+                BenchTarget::Capture {
+                    events,
+                    rate,
+                    workdir,
+                },
         } => {
-            anyhow::ensure!(
-                what == "capture",
-                "unknown benchmark `{what}`; known: capture"
-            );
-            let report = bench::capture(BenchOptions {
+            let report = bench::capture(CaptureBenchOptions {
                 events,
                 rate,
                 workdir,

@@ -5,6 +5,7 @@
 //! effective configuration. This is the only module that reads the process environment for
 //! configuration. It must never log or print a secret value.
 
+mod adx;
 mod expand;
 mod pipeline;
 mod raw;
@@ -14,6 +15,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde_yaml_ng::{Mapping, Value};
 
+pub use adx::{
+    AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_ENDPOINT,
+    DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES, FailedIngestionsConfig, Secret,
+    WORKLOAD_IDENTITY_ENV,
+};
 pub use expand::ExpandError;
 pub use pipeline::{
     FilterConfig, InitialList, RecordConfig, RecordShapeConfig, ShipperConfig, SinkConfig,

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::{
-    Error, EventApi, Result, duration_field, map,
+    Environment, Error, EventApi, Result,
+    adx::{AdxConfig, RawAdx, print_adx},
+    duration_field, map,
     units::{format_bytes, format_duration, parse_bytes},
 };
 
@@ -126,6 +128,8 @@ pub enum SinkConfig {
         /// Rotated files kept.
         max_files: usize,
     },
+    /// Azure Data Explorer.
+    Adx(Box<AdxConfig>),
 }
 
 // === raw schema ===
@@ -193,7 +197,7 @@ pub(super) struct RawSink {
     #[serde(rename = "type")]
     kind: String,
     file: Option<RawFileSink>,
-    adx: Option<Value>,
+    adx: Option<RawAdx>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -427,7 +431,11 @@ impl RawRecord {
     }
 }
 
-pub(super) fn validate_sink(raw: Option<RawSink>) -> Result<SinkConfig> {
+pub(super) fn validate_sink(
+    raw: Option<RawSink>,
+    shape: RecordShapeConfig,
+    env: &Environment<'_>,
+) -> Result<SinkConfig> {
     let Some(raw) = raw else {
         return Err(Error::invalid(
             "sink",
@@ -453,11 +461,10 @@ pub(super) fn validate_sink(raw: Option<RawSink>) -> Result<SinkConfig> {
             })
         }
         "adx" => {
-            let _ = raw.adx;
-            Err(Error::invalid(
-                "sink.type",
-                "`adx` is not implemented yet in this release; use `file` or `stdout`",
-            ))
+            let adx = raw
+                .adx
+                .ok_or_else(|| Error::invalid("sink.adx", "is required when sink.type is `adx`"))?;
+            Ok(SinkConfig::Adx(Box::new(adx.validate(shape, env)?)))
         }
         other => Err(Error::invalid(
             "sink.type",
@@ -595,5 +602,6 @@ pub(super) fn print_sink(sink: &SinkConfig) -> Value {
                 ]),
             ),
         ]),
+        SinkConfig::Adx(adx) => map([("type", "adx".into()), ("adx", print_adx(adx))]),
     }
 }

@@ -1,8 +1,7 @@
 //! The configuration file exactly as written (after `${VAR}` expansion), and its validation into
 //! the typed [`Config`](super::Config).
 //!
-//! Every struct rejects unknown keys. Sections that later releases fill in are accepted by the
-//! parser only to be rejected with "not implemented yet": never a silent no-op.
+//! Every struct rejects unknown keys: a typo is an error, never a silent default.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -122,12 +121,13 @@ impl RawConfig {
             record,
             sink,
         } = self;
+        let record = record.validate()?;
         Ok(Config {
             source: source.validate()?,
             store: store.validate()?,
             shipper: shipper.validate()?,
-            record: record.validate()?,
-            sink: validate_sink(sink)?,
+            sink: validate_sink(sink, record.shape, env)?,
+            record,
             cluster: cluster.validate()?,
             kubernetes: KubernetesConfig {
                 kubeconfig: kubernetes.kubeconfig,

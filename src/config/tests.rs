@@ -102,11 +102,148 @@ fn lease_timings_must_be_ordered_like_client_go() {
 }
 
 #[test]
-fn sections_of_later_releases_are_rejected_not_ignored() {
+fn the_shipped_example_adx_section_is_valid() {
+    let text = include_str!("../../examples/kevents.yaml").replacen("type: file ", "type: adx ", 1);
+    let config = Config::parse(
+        &text,
+        &env_with(&[
+            ("CLUSTER", "aks-prod"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_TENANT_ID", "t"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+        ]),
+    )
+    .unwrap();
+    let SinkConfig::Adx(adx) = &config.sink else {
+        panic!("not adx")
+    };
+    assert_eq!(adx.database, "Kubernetes");
+    assert_eq!(adx.mode, AdxMode::Queued);
+    assert_eq!(adx.mapping, "KubeEventsFlatMapping");
+    assert_eq!(
+        adx.engine().unwrap().as_str(),
+        "https://mycluster.westeurope.kusto.windows.net/"
+    );
+    assert_eq!(adx.auth.mode(), "workload_identity");
+}
+
+#[test]
+fn an_adx_sink_without_its_section_is_rejected_naming_it() {
     let err =
         Config::parse("cluster:\n  name: a\nsink:\n  type: adx\n", &env_with(&[])).unwrap_err();
-    assert!(err.to_string().contains("sink.type"), "{err}");
-    assert!(err.to_string().contains("not implemented yet"), "{err}");
+    assert!(err.to_string().starts_with("sink.adx:"), "{err}");
+}
+
+fn adx(section: &str) -> String {
+    format!("cluster:\n  name: a\nsink:\n  type: adx\n  adx:\n{section}")
+}
+
+#[test]
+fn an_adx_sink_without_an_endpoint_is_rejected_naming_the_field() {
+    let err = Config::parse(
+        &adx("    database: k8s\n    auth:\n      mode: none\n"),
+        &env_with(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("sink.adx.ingest_endpoint: is required"),
+        "{err}"
+    );
+    let err = Config::parse(
+        &adx("    ingest_endpoint: not a url\n    database: k8s\n    auth:\n      mode: none\n"),
+        &env_with(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("sink.adx.ingest_endpoint:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_adx_auth_mode_is_rejected_naming_the_field() {
+    let err = Config::parse(
+        &adx("    ingest_endpoint: https://ingest-c.westeurope.kusto.windows.net\n    database: k8s\n    auth:\n      mode: password\n"),
+        &env_with(&[]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("sink.adx.auth.mode:"), "{text}");
+    assert!(text.contains("password"), "{text}");
+}
+
+#[test]
+fn workload_identity_without_its_environment_is_rejected_naming_the_variable() {
+    let section = "    ingest_endpoint: https://ingest-c.westeurope.kusto.windows.net\n    database: k8s\n    auth:\n      mode: workload_identity\n";
+    let err = Config::parse(&adx(section), &env_with(&[])).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("sink.adx.auth.client_id:"), "{text}");
+    assert!(text.contains("AZURE_CLIENT_ID"), "{text}");
+    let err = Config::parse(
+        &adx(section),
+        &env_with(&[("AZURE_CLIENT_ID", "c"), ("AZURE_TENANT_ID", "t")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("sink.adx.auth.token_file:")
+            && err.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"),
+        "{err}"
+    );
+    let config = Config::parse(
+        &adx(section),
+        &env_with(&[
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_TENANT_ID", "t"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+        ]),
+    )
+    .unwrap();
+    let SinkConfig::Adx(adx) = &config.sink else {
+        panic!("not adx")
+    };
+    match &adx.auth {
+        AdxAuthConfig::WorkloadIdentity {
+            client_id,
+            tenant_id,
+            authority_host,
+            ..
+        } => {
+            assert_eq!((client_id.as_str(), tenant_id.as_str()), ("c", "t"));
+            assert_eq!(authority_host.as_str(), "https://login.microsoftonline.us/");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_adx_client_secret_prints_redacted_and_defaults_are_filled_in() {
+    let config = Config::parse(
+        &adx("    ingest_endpoint: https://ingest-c.westeurope.kusto.windows.net\n    database: k8s\n    auth:\n      mode: client_secret\n      tenant_id: t\n      client_id: c\n      client_secret: ${ADX_SECRET}\n"),
+        &env_with(&[("ADX_SECRET", "s3cr3t-value")]),
+    )
+    .unwrap();
+    let printed = config.to_redacted_yaml();
+    assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    assert!(printed.contains("client_secret: <redacted>"), "{printed}");
+    assert!(!format!("{config:?}").contains("s3cr3t-value"));
+    assert!(
+        printed.contains("engine_endpoint: https://c.westeurope.kusto.windows.net"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("mapping: KubeEventsFlatMapping"),
+        "{printed}"
+    );
+    assert!(printed.contains("mode: queued"), "{printed}");
+    assert!(printed.contains("ingest_by_tags: false"), "{printed}");
 }
 
 #[test]

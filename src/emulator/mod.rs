@@ -3,4 +3,5 @@
 //! They serve loopback HTTP with the wire contracts of the real services. The `kevents` product
 //! code must never depend on anything in this module.
 
+pub mod adx;
 pub mod kube;

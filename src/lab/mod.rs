@@ -6,6 +6,7 @@
 //! comparison of delivered rows with stored event versions. It is never used by the `kevents`
 //! binary itself.
 
+pub mod adx;
 pub mod bench;
 pub mod demo;
 pub mod drill;

@@ -5,10 +5,12 @@
 //! its destination allows (the file sink does; stdout cannot). Sinks never touch the store: the
 //! shipper acknowledges batches after `send` returns `Ok`.
 
+pub mod adx;
 mod file;
 
 use std::{pin::Pin, time::Duration};
 
+pub use adx::AdxSink;
 pub use file::{FileSink, FileSinkOptions};
 
 /// A batch handed to a sink.

@@ -4,8 +4,8 @@
 //! only (never object names). Must never register a label whose values come from input data.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `reason` values of `kevents_events_malformed_total`.
@@ -20,6 +20,25 @@ pub const MALFORMED_REASONS: &[&str] = &[
 pub const WATCH_RESTART_REASONS: &[&str] = &["timeout", "expired", "error", "stalled", "closed"];
 /// `outcome` values of `kevents_batch_sends_total`.
 pub const SEND_OUTCOMES: &[&str] = &["success", "retriable_error", "permanent_error"];
+
+/// `operation` values of the `kevents_adx_requests_total` and
+/// `kevents_adx_request_duration_seconds` metrics.
+pub const ADX_OPERATIONS: &[&str] = &[
+    "token",
+    "mgmt",
+    "blob_upload",
+    "enqueue",
+    "streaming",
+    "failed_ingestions_poll",
+];
+/// `outcome` values of `kevents_adx_requests_total`.
+pub const ADX_OUTCOMES: &[&str] = &["success", "throttled", "retriable_error", "permanent_error"];
+/// `stage` values of `kevents_adx_batches_total`: how a delivered batch reached ADX.
+pub const ADX_ROUTES: &[&str] = &["queued", "streaming"];
+/// `reason` values of `kevents_adx_managed_fallbacks_total`.
+pub const ADX_FALLBACK_REASONS: &[&str] = &["transient", "throttled", "too_large", "suspended"];
+/// `reason` values of `kevents_adx_ingestion_failures_total` (the DM's `FailureStatus`).
+pub const ADX_FAILURE_STATUSES: &[&str] = &["permanent", "transient", "exhausted", "unknown"];
 
 /// The metrics of one kevents process.
 #[derive(Debug, Clone)]
@@ -83,6 +102,27 @@ pub struct Metrics {
     pub seen_entries: IntGauge,
     /// `kevents_seen_pruned_total`: dedupe entries pruned.
     pub seen_pruned: IntCounter,
+    /// `kevents_adx_requests_total{operation,outcome}`: HTTP requests of the ADX sink.
+    pub adx_requests: IntCounterVec,
+    /// `kevents_adx_request_duration_seconds{operation}`: their duration.
+    pub adx_request_duration: HistogramVec,
+    /// `kevents_adx_batches_total{stage}`: batches ADX accepted, by route (queued, streaming).
+    pub adx_batches: IntCounterVec,
+    /// `kevents_adx_raw_bytes_total`: uncompressed bytes handed to ADX.
+    pub adx_raw_bytes: IntCounter,
+    /// `kevents_adx_compressed_bytes_total`: gzip bytes sent to ADX.
+    pub adx_compressed_bytes: IntCounter,
+    /// `kevents_adx_blob_already_uploaded_total`: uploads answered 409 (a re-send).
+    pub adx_blob_already_uploaded: IntCounter,
+    /// `kevents_adx_managed_fallbacks_total{reason}`: managed-mode batches sent queued.
+    pub adx_managed_fallbacks: IntCounterVec,
+    /// `kevents_adx_token_refreshes_total{outcome}`: AAD token fetches.
+    pub adx_token_refreshes: IntCounterVec,
+    /// `kevents_adx_resource_refreshes_total{outcome}`: ingestion resource fetches.
+    pub adx_resource_refreshes: IntCounterVec,
+    /// `kevents_adx_ingestion_failures_total{reason}`: failed queued ingestions of this
+    /// collector's batches, read from the failed-ingestions queue.
+    pub adx_ingestion_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -247,6 +287,72 @@ impl Metrics {
             "kevents_seen_pruned_total",
             "Dedupe entries pruned after the event TTL plus margin",
         )?;
+        let adx_requests = IntCounterVec::new(
+            Opts::new(
+                "kevents_adx_requests_total",
+                "HTTP requests of the ADX sink, by operation and outcome",
+            ),
+            &["operation", "outcome"],
+        )?;
+        registry.register(Box::new(adx_requests.clone()))?;
+        for operation in ADX_OPERATIONS {
+            for outcome in ADX_OUTCOMES {
+                adx_requests.with_label_values(&[*operation, *outcome]);
+            }
+        }
+        let adx_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kevents_adx_request_duration_seconds",
+                "Duration of the ADX sink's HTTP requests, by operation",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["operation"],
+        )?;
+        registry.register(Box::new(adx_request_duration.clone()))?;
+        let adx_batches = labelled(
+            "kevents_adx_batches_total",
+            "Batches ADX accepted, by route (queued or streaming)",
+            "stage",
+            ADX_ROUTES,
+        )?;
+        let adx_raw_bytes = counter(
+            "kevents_adx_raw_bytes_total",
+            "Uncompressed bytes handed to ADX",
+        )?;
+        let adx_compressed_bytes = counter(
+            "kevents_adx_compressed_bytes_total",
+            "Gzip bytes sent to ADX (blobs and streaming bodies)",
+        )?;
+        let adx_blob_already_uploaded = counter(
+            "kevents_adx_blob_already_uploaded_total",
+            "Blob uploads answered 409: a re-sent batch whose blob a previous attempt uploaded",
+        )?;
+        let adx_managed_fallbacks = labelled(
+            "kevents_adx_managed_fallbacks_total",
+            "Managed-mode batches sent through queued ingestion instead of streaming",
+            "reason",
+            ADX_FALLBACK_REASONS,
+        )?;
+        let adx_token_refreshes = labelled(
+            "kevents_adx_token_refreshes_total",
+            "AAD token fetches of the ADX sink",
+            "outcome",
+            &["success", "error"],
+        )?;
+        let adx_resource_refreshes = labelled(
+            "kevents_adx_resource_refreshes_total",
+            "Fetches of ingestion resources and the identity token",
+            "outcome",
+            &["success", "error"],
+        )?;
+        let adx_ingestion_failures = labelled(
+            "kevents_adx_ingestion_failures_total",
+            "Failed queued ingestions of this collector's batches (failed-ingestions queue)",
+            "reason",
+            ADX_FAILURE_STATUSES,
+        )?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(leader_transitions.clone()))?;
         registry.register(Box::new(lease_renew_duration.clone()))?;
@@ -282,6 +388,16 @@ impl Metrics {
             store_quarantined,
             seen_entries,
             seen_pruned,
+            adx_requests,
+            adx_request_duration,
+            adx_batches,
+            adx_raw_bytes,
+            adx_compressed_bytes,
+            adx_blob_already_uploaded,
+            adx_managed_fallbacks,
+            adx_token_refreshes,
+            adx_resource_refreshes,
+            adx_ingestion_failures,
         })
     }
 

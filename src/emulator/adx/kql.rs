@@ -1,0 +1,374 @@
+//! The part of KQL the ADX emulator understands: `.create table T (C: type, …)`,
+//! `.alter-merge table T (…)` and `.create[-or-alter] table T ingestion json mapping "M"` with the
+//! mapping as a JSON array (in a ```…``` literal or a quoted string), plus JSON mapping paths
+//! (`$`, `.prop`, `['prop']`, `["prop"]`, `[n]`) and how a mapping turns a record into a row.
+//!
+//! Owns parsing `manifests/adx/kube-events.kql` (so that file is tested by every emulator run)
+//! and applying mappings the way ADX does: unmapped fields are dropped, missing paths ingest as
+//! empty. It must never accept a mapping that names a column the table does not have.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// The manifest shipped in the repository.
+pub const KUBE_EVENTS_KQL: &str = include_str!("../../../manifests/adx/kube-events.kql");
+
+/// A KQL or mapping problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command could not be parsed.
+    #[error("cannot parse `{command}`: {message}")]
+    Parse {
+        /// The command's first line.
+        command: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A mapping path is not a supported JSON path.
+    #[error("`{path}` is not a supported JSON path: {message}")]
+    Path {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A mapping names a column its table does not have.
+    #[error("mapping {mapping} maps column {column}, which table {table} does not have")]
+    UnknownColumn {
+        /// The mapping.
+        mapping: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+}
+
+/// One step of a JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `.name` or `['name']`.
+    Key(String),
+    /// `[n]`.
+    Index(usize),
+}
+
+/// A parsed JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath(pub Vec<Step>);
+
+impl JsonPath {
+    /// Parses `$`, `$.a.b`, `$['a.b']`, `$["a"]`, `$.a[0]`.
+    ///
+    /// # Errors
+    /// [`Error::Path`] for anything else (wildcards, filters, slices, a missing `$`).
+    pub fn parse(path: &str) -> Result<Self, Error> {
+        let bad = |message: &str| Error::Path {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
+        let mut rest = path
+            .trim()
+            .strip_prefix('$')
+            .ok_or_else(|| bad("must start with `$`"))?;
+        let mut steps = Vec::new();
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('.') {
+                let end = after.find(['.', '[']).unwrap_or(after.len());
+                let name = &after[..end];
+                if name.is_empty() || name == "*" {
+                    return Err(bad("empty or wildcard property"));
+                }
+                steps.push(Step::Key(name.to_owned()));
+                rest = &after[end..];
+            } else if let Some(after) = rest.strip_prefix('[') {
+                let quote = after.chars().next().filter(|c| *c == '\'' || *c == '"');
+                if let Some(quote) = quote {
+                    let inner = &after[1..];
+                    let end = inner
+                        .find(quote)
+                        .ok_or_else(|| bad("unterminated quoted property"))?;
+                    steps.push(Step::Key(inner[..end].to_owned()));
+                    rest = inner[end + 1..]
+                        .strip_prefix(']')
+                        .ok_or_else(|| bad("expected `]`"))?;
+                } else {
+                    let end = after.find(']').ok_or_else(|| bad("expected `]`"))?;
+                    let index = after[..end]
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad("only quoted names and indexes go in brackets"))?;
+                    steps.push(Step::Index(index));
+                    rest = &after[end + 1..];
+                }
+            } else {
+                return Err(bad("expected `.` or `[`"));
+            }
+        }
+        Ok(Self(steps))
+    }
+
+    /// The value at this path, if any.
+    #[must_use]
+    pub fn resolve<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+        self.0.iter().try_fold(value, |current, step| match step {
+            Step::Key(key) => current.get(key),
+            Step::Index(index) => current.get(*index),
+        })
+    }
+}
+
+/// One column of a mapping.
+#[derive(Debug, Clone)]
+pub struct MappingColumn {
+    /// Target column.
+    pub column: String,
+    /// Where its value comes from.
+    pub path: JsonPath,
+}
+
+/// A JSON ingestion mapping.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// Its name.
+    pub name: String,
+    /// Its columns.
+    pub columns: Vec<MappingColumn>,
+}
+
+/// A table: its columns in order, with their types.
+#[derive(Debug, Clone, Default)]
+pub struct TableSchema {
+    /// `(name, type)`.
+    pub columns: Vec<(String, String)>,
+    /// Its JSON mappings by name.
+    pub mappings: BTreeMap<String, Mapping>,
+}
+
+/// Tables (with their mappings) by name.
+pub type Schema = BTreeMap<String, TableSchema>;
+
+/// Parses the commands of a KQL script that the emulator understands; others are ignored.
+///
+/// # Errors
+/// A malformed table or mapping command, a bad path, or a mapping of an unknown column.
+pub fn parse_script(script: &str) -> Result<Schema, Error> {
+    let text: String = script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut schema = Schema::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find('.') {
+        rest = &rest[at..];
+        let head: String = rest.lines().next().unwrap_or("").to_owned();
+        let words: Vec<&str> = head.split_whitespace().collect();
+        match words.as_slice() {
+            [
+                ".create" | ".alter-merge" | ".create-merge",
+                "table",
+                name,
+                ..,
+            ] if !head.contains("ingestion") => {
+                let name = name.split('(').next().unwrap_or(name).trim().to_owned();
+                let open = rest
+                    .find('(')
+                    .ok_or_else(|| parse_error(&head, "expected `(`"))?;
+                let close = open
+                    + rest[open..]
+                        .find(')')
+                        .ok_or_else(|| parse_error(&head, "expected `)`"))?;
+                let table = schema.entry(name).or_default();
+                for column in rest[open + 1..close].split(',') {
+                    let Some((column, kind)) = column.split_once(':') else {
+                        return Err(parse_error(&head, "a column needs `name: type`"));
+                    };
+                    let column = column.trim().to_owned();
+                    if !table.columns.iter().any(|(c, _)| *c == column) {
+                        table.columns.push((column, kind.trim().to_owned()));
+                    }
+                }
+                rest = &rest[close + 1..];
+            }
+            [
+                ".create" | ".create-or-alter",
+                "table",
+                table,
+                "ingestion",
+                "json",
+                "mapping",
+                name,
+                ..,
+            ] => {
+                let table = (*table).to_owned();
+                // The literal follows the name, on the same line or the next.
+                let name_end = rest.find(*name).map_or(head.len(), |at| at + name.len());
+                let name = name.trim_matches(['"', '\'']).to_owned();
+                let after = &rest[name_end..];
+                let (json, consumed) = mapping_literal(after).ok_or_else(|| {
+                    parse_error(&head, "expected the mapping as a ```…``` or quoted literal")
+                })?;
+                let entries: Vec<Value> = serde_json::from_str(json).map_err(|e| {
+                    parse_error(&head, &format!("the mapping is not a JSON array: {e}"))
+                })?;
+                let mut columns = Vec::new();
+                for entry in &entries {
+                    let column = entry
+                        .get("column")
+                        .or_else(|| entry.get("Column"))
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| parse_error(&head, "a mapping entry has no column"))?;
+                    let path = entry
+                        .get("Properties")
+                        .and_then(|p| p.get("Path"))
+                        .or_else(|| entry.get("path"))
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            parse_error(&head, "a mapping entry has no Properties.Path")
+                        })?;
+                    columns.push(MappingColumn {
+                        column: column.to_owned(),
+                        path: JsonPath::parse(path)?,
+                    });
+                }
+                let schema_table = schema.entry(table.clone()).or_default();
+                for column in &columns {
+                    if !schema_table
+                        .columns
+                        .iter()
+                        .any(|(c, _)| *c == column.column)
+                    {
+                        return Err(Error::UnknownColumn {
+                            mapping: name,
+                            table,
+                            column: column.column.clone(),
+                        });
+                    }
+                }
+                schema_table
+                    .mappings
+                    .insert(name.clone(), Mapping { name, columns });
+                rest = &after[consumed..];
+            }
+            _ => rest = &rest[1..],
+        }
+    }
+    Ok(schema)
+}
+
+fn parse_error(command: &str, message: &str) -> Error {
+    Error::Parse {
+        command: command.trim().to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The mapping JSON after a mapping command: a ```…``` literal, or a '…'/"…" string. Returns the
+/// JSON and how many bytes of `text` it used.
+fn mapping_literal(text: &str) -> Option<(&str, usize)> {
+    let trimmed = text.trim_start();
+    let skipped = text.len() - trimmed.len();
+    if let Some(inner) = trimmed.strip_prefix("```") {
+        let end = inner.find("```")?;
+        return Some((&inner[..end], skipped + 3 + end + 3));
+    }
+    let quote = trimmed.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let inner = &trimmed[1..];
+    let end = inner.find(quote)?;
+    Some((&inner[..end], skipped + 1 + end + 1))
+}
+
+/// Applies `mapping` to `record`: one row with every table column; mapped values converted to
+/// the column type as ADX stores them, everything else empty.
+#[must_use]
+pub fn apply(table: &TableSchema, mapping: &Mapping, record: &Value) -> Map<String, Value> {
+    let mut row = Map::new();
+    for (column, kind) in &table.columns {
+        let value = mapping
+            .columns
+            .iter()
+            .find(|m| m.column == *column)
+            .and_then(|m| m.path.resolve(record));
+        row.insert(column.clone(), convert(value, kind));
+    }
+    row
+}
+
+fn convert(value: Option<&Value>, kind: &str) -> Value {
+    match (kind, value) {
+        ("string", None | Some(Value::Null)) => Value::String(String::new()),
+        ("string", Some(Value::String(s))) => Value::String(s.clone()),
+        ("string", Some(other)) => Value::String(other.to_string()),
+        ("datetime", Some(Value::String(s))) => s
+            .parse::<jiff::Timestamp>()
+            .map_or(Value::Null, |t| Value::String(t.to_string())),
+        ("long" | "int", Some(Value::String(s))) => {
+            s.parse::<i64>().map_or(Value::Null, Value::from)
+        }
+        (_, Some(v)) => v.clone(),
+        (_, None) => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths_support_dots_quoted_brackets_and_indexes_only() {
+        let record = serde_json::json!({"a": {"b": [10, 20]}, "x.y": 1, "log": {"app.kubernetes.io/name": "n"}});
+        let get = |p: &str| JsonPath::parse(p).unwrap().resolve(&record).cloned();
+        assert_eq!(get("$.a.b[1]"), Some(serde_json::json!(20)));
+        assert_eq!(get("$['x.y']"), Some(serde_json::json!(1)));
+        assert_eq!(get("$[\"a\"]['b'][0]"), Some(serde_json::json!(10)));
+        assert_eq!(
+            get("$.log['app.kubernetes.io/name']"),
+            Some(serde_json::json!("n"))
+        );
+        assert_eq!(get("$.missing.deeper"), None);
+        assert_eq!(get("$"), Some(record.clone()));
+        for bad in ["a.b", "$.*", "$..a", "$[?(@.a)]", "$[1:2]", "$['a"] {
+            assert!(JsonPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_manifest_parses_with_both_mappings_over_the_table_columns() {
+        let schema = parse_script(KUBE_EVENTS_KQL).unwrap();
+        let table = &schema["KubeEvents"];
+        assert_eq!(table.columns.len(), 22);
+        assert_eq!(
+            table.columns[0],
+            ("TimeGenerated".to_owned(), "datetime".to_owned())
+        );
+        assert!(table.columns.iter().any(|(c, _)| c == "Uid"));
+        assert_eq!(table.mappings["KubeEventsFlatMapping"].columns.len(), 22);
+        assert_eq!(table.mappings["FluentBitMappingEvents"].columns.len(), 20);
+    }
+
+    #[test]
+    fn a_mapping_of_an_unknown_column_is_rejected() {
+        let script = ".create table T (A: string)\n.create table T ingestion json mapping \"M\" '[{\"column\":\"B\",\"Properties\":{\"Path\":\"$.b\"}}]'";
+        assert!(matches!(
+            parse_script(script),
+            Err(Error::UnknownColumn { .. })
+        ));
+    }
+
+    #[test]
+    fn mapping_fills_every_column_and_leaves_missing_paths_empty() {
+        let schema = parse_script(KUBE_EVENTS_KQL).unwrap();
+        let table = &schema["KubeEvents"];
+        let record = serde_json::json!({"TimeGenerated": "2024-05-01T10:00:00Z", "Name": "n", "Count": 3, "Extra": "dropped"});
+        let row = apply(table, &table.mappings["KubeEventsFlatMapping"], &record);
+        assert_eq!(row.len(), 22);
+        assert_eq!(row["Name"], "n");
+        assert_eq!(row["Count"], "3");
+        assert_eq!(row["Namespace"], "");
+        assert_eq!(row["TimeGenerated"], "2024-05-01T10:00:00Z");
+        assert_eq!(row["FirstSeen"], Value::Null);
+        assert!(!row.contains_key("Extra"));
+    }
+}

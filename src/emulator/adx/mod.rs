@@ -1,0 +1,335 @@
+//! Azure Data Explorer emulator over real Azurite: the data management service (`.get ingestion
+//! resources` handing out real SAS URLs it signs itself, `.get kusto identity token`, an
+//! ingestion worker reading the queue, fetching and gunzipping blobs, applying the JSON mapping
+//! and honouring `ingestIfNotExists`), the engine's streaming endpoint, an AAD token endpoint and
+//! an IMDS-style endpoint, with fault knobs and an API to count and dump rows. Tables and mappings
+//! come from `manifests/adx/kube-events.kql`. Wire formats: `reference/adx-ingestion.md`.
+//!
+//! Owns the emulator's lifecycle: Azurite (started and stopped with it, or given), the
+//! containers and queues it creates at start, the HTTP server, the worker. It is test
+//! infrastructure: the `kevents` product must never depend on it, and it must never bind to
+//! anything but the address it is given.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kevents::emulator::adx::Error> {
+//! use kevents::emulator::adx::{AdxEmulator, AdxEmulatorConfig};
+//! let adx = AdxEmulator::start("127.0.0.1:0".parse().unwrap(), AdxEmulatorConfig::default()).await?;
+//! println!("DM and engine at {}", adx.url());
+//! let rows = adx.state().rows("k8s", "KubeEvents");
+//! # let _ = rows;
+//! adx.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod azurite;
+pub mod kql;
+mod server;
+mod state;
+pub mod storage;
+mod worker;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::config::{
+    AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES,
+    FailedIngestionsConfig,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use azurite::{Azurite, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+pub use state::{
+    AdxState, AdxStats, AuthSettings, ErrorBurst, FaultRequest, RequestRecord, Throttle,
+};
+pub use storage::StorageAccount;
+
+/// Errors of the emulator's Rust API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Azurite could not be started.
+    #[error(transparent)]
+    Azurite(#[from] azurite::Error),
+    /// A container or queue could not be created in Azurite.
+    #[error("preparing Azurite failed")]
+    Storage(#[from] storage::Error),
+    /// The KQL manifest could not be parsed.
+    #[error("the KQL manifest is invalid")]
+    Kql(#[from] kql::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The containers and queues the emulated DM hands out.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// Blob containers (`TempStorage`).
+    pub containers: Vec<String>,
+    /// Ingestion queues (`SecuredReadyForAggregationQueue`).
+    pub ingestion_queues: Vec<String>,
+    /// `FailedIngestionsQueue`.
+    pub failed_queue: String,
+    /// `SuccessfulIngestionsQueue`.
+    pub success_queue: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            containers: vec!["ingest-temp-0".to_owned(), "ingest-temp-1".to_owned()],
+            ingestion_queues: vec![
+                "readyforaggregation-secured-0".to_owned(),
+                "readyforaggregation-secured-1".to_owned(),
+            ],
+            failed_queue: "failedingestions".to_owned(),
+            success_queue: "successfulingestions".to_owned(),
+        }
+    }
+}
+
+/// How an emulator starts.
+#[derive(Debug, Clone)]
+pub struct AdxEmulatorConfig {
+    /// KQL script with the tables and mappings (default: `manifests/adx/kube-events.kql`).
+    pub kql: String,
+    /// Accepted credentials and whether requests need a token.
+    pub auth: AuthSettings,
+    /// Containers and queues.
+    pub resources: Resources,
+    /// Use this storage account instead of starting Azurite.
+    pub storage: Option<StorageAccount>,
+}
+
+impl Default for AdxEmulatorConfig {
+    fn default() -> Self {
+        Self {
+            kql: kql::KUBE_EVENTS_KQL.to_owned(),
+            auth: AuthSettings::default(),
+            resources: Resources::default(),
+            storage: None,
+        }
+    }
+}
+
+/// A running emulator. Dropping it stops it (and its Azurite) without waiting; prefer
+/// [`AdxEmulator::shutdown`].
+pub struct AdxEmulator {
+    addr: SocketAddr,
+    state: Arc<AdxState>,
+    storage: StorageAccount,
+    resources: Arc<Resources>,
+    azurite: Option<Azurite>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AdxEmulator {
+    /// Starts Azurite (unless `config.storage` is given), creates the containers and queues,
+    /// binds `listen` (`127.0.0.1:0` = a free port) and starts the server and the worker.
+    ///
+    /// # Errors
+    /// Azurite missing or not starting, storage preparation, the KQL, or the bind.
+    pub async fn start(listen: SocketAddr, config: AdxEmulatorConfig) -> Result<Self, Error> {
+        let schema = kql::parse_script(&config.kql)?;
+        let (azurite, storage) = match config.storage {
+            Some(storage) => (None, storage),
+            None => {
+                let azurite = Azurite::start().await?;
+                let storage = StorageAccount::new(
+                    DEV_ACCOUNT,
+                    DEV_ACCOUNT_KEY,
+                    azurite.blob_endpoint.clone(),
+                    azurite.queue_endpoint.clone(),
+                )?;
+                (Some(azurite), storage)
+            }
+        };
+        let resources = Arc::new(config.resources);
+        for container in &resources.containers {
+            storage.create_container(container).await?;
+        }
+        for queue in resources
+            .ingestion_queues
+            .iter()
+            .chain([&resources.failed_queue, &resources.success_queue])
+        {
+            storage.create_queue(queue).await?;
+        }
+        let tcp = TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = tcp.local_addr().map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+        let state = Arc::new(AdxState::new(schema, config.auth));
+        let stop = CancellationToken::new();
+        let app = server::router(server::AppState {
+            state: Arc::clone(&state),
+            storage: storage.clone(),
+            resources: Arc::clone(&resources),
+        });
+        let server_stop = stop.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            if let Err(error) = axum::serve(tcp, app)
+                .with_graceful_shutdown(server_stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "ADX emulator server failed");
+            }
+        })];
+        tasks.push(tokio::spawn(worker::run(
+            Arc::clone(&state),
+            storage.clone(),
+            Arc::clone(&resources),
+            stop.clone(),
+        )));
+        tracing::info!(%addr, "ADX emulator listening");
+        Ok(Self {
+            addr,
+            state,
+            storage,
+            resources,
+            azurite,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the DM, the engine, AAD (`/{tenant}/oauth2/v2.0/token`) and
+    /// IMDS (`/metadata/identity/oauth2/token`) all live here.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Rows, tokens, faults and counters.
+    #[must_use]
+    pub fn state(&self) -> &Arc<AdxState> {
+        &self.state
+    }
+
+    /// The Azurite account (to read blobs and queues directly in tests).
+    #[must_use]
+    pub fn storage(&self) -> &StorageAccount {
+        &self.storage
+    }
+
+    /// The containers and queues handed out.
+    #[must_use]
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// Azurite's pid, when the emulator started it.
+    #[must_use]
+    pub fn azurite_pid(&self) -> Option<u32> {
+        self.azurite.as_ref().and_then(Azurite::pid)
+    }
+
+    /// A `sink.adx` config for this emulator: `auth.mode: none`, both endpoints here, short
+    /// timeouts. Tests and the lab adjust the fields they need.
+    #[must_use]
+    pub fn sink_config(&self, database: &str, mode: AdxMode) -> AdxConfig {
+        let url = reqwest::Url::parse(&self.url()).ok();
+        AdxConfig {
+            ingest_endpoint: url.clone(),
+            engine_endpoint: url,
+            database: database.to_owned(),
+            table: "KubeEvents".to_owned(),
+            mapping: "KubeEventsFlatMapping".to_owned(),
+            format: AdxFormat::Json,
+            mode,
+            ingest_by_tags: false,
+            streaming_max_bytes: DEFAULT_STREAMING_MAX_BYTES,
+            request_timeout: Duration::from_secs(10),
+            resources_refresh: Duration::from_secs(3600),
+            scope: DEFAULT_SCOPE.to_owned(),
+            token_refresh_margin: Duration::from_secs(300),
+            auth: AdxAuthConfig::None,
+            failed_ingestions: FailedIngestionsConfig {
+                enabled: false,
+                interval: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// The same as config-file text (a `sink:` section), for `kevents run` processes; `mode` is
+    /// `queued`, `streaming` or `managed`, `extra` is appended under `sink.adx` (indent 4). Unless
+    /// `extra` has its own `auth:` section, `auth.mode` is `none`.
+    #[must_use]
+    pub fn sink_yaml(&self, database: &str, mode: &str, extra: &str) -> String {
+        let auth = if extra.contains("    auth:") {
+            ""
+        } else {
+            "    auth:\n      mode: none\n"
+        };
+        format!(
+            "sink:\n  type: adx\n  adx:\n    ingest_endpoint: {url}\n    engine_endpoint: {url}\n    \
+             database: {database}\n    mode: {mode}\n    request_timeout: 10s\n{auth}{extra}",
+            url = self.url(),
+        )
+    }
+
+    /// Waits until `database.table` holds at least `rows` rows, or `timeout` passes; returns the
+    /// count.
+    pub async fn wait_for_rows(
+        &self,
+        database: &str,
+        table: &str,
+        rows: usize,
+        timeout: Duration,
+    ) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let count = self.state.row_count(database, table);
+            if count >= rows || tokio::time::Instant::now() >= deadline {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server and the worker, then Azurite.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("ADX emulator task did not stop within 5 s");
+            }
+        }
+        if let Some(mut azurite) = self.azurite.take() {
+            tokio::task::spawn_blocking(move || azurite.stop())
+                .await
+                .ok();
+        }
+    }
+}
+
+impl Drop for AdxEmulator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The ADX emulator's state: ingested rows and extent tags per table, issued AAD tokens and
+//! authorization contexts, accepted credentials, fault knobs and counters.
+//!
+//! Owns every mutable thing the server and the ingestion worker share, behind short-held locks.
+//! It must never store or expose a client secret beyond comparing it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, PoisonError, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::kql::Schema;
+
+/// Messages' raw text kept for conformance checks.
+const KEPT_MESSAGES: usize = 10_000;
+
+/// Credentials the emulated AAD accepts.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// Management and streaming requests need a current emulator-issued bearer token.
+    pub require_token: bool,
+    /// `(client_id, client_secret)` pairs for the client-secret grant.
+    pub client_secrets: Vec<(String, String)>,
+    /// `(client_id, assertion)` pairs for the client-assertion grant; empty accepts any
+    /// non-empty assertion from any client.
+    pub assertions: Vec<(String, String)>,
+}
+
+/// Fault knobs (`POST /emulator/faults`, or the methods on [`AdxState`]). Count-based faults
+/// apply to management and streaming requests in arrival order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultRequest {
+    /// Answer the next `count` requests 429 with `Retry-After: retry_after_secs`.
+    pub throttle: Option<Throttle>,
+    /// Answer the next `count` requests with `status` (500 or 503).
+    pub errors: Option<ErrorBurst>,
+    /// Reject the next `count` streaming requests with a permanent 400 (`@permanent: true`).
+    pub permanent: Option<u32>,
+    /// Added to every management, streaming and token request.
+    pub latency_ms: Option<u64>,
+    /// Answer every management and streaming request 503 for this long from now.
+    pub outage_secs: Option<f64>,
+    /// `expires_in` of tokens issued from now on.
+    pub token_lifetime_secs: Option<u64>,
+    /// Invalidate every token issued so far (the next request with one gets 401).
+    pub expire_tokens: bool,
+    /// Lifetime of the SAS handed out from now on.
+    pub sas_lifetime_secs: Option<u64>,
+    /// Pause (true) or resume (false) the ingestion worker.
+    pub pause_worker: Option<bool>,
+}
+
+/// A burst of 429s.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Throttle {
+    /// How many requests.
+    pub count: u32,
+    /// The `Retry-After` seconds.
+    pub retry_after_secs: u64,
+}
+
+/// A burst of 5xx answers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ErrorBurst {
+    /// How many requests.
+    pub count: u32,
+    /// The status.
+    pub status: u16,
+}
+
+/// What a request should suffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 with this `Retry-After`.
+    Throttle(u64),
+    /// This status.
+    Status(u16),
+    /// A permanent 400.
+    Permanent,
+}
+
+#[derive(Debug)]
+struct Faults {
+    throttle: Option<Throttle>,
+    errors: Option<ErrorBurst>,
+    permanent: u32,
+    latency: Duration,
+    outage_until: Option<Instant>,
+    token_lifetime: Duration,
+    sas_lifetime: Duration,
+}
+
+/// Counters, as `GET /emulator/stats` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdxStats {
+    /// Management commands answered 200.
+    pub mgmt_requests: u64,
+    /// Streaming requests that stored rows.
+    pub streaming_requests: u64,
+    /// Rows stored by streaming.
+    pub streaming_rows: u64,
+    /// Queue messages ingested.
+    pub queued_ingestions: u64,
+    /// Rows stored by queued ingestion.
+    pub queued_rows: u64,
+    /// Queued ingestions skipped because an `ingestIfNotExists` tag already existed.
+    pub skipped_existing: u64,
+    /// Queued ingestions that failed (a message went to the failed-ingestions queue).
+    pub failed_ingestions: u64,
+    /// Queue messages whose JSON broke the §1.5 contract.
+    pub malformed_messages: u64,
+    /// Queue messages whose `RawDataSize` differed from the uncompressed blob size.
+    pub raw_size_mismatches: u64,
+    /// JSON lines that did not parse (format `json` skips them).
+    pub bad_lines: u64,
+    /// Tokens issued (all grants).
+    pub tokens_issued: u64,
+    /// Requests answered 401.
+    pub unauthorized: u64,
+    /// Requests answered by a fault knob (429, 5xx, permanent 400, outage).
+    pub faults_injected: u64,
+}
+
+/// One management or streaming request, as the emulator answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When the answer was sent.
+    pub at: Instant,
+    /// A streaming request (else management).
+    pub streaming: bool,
+    /// The status answered.
+    pub status: u16,
+}
+
+#[derive(Debug, Default)]
+struct TableData {
+    rows: Vec<Map<String, Value>>,
+    tags: HashSet<String>,
+}
+
+/// Everything the server and worker share.
+#[derive(Debug)]
+pub struct AdxState {
+    /// Tables and mappings (from the KQL manifest).
+    pub schema: Schema,
+    tables: Mutex<HashMap<(String, String), TableData>>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    contexts: Mutex<HashSet<String>>,
+    auth: Mutex<AuthSettings>,
+    faults: Mutex<Faults>,
+    stats: Mutex<AdxStats>,
+    messages: Mutex<Vec<String>>,
+    requests: Mutex<Vec<RequestRecord>>,
+    handed_out: Mutex<Vec<String>>,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write as _;
+    (0..bytes).fold(String::with_capacity(bytes * 2), |mut out, _| {
+        let _ = write!(out, "{:02x}", rand::random::<u8>());
+        out
+    })
+}
+
+impl AdxState {
+    pub(super) fn new(schema: Schema, auth: AuthSettings) -> Self {
+        Self {
+            schema,
+            tables: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashSet::new()),
+            auth: Mutex::new(auth),
+            faults: Mutex::new(Faults {
+                throttle: None,
+                errors: None,
+                permanent: 0,
+                latency: Duration::ZERO,
+                outage_until: None,
+                token_lifetime: Duration::from_secs(3599),
+                sas_lifetime: Duration::from_secs(24 * 3600),
+            }),
+            stats: Mutex::new(AdxStats::default()),
+            messages: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
+            handed_out: Mutex::new(Vec::new()),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    // === rows ===
+
+    /// The rows of `database.table`, in ingestion order.
+    #[must_use]
+    pub fn rows(&self, database: &str, table: &str) -> Vec<Map<String, Value>> {
+        lock(&self.tables)
+            .get(&(database.to_owned(), table.to_owned()))
+            .map(|t| t.rows.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many rows `database.table` holds.
+    #[must_use]
+    pub fn row_count(&self, database: &str, table: &str) -> usize {
+        lock(&self.tables)
+            .get(&(database.to_owned(), table.to_owned()))
+            .map_or(0, |t| t.rows.len())
+    }
+
+    /// Row counts of every table, `db.table` → count.
+    #[must_use]
+    pub fn row_counts(&self) -> HashMap<String, usize> {
+        lock(&self.tables)
+            .iter()
+            .map(|((db, table), data)| (format!("{db}.{table}"), data.rows.len()))
+            .collect()
+    }
+
+    /// Appends rows and extent tags in one step, unless one of `if_not_exists` is already an
+    /// `ingest-by:` tag of the table (then nothing is stored and `false` is returned).
+    pub(super) fn ingest(
+        &self,
+        database: &str,
+        table: &str,
+        rows: Vec<Map<String, Value>>,
+        tags: &[String],
+        if_not_exists: &[String],
+    ) -> bool {
+        let mut tables = lock(&self.tables);
+        let data = tables
+            .entry((database.to_owned(), table.to_owned()))
+            .or_default();
+        if if_not_exists
+            .iter()
+            .any(|k| data.tags.contains(&format!("ingest-by:{k}")))
+        {
+            return false;
+        }
+        data.rows.extend(rows);
+        data.tags.extend(tags.iter().cloned());
+        true
+    }
+
+    // === auth ===
+
+    /// Replaces the accepted credentials.
+    pub fn set_auth(&self, auth: AuthSettings) {
+        *lock(&self.auth) = auth;
+    }
+
+    pub(super) fn auth(&self) -> AuthSettings {
+        lock(&self.auth).clone()
+    }
+
+    /// Issues a token valid for the current token lifetime; returns it and that lifetime.
+    pub(super) fn issue_token(&self) -> (String, Duration) {
+        let lifetime = lock(&self.faults).token_lifetime;
+        let token = format!("emu-token-{}", random_hex(24));
+        lock(&self.tokens).insert(token.clone(), Instant::now() + lifetime);
+        self.remember_secret(&token);
+        lock(&self.stats).tokens_issued += 1;
+        (token, lifetime)
+    }
+
+    /// True if `token` was issued here and has not expired.
+    pub(super) fn token_is_valid(&self, token: &str) -> bool {
+        lock(&self.tokens)
+            .get(token)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// A new authorization context for `.get kusto identity token`.
+    pub(super) fn issue_context(&self) -> String {
+        let context = format!("emu-authctx-{}", random_hex(32));
+        lock(&self.contexts).insert(context.clone());
+        self.remember_secret(&context);
+        context
+    }
+
+    pub(super) fn context_is_valid(&self, context: &str) -> bool {
+        lock(&self.contexts).contains(context)
+    }
+
+    // === faults ===
+
+    /// Applies a fault request.
+    pub fn apply_faults(&self, request: &FaultRequest) {
+        let mut faults = lock(&self.faults);
+        if let Some(throttle) = request.throttle {
+            faults.throttle = Some(throttle);
+        }
+        if let Some(errors) = request.errors {
+            faults.errors = Some(errors);
+        }
+        if let Some(count) = request.permanent {
+            faults.permanent = count;
+        }
+        if let Some(ms) = request.latency_ms {
+            faults.latency = Duration::from_millis(ms);
+        }
+        if let Some(secs) = request.outage_secs {
+            faults.outage_until = Some(Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+        }
+        if let Some(secs) = request.token_lifetime_secs {
+            faults.token_lifetime = Duration::from_secs(secs);
+        }
+        if let Some(secs) = request.sas_lifetime_secs {
+            faults.sas_lifetime = Duration::from_secs(secs);
+        }
+        drop(faults);
+        if request.expire_tokens {
+            lock(&self.tokens).clear();
+        }
+        if let Some(paused) = request.pause_worker {
+            self.paused.store(paused, Ordering::SeqCst);
+        }
+    }
+
+    /// The next `count` requests answer 429 with `Retry-After`.
+    pub fn throttle_next(&self, count: u32, retry_after: Duration) {
+        self.apply_faults(&FaultRequest {
+            throttle: Some(Throttle {
+                count,
+                retry_after_secs: retry_after.as_secs(),
+            }),
+            ..FaultRequest::default()
+        });
+    }
+
+    /// The next `count` requests answer `status`.
+    pub fn fail_next(&self, count: u32, status: u16) {
+        self.apply_faults(&FaultRequest {
+            errors: Some(ErrorBurst { count, status }),
+            ..FaultRequest::default()
+        });
+    }
+
+    /// The next `count` streaming requests are rejected permanently.
+    pub fn reject_next_permanently(&self, count: u32) {
+        self.apply_faults(&FaultRequest {
+            permanent: Some(count),
+            ..FaultRequest::default()
+        });
+    }
+
+    /// Every management and streaming request answers 503 for `period`.
+    pub fn outage_for(&self, period: Duration) {
+        self.apply_faults(&FaultRequest {
+            outage_secs: Some(period.as_secs_f64()),
+            ..FaultRequest::default()
+        });
+    }
+
+    /// True while an outage lasts.
+    #[must_use]
+    pub fn in_outage(&self) -> bool {
+        lock(&self.faults)
+            .outage_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Tokens issued from now on expire after `lifetime`.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.faults).token_lifetime = lifetime;
+    }
+
+    /// Every token issued so far stops working.
+    pub fn expire_tokens_now(&self) {
+        lock(&self.tokens).clear();
+    }
+
+    /// SAS handed out from now on expire after `lifetime`.
+    pub fn set_sas_lifetime(&self, lifetime: Duration) {
+        lock(&self.faults).sas_lifetime = lifetime;
+    }
+
+    pub(super) fn sas_lifetime(&self) -> Duration {
+        lock(&self.faults).sas_lifetime
+    }
+
+    /// Pauses or resumes the ingestion worker (messages stay in the queue meanwhile).
+    pub fn pause_worker(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    pub(super) fn worker_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn latency(&self) -> Duration {
+        lock(&self.faults).latency
+    }
+
+    /// The fault a management or streaming request suffers, if any (consumes count-based ones).
+    pub(super) fn take_fault(&self, streaming: bool) -> Option<Fault> {
+        let mut faults = lock(&self.faults);
+        let fault = if faults
+            .outage_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            Some(Fault::Status(503))
+        } else if let Some(throttle) = faults.throttle.as_mut().filter(|t| t.count > 0) {
+            throttle.count -= 1;
+            Some(Fault::Throttle(throttle.retry_after_secs))
+        } else if let Some(errors) = faults.errors.as_mut().filter(|e| e.count > 0) {
+            errors.count -= 1;
+            Some(Fault::Status(errors.status))
+        } else if streaming && faults.permanent > 0 {
+            faults.permanent -= 1;
+            Some(Fault::Permanent)
+        } else {
+            None
+        };
+        drop(faults);
+        if fault.is_some() {
+            lock(&self.stats).faults_injected += 1;
+        }
+        fault
+    }
+
+    // === stats ===
+
+    /// A copy of the counters.
+    #[must_use]
+    pub fn stats(&self) -> AdxStats {
+        lock(&self.stats).clone()
+    }
+
+    pub(super) fn count(&self, update: impl FnOnce(&mut AdxStats)) {
+        update(&mut lock(&self.stats));
+    }
+
+    /// The raw `MessageText` (base64) of the queue messages the worker read, oldest first.
+    #[must_use]
+    pub fn messages(&self) -> Vec<String> {
+        lock(&self.messages).clone()
+    }
+
+    /// Every token, authorization context and SAS signature handed out, so tests can search
+    /// logs for them.
+    #[must_use]
+    pub fn handed_out_secrets(&self) -> Vec<String> {
+        lock(&self.handed_out).clone()
+    }
+
+    pub(super) fn remember_secret(&self, secret: &str) {
+        let mut handed_out = lock(&self.handed_out);
+        if !handed_out.iter().any(|s| s == secret) {
+            handed_out.push(secret.to_owned());
+        }
+    }
+
+    /// Management and streaming requests with their answers, oldest first (the last 10000).
+    #[must_use]
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.requests).clone()
+    }
+
+    pub(super) fn record_request(&self, streaming: bool, status: u16) {
+        let mut requests = lock(&self.requests);
+        if requests.len() >= KEPT_MESSAGES {
+            requests.remove(0);
+        }
+        requests.push(RequestRecord {
+            at: Instant::now(),
+            streaming,
+            status,
+        });
+    }
+
+    pub(super) fn keep_message(&self, text: &str) {
+        let mut messages = lock(&self.messages);
+        if messages.len() >= KEPT_MESSAGES {
+            messages.remove(0);
+        }
+        messages.push(text.to_owned());
+    }
+}

@@ -1,0 +1,155 @@
+//! The lab's ADX side: synthetic `KubeEvents` batches for sink tests and the benchmark, and
+//! `kevents-lab bench adx` (queued ingestion into the ADX emulator on Azurite, in events/s).
+//!
+//! Owns the benchmark's procedure and figures. It never asserts a timing: it measures and
+//! reports.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+
+use crate::{
+    config::AdxMode,
+    emulator::adx::{AdxEmulator, AdxEmulatorConfig},
+    sink::{AdxSink, OutgoingBatch, Sink as _},
+    telemetry::Metrics,
+};
+
+/// One flat `KubeEvents` record (with `Uid` and `ResourceVersion`), as the transform writes it.
+#[must_use]
+pub fn synthetic_record(n: u64) -> String {
+    let time = jiff::Timestamp::from_second(1_760_000_000 + i64::try_from(n % 86_400).unwrap_or(0))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    serde_json::json!({
+        "TimeGenerated": time.to_string(),
+        "Namespace": format!("ns-{}", n % 7),
+        "Name": format!("pod-{n}.18a2b3c4d5e6f708"),
+        "Kind": "Pod",
+        "ApiVersion": "v1",
+        "KubeEventType": if n.is_multiple_of(5) { "Warning" } else { "Normal" },
+        "Action": "Binding",
+        "Reason": "Scheduled",
+        "Message": format!("Successfully assigned ns-{}/pod-{n} to node-{}", n % 7, n % 3),
+        "Count": (n % 4 + 1).to_string(),
+        "CreationTimestamp": time.to_string(),
+        "FirstSeen": time.to_string(),
+        "LastSeen": time.to_string(),
+        "SourceComponent": "default-scheduler",
+        "SourceComputer": "",
+        "ReportingComponent": "default-scheduler",
+        "ReportingComputer": "",
+        "Cluster": "lab",
+        "Region": "local",
+        "Environment": "bench",
+        "Uid": format!("00000000-0000-4000-8000-{n:012}"),
+        "ResourceVersion": (n + 1).to_string(),
+    })
+    .to_string()
+}
+
+/// A batch of `count` synthetic records starting at record `first`, id `{prefix}-{first}`.
+#[must_use]
+pub fn synthetic_batch(prefix: &str, first: u64, count: u64) -> OutgoingBatch {
+    let mut payload = Vec::new();
+    for n in first..first + count {
+        payload.extend_from_slice(synthetic_record(n).as_bytes());
+        payload.push(b'\n');
+    }
+    OutgoingBatch {
+        id: format!("{prefix}-{first:012}-{:012}", first + count - 1),
+        payload: payload.into(),
+        events: count,
+    }
+}
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events in total.
+    pub events: u64,
+    /// Events per batch.
+    pub batch_events: u64,
+    /// Batches in flight at once (the shipper sends one at a time: 1 is the product's figure).
+    pub concurrency: usize,
+}
+
+/// What the benchmark measured.
+#[derive(Debug, Clone)]
+pub struct BenchOutcome {
+    /// Events sent.
+    pub events: u64,
+    /// Uncompressed bytes sent.
+    pub bytes: u64,
+    /// From the first send to the last confirmed send.
+    pub send_time: Duration,
+    /// From the first send to the last row stored by the emulator's worker.
+    pub ingest_time: Duration,
+    /// Rows stored.
+    pub rows: usize,
+    /// Distinct `(Uid, ResourceVersion)` among them.
+    pub distinct: usize,
+}
+
+/// Runs the queued-ingestion benchmark against a fresh emulator (which starts Azurite).
+///
+/// # Errors
+/// Emulator start-up or a failed send.
+pub async fn bench(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
+    let emulator = AdxEmulator::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        AdxEmulatorConfig::default(),
+    )
+    .await
+    .context("starting the ADX emulator")?;
+    let sink = AdxSink::new(
+        &emulator.sink_config("bench", AdxMode::Queued),
+        Metrics::new()?,
+    )?;
+    // Warm-up: resources, connections.
+    let warm = synthetic_batch("warm", 0, 1);
+    sink.send(&warm).await?;
+    let batches: Vec<OutgoingBatch> = (0..options.events.div_ceil(options.batch_events))
+        .map(|i| {
+            let first = 1 + i * options.batch_events;
+            let count = options.batch_events.min(options.events + 1 - first);
+            synthetic_batch("bench", first, count)
+        })
+        .collect();
+    let bytes = batches.iter().map(|b| b.payload.len() as u64).sum();
+    let started = Instant::now();
+    let sink = &sink;
+    let results: Vec<_> = futures::stream::iter(batches.iter())
+        .map(|batch| async move { sink.send(batch).await })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    for result in results {
+        result?;
+    }
+    let send_time = started.elapsed();
+    let expected = usize::try_from(options.events + 1).unwrap_or(usize::MAX);
+    let rows = emulator
+        .wait_for_rows("bench", "KubeEvents", expected, Duration::from_secs(600))
+        .await;
+    let ingest_time = started.elapsed();
+    let distinct = emulator
+        .state()
+        .rows("bench", "KubeEvents")
+        .iter()
+        .filter_map(|row| crate::lab::oracle::key_of(&serde_json::Value::Object(row.clone())))
+        .collect::<HashSet<_>>()
+        .len();
+    emulator.shutdown().await;
+    Ok(BenchOutcome {
+        events: options.events,
+        bytes,
+        send_time,
+        ingest_time,
+        rows,
+        distinct,
+    })
+}

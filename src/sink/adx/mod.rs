@@ -1,0 +1,785 @@
+//! The Azure Data Explorer sink: queued ingestion (gzip blob + queue message through the data
+//! management service), streaming ingestion to the engine, and managed mode (streaming, falling
+//! back to queued). Wire formats: `reference/adx-ingestion.md`.
+//!
+//! Owns the HTTP conversation with ADX and its storage: AAD tokens (`auth`), ingestion resources
+//! and the identity token (`resources`), blob names, queue messages (`message`), streaming
+//! (`streaming`), the classification of every failure as retriable or permanent, and the optional
+//! failed-ingestions poller (`failures`). It must never log a token, a secret, an authorization
+//! context or a SAS signature: URLs are logged and put in errors without their query string, and
+//! reqwest errors are stripped of their URL.
+
+mod auth;
+mod failures;
+mod message;
+mod resources;
+mod streaming;
+
+use std::{
+    fmt,
+    io::Write as _,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use flate2::{Compression, write::GzEncoder};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use tokio::task::JoinHandle;
+
+pub use message::{IngestionMessage, blob_name, envelope, source_id};
+
+use self::{
+    auth::{TokenProvider, endpoint_name},
+    failures::RecentIds,
+    resources::{ResourceCache, Resources},
+};
+use super::{OutgoingBatch, SendFuture, Sink};
+use crate::{
+    config::{AdxConfig, AdxMode},
+    telemetry::{Metrics, error_chain},
+};
+
+/// `x-ms-version` of storage requests (anything from 2019-12-12 works).
+const STORAGE_VERSION: &str = "2025-07-05";
+/// `x-ms-version` of Kusto requests (the Python SDK's value).
+const KUSTO_VERSION: &str = "2024-12-12";
+/// Blob and queue attempts per batch at most, each on another resource (as the SDKs do).
+const MAX_STORAGE_TRIES: usize = 3;
+/// A 429 pauses streaming (managed mode) for this long.
+const THROTTLE_SUSPENSION: Duration = Duration::from_secs(10);
+/// Streaming switched off on the cluster (404) pauses it for this long.
+const UNAVAILABLE_SUSPENSION: Duration = Duration::from_secs(15 * 60);
+
+/// The ADX operations, for errors and the `operation` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// An AAD or IMDS token request.
+    Token,
+    /// A management command to the data management service.
+    Mgmt,
+    /// Put Blob.
+    BlobUpload,
+    /// Put Message.
+    Enqueue,
+    /// A streaming ingestion request.
+    Streaming,
+    /// Peek of the failed-ingestions queue.
+    FailedIngestionsPoll,
+}
+
+impl Operation {
+    /// The metric label.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Mgmt => "mgmt",
+            Self::BlobUpload => "blob_upload",
+            Self::Enqueue => "enqueue",
+            Self::Streaming => "streaming",
+            Self::FailedIngestionsPoll => "failed_ingestions_poll",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Token => "token request",
+            Self::Mgmt => "management command",
+            Self::BlobUpload => "blob upload",
+            Self::Enqueue => "queue message",
+            Self::Streaming => "streaming ingestion",
+            Self::FailedIngestionsPoll => "failed-ingestions poll",
+        })
+    }
+}
+
+/// An ADX sink failure. Endpoints never include query strings (SAS); messages never include
+/// tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request did not complete (connection, timeout, body).
+    #[error("{operation} to {endpoint} failed")]
+    Http {
+        /// What was attempted.
+        operation: Operation,
+        /// Where (no query string).
+        endpoint: String,
+        /// The cause, stripped of its URL.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The service answered with an error status.
+    #[error("{operation} to {endpoint} answered {status}{}: {message}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Status {
+        /// What was attempted.
+        operation: Operation,
+        /// Where (no query string).
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// The service's error code (`error.code`, or storage's `<Code>`).
+        code: Option<String>,
+        /// The service's message, shortened.
+        message: String,
+        /// The service says retrying cannot help (`@permanent`).
+        permanent: bool,
+        /// The service's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// A token could not be obtained.
+    #[error("getting an AAD token from {endpoint} failed: {message}")]
+    Auth {
+        /// The token endpoint (no query string).
+        endpoint: String,
+        /// What went wrong (never the token).
+        message: String,
+    },
+    /// The workload identity token file could not be read.
+    #[error("reading the federated token file {path} failed")]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data management service's answer was unusable.
+    #[error("the ingestion resources from {endpoint} are unusable: {message}")]
+    Resources {
+        /// The DM endpoint.
+        endpoint: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The queue message would exceed the 64 KiB limit.
+    #[error("the queue message is {bytes} bytes encoded, above the 64 KiB limit")]
+    MessageTooLarge {
+        /// Its encoded size.
+        bytes: usize,
+    },
+    /// Compressing the batch failed.
+    #[error("compressing the batch failed")]
+    Compress(#[source] std::io::Error),
+    /// The endpoint needed for this mode is not configured.
+    #[error("no {0} endpoint is configured")]
+    NoEndpoint(&'static str),
+}
+
+impl Error {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// ADX throttled the request (429).
+    #[must_use]
+    pub fn is_throttled(&self) -> bool {
+        self.status() == Some(429)
+    }
+
+    /// Retrying the same batch cannot help.
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                permanent: true,
+                ..
+            } | Self::MessageTooLarge { .. }
+        )
+    }
+
+    /// The request body was too large for streaming.
+    #[must_use]
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            Self::Status { status: 413, .. } => true,
+            Self::Status {
+                code: Some(code), ..
+            } => {
+                let code = code.to_ascii_lowercase();
+                code.contains("toolarge") || code.contains("sizelimit")
+            }
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The shipper's view: permanent errors go to the dead tree, everything else is retried.
+    #[must_use]
+    pub fn into_sink_error(self) -> super::Error {
+        let message = error_chain(&self);
+        if self.is_permanent() {
+            super::Error::Permanent {
+                message,
+                source: Some(Box::new(self)),
+            }
+        } else {
+            super::Error::Retriable {
+                message,
+                retry_after: self.retry_after(),
+                source: Some(Box::new(self)),
+            }
+        }
+    }
+}
+
+/// `type Result<T> = Result<T, sink::adx::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The HTTP client with its metrics.
+pub(crate) struct Http {
+    client: reqwest::Client,
+    metrics: Metrics,
+}
+
+impl Http {
+    /// Sends `request`; a status outside 2xx and `accept` becomes [`Error::Status`] (its body is
+    /// read for the service's error code). Records the request metrics.
+    async fn send(
+        &self,
+        operation: Operation,
+        request: RequestBuilder,
+        endpoint: &str,
+        accept: &[StatusCode],
+    ) -> Result<Response> {
+        let started = Instant::now();
+        let result = request.send().await;
+        self.metrics
+            .adx_request_duration
+            .with_label_values(&[operation.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = |label: &str| {
+            self.metrics
+                .adx_requests
+                .with_label_values(&[operation.as_str(), label])
+                .inc();
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(source) => {
+                outcome("retriable_error");
+                return Err(Error::Http {
+                    operation,
+                    endpoint: endpoint.to_owned(),
+                    source: source.without_url(),
+                });
+            }
+        };
+        let status = response.status();
+        if status.is_success() || accept.contains(&status) {
+            outcome("success");
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.unwrap_or_default();
+        let (code, message, flag) = parse_error_body(&body);
+        let permanent = operation == Operation::Streaming && streaming_is_permanent(status, flag);
+        outcome(if status == StatusCode::TOO_MANY_REQUESTS {
+            "throttled"
+        } else if permanent {
+            "permanent_error"
+        } else {
+            "retriable_error"
+        });
+        Err(Error::Status {
+            operation,
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16(),
+            code,
+            message,
+            permanent,
+            retry_after,
+        })
+    }
+}
+
+/// Kusto's rule (`reference/adx-ingestion.md` §4): decide on `@permanent`; without the flag, a
+/// client error other than auth, not-found, timeout and throttling is permanent.
+fn streaming_is_permanent(status: StatusCode, flag: Option<bool>) -> bool {
+    if status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 404 | 408 | 413 | 429) {
+        return false;
+    }
+    flag.unwrap_or(status.is_client_error())
+}
+
+/// `(code, message, @permanent)` from a Kusto JSON error or a storage XML error body. Storage
+/// messages are dropped (only the code is kept): they can echo request details.
+fn parse_error_body(body: &[u8]) -> (Option<String>, String, Option<bool>) {
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        let error = json.get("error").unwrap_or(&json);
+        let text = |key: &str| {
+            error
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let message = text("@message")
+            .or_else(|| text("message"))
+            .unwrap_or_default();
+        return (
+            text("code"),
+            shorten(&message),
+            error.get("@permanent").and_then(serde_json::Value::as_bool),
+        );
+    }
+    let text = String::from_utf8_lossy(body);
+    if let Some(code) = xml_text(&text, "Code") {
+        return (Some(code.to_owned()), String::new(), None);
+    }
+    (None, shorten(&text), None)
+}
+
+fn shorten(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`.
+pub(crate) fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    Some(&xml[start..end])
+}
+
+/// Gzips `data`.
+pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 8 + 64), Compression::new(3));
+    encoder.write_all(data)?;
+    encoder.finish()
+}
+
+/// Delivers batches to Azure Data Explorer.
+pub struct AdxSink {
+    inner: Arc<Inner>,
+    poller: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    config: AdxConfig,
+    http: Http,
+    tokens: TokenProvider,
+    resources: ResourceCache,
+    engine: Option<Url>,
+    queue_cursor: AtomicUsize,
+    streaming_suspended_until: Mutex<Option<Instant>>,
+    recent: Arc<RecentIds>,
+}
+
+impl fmt::Debug for AdxSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdxSink")
+            .field("mode", &self.inner.config.mode)
+            .field("database", &self.inner.config.database)
+            .field("table", &self.inner.config.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdxSink {
+    /// Builds the sink; with `failed_ingestions.enabled` it also starts the poller (call from
+    /// within a tokio runtime).
+    ///
+    /// # Errors
+    /// Fails if the HTTP client cannot be built or the mode lacks its endpoint.
+    pub fn new(config: &AdxConfig, metrics: Metrics) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(50))
+            .build()
+            .map_err(|source| Error::Http {
+                operation: Operation::Mgmt,
+                endpoint: String::new(),
+                source: source.without_url(),
+            })?;
+        let engine = config.engine();
+        match config.mode {
+            AdxMode::Queued | AdxMode::Managed if config.ingest_endpoint.is_none() => {
+                return Err(Error::NoEndpoint("ingest (data management)"));
+            }
+            AdxMode::Streaming | AdxMode::Managed if engine.is_none() => {
+                return Err(Error::NoEndpoint("engine"));
+            }
+            _ => {}
+        }
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            http: Http { client, metrics },
+            tokens: TokenProvider::new(config),
+            resources: ResourceCache::new(config.resources_refresh),
+            engine,
+            queue_cursor: AtomicUsize::new(0),
+            streaming_suspended_until: Mutex::new(None),
+            recent: Arc::new(RecentIds::default()),
+        });
+        let poller = (config.failed_ingestions.enabled && config.mode != AdxMode::Streaming)
+            .then(|| tokio::spawn(failures::poll(Arc::clone(&inner))));
+        tracing::info!(
+            mode = ?config.mode,
+            database = %config.database,
+            table = %config.table,
+            mapping = %config.mapping,
+            auth = config.auth.mode(),
+            ingest_endpoint = config.ingest_endpoint.as_ref().map(endpoint_name).as_deref().unwrap_or(""),
+            "ADX sink ready"
+        );
+        Ok(Self { inner, poller })
+    }
+}
+
+impl Drop for AdxSink {
+    fn drop(&mut self) {
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+        }
+    }
+}
+
+impl Sink for AdxSink {
+    fn name(&self) -> &'static str {
+        "adx"
+    }
+
+    fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        Box::pin(async move { self.inner.send(batch).await.map_err(Error::into_sink_error) })
+    }
+}
+
+impl Inner {
+    async fn send(&self, batch: &OutgoingBatch) -> Result<()> {
+        let payload = batch.payload.clone();
+        let compressed = {
+            let data = payload.clone();
+            tokio::task::spawn_blocking(move || gzip(&data))
+                .await
+                .map_err(|e| Error::Compress(std::io::Error::other(e)))?
+                .map_err(Error::Compress)?
+        };
+        let compressed = Bytes::from(compressed);
+        let metrics = &self.http.metrics;
+        let route = match self.config.mode {
+            AdxMode::Queued => {
+                self.send_queued(batch, &compressed, payload.len()).await?;
+                "queued"
+            }
+            AdxMode::Streaming => {
+                self.send_streaming_all(batch, &payload, &compressed)
+                    .await?;
+                "streaming"
+            }
+            AdxMode::Managed => self.send_managed(batch, &payload, &compressed).await?,
+        };
+        metrics.adx_batches.with_label_values(&[route]).inc();
+        metrics.adx_raw_bytes.inc_by(payload.len() as u64);
+        metrics.adx_compressed_bytes.inc_by(compressed.len() as u64);
+        tracing::debug!(
+            batch_id = %batch.id,
+            batch_size = batch.events,
+            route,
+            raw_bytes = payload.len(),
+            compressed_bytes = compressed.len(),
+            "Batch handed to ADX"
+        );
+        Ok(())
+    }
+
+    /// Managed mode: streaming unless the body is too large or streaming is paused; transient
+    /// errors and throttling fall back to queued, permanent errors fail the batch.
+    async fn send_managed(
+        &self,
+        batch: &OutgoingBatch,
+        payload: &Bytes,
+        compressed: &Bytes,
+    ) -> Result<&'static str> {
+        let metrics = &self.http.metrics.adx_managed_fallbacks;
+        let fallback_reason = if compressed.len() as u64 > self.config.streaming_max_bytes {
+            Some("too_large")
+        } else if self.streaming_suspended() {
+            Some("suspended")
+        } else {
+            match self.send_streaming(batch, compressed, 1).await {
+                Ok(()) => None,
+                Err(error) if error.is_permanent() => return Err(error),
+                Err(error) => {
+                    let reason = if error.is_throttled() {
+                        self.suspend_streaming(THROTTLE_SUSPENSION);
+                        "throttled"
+                    } else if error.is_too_large() {
+                        "too_large"
+                    } else {
+                        if error.status() == Some(404) {
+                            self.suspend_streaming(UNAVAILABLE_SUSPENSION);
+                        }
+                        "transient"
+                    };
+                    tracing::info!(
+                        batch_id = %batch.id,
+                        reason,
+                        error = %error_chain(&error),
+                        "Streaming ingestion failed; sending the batch queued"
+                    );
+                    Some(reason)
+                }
+            }
+        };
+        match fallback_reason {
+            None => Ok("streaming"),
+            Some(reason) => {
+                metrics.with_label_values(&[reason]).inc();
+                self.send_queued(batch, compressed, payload.len()).await?;
+                Ok("queued")
+            }
+        }
+    }
+
+    fn streaming_suspended(&self) -> bool {
+        let until = self
+            .streaming_suspended_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn suspend_streaming(&self, period: Duration) {
+        *self
+            .streaming_suspended_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + period);
+    }
+
+    /// Queued ingestion: upload the blob, then enqueue its message. A 403 from storage (an
+    /// expired SAS) refreshes the resources and tries once more.
+    async fn send_queued(
+        &self,
+        batch: &OutgoingBatch,
+        compressed: &Bytes,
+        raw_size: usize,
+    ) -> Result<()> {
+        let mut refreshed = false;
+        loop {
+            let resources = self.resources().await?;
+            let result = async {
+                let blob = self.upload(&resources, batch, compressed).await?;
+                self.enqueue(&resources, batch, &blob, raw_size).await
+            }
+            .await;
+            match result {
+                Err(error) if error.status() == Some(403) && !refreshed => {
+                    tracing::info!(
+                        batch_id = %batch.id,
+                        error = %error_chain(&error),
+                        "Storage refused the SAS; refreshing the ingestion resources"
+                    );
+                    self.resources.invalidate(resources.generation).await;
+                    refreshed = true;
+                }
+                Err(error) => {
+                    if error.status() == Some(403) {
+                        self.resources.invalidate(resources.generation).await;
+                    }
+                    return Err(error);
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Uploads the gzip blob; returns its URL with the SAS. The first container is chosen from
+    /// the batch id so that a re-sent batch meets its earlier upload (409) instead of creating a
+    /// second blob.
+    async fn upload(
+        &self,
+        resources: &Resources,
+        batch: &OutgoingBatch,
+        compressed: &Bytes,
+    ) -> Result<Url> {
+        let name = blob_name(
+            &self.config.database,
+            &self.config.table,
+            &batch.id,
+            self.config.format,
+        );
+        let containers = &resources.containers;
+        let first = stable_index(&batch.id, containers.len());
+        let mut last_error = None;
+        for offset in 0..containers.len().min(MAX_STORAGE_TRIES) {
+            let container = &containers[(first + offset) % containers.len()];
+            let mut url = container.clone();
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().push(&name);
+            }
+            let endpoint = endpoint_name(&url);
+            let request = self
+                .http
+                .client
+                .put(url.clone())
+                .header("x-ms-blob-type", "BlockBlob")
+                .header("x-ms-version", STORAGE_VERSION)
+                .header("Content-Type", "application/octet-stream")
+                .header("If-None-Match", "*")
+                .body(compressed.clone());
+            match self
+                .http
+                .send(
+                    Operation::BlobUpload,
+                    request,
+                    &endpoint,
+                    &[StatusCode::CONFLICT, StatusCode::PRECONDITION_FAILED],
+                )
+                .await
+            {
+                Ok(response) => {
+                    if matches!(
+                        response.status(),
+                        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED
+                    ) {
+                        self.http.metrics.adx_blob_already_uploaded.inc();
+                        tracing::info!(
+                            batch_id = %batch.id,
+                            blob = %endpoint,
+                            "The blob exists from an earlier attempt; enqueueing it"
+                        );
+                    }
+                    return Ok(url);
+                }
+                Err(error) if error.status() == Some(403) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(batch_id = %batch.id, error = %error_chain(&error), "Blob upload failed; trying another container");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Resources {
+            endpoint: String::new(),
+            message: "no TempStorage container".to_owned(),
+        }))
+    }
+
+    async fn enqueue(
+        &self,
+        resources: &Resources,
+        batch: &OutgoingBatch,
+        blob: &Url,
+        raw_size: usize,
+    ) -> Result<()> {
+        let id = source_id(&batch.id);
+        let message = IngestionMessage {
+            id: &id,
+            blob_path: blob.as_str(),
+            raw_data_size: raw_size as u64,
+            database: &self.config.database,
+            table: &self.config.table,
+            mapping: &self.config.mapping,
+            format: self.config.format,
+            authorization_context: &resources.authorization_context,
+            ingest_by: self.config.ingest_by_tags.then_some(batch.id.as_str()),
+            created: jiff::Timestamp::now(),
+        };
+        let body = envelope(&message.to_json())?;
+        self.recent.remember(&id, &batch.id);
+        let queues = &resources.queues;
+        let first = self.queue_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut last_error = None;
+        for offset in 0..queues.len().min(MAX_STORAGE_TRIES) {
+            let queue = &queues[(first + offset) % queues.len()];
+            let mut url = queue.clone();
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().push("messages");
+            }
+            let endpoint = endpoint_name(&url);
+            let request = self
+                .http
+                .client
+                .post(url)
+                .header("x-ms-version", STORAGE_VERSION)
+                .header("Content-Type", "application/xml")
+                .body(body.clone());
+            match self
+                .http
+                .send(Operation::Enqueue, request, &endpoint, &[])
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(error) if error.status() == Some(403) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(batch_id = %batch.id, error = %error_chain(&error), "Enqueue failed; trying another queue");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Resources {
+            endpoint: String::new(),
+            message: "no SecuredReadyForAggregationQueue".to_owned(),
+        }))
+    }
+
+    /// The headers every Kusto request carries.
+    fn kusto_request(request: RequestBuilder, request_id: &str) -> RequestBuilder {
+        request
+            .header("Accept", "application/json")
+            .header("x-ms-version", KUSTO_VERSION)
+            .header("x-ms-client-request-id", request_id)
+            .header("x-ms-app", "kevents")
+            .header(
+                "x-ms-client-version",
+                concat!("kevents:", env!("CARGO_PKG_VERSION")),
+            )
+    }
+
+    /// Adds the bearer token, if any.
+    async fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder> {
+        use secrecy::ExposeSecret as _;
+        Ok(match self.tokens.token(&self.http).await? {
+            Some(token) => request.bearer_auth(token.expose_secret()),
+            None => request,
+        })
+    }
+
+    /// A 401 means the token is no good any more: fetch a new one next time.
+    async fn on_error(&self, error: &Error) {
+        if error.status() == Some(401) {
+            self.tokens.invalidate().await;
+        }
+    }
+}
+
+/// `hash(key) % len`, stable across processes (FNV-1a).
+fn stable_index(key: &str, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(hash % len as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

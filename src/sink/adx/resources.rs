@@ -1,0 +1,311 @@
+//! Ingestion resources: `.get ingestion resources` (blob containers and queues, with SAS) and
+//! `.get kusto identity token` (the authorization context) from the data management service.
+//!
+//! Owns their cache: fetched together, kept for `resources_refresh` (1 h by default), dropped
+//! early when storage refuses a SAS (403). The lock is held across the fetch, so concurrent
+//! sends wait for one fetch. It must never log a SAS URL with its query or the authorization
+//! context.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reqwest::Url;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::{Error, Inner, Operation, Result, auth::endpoint_name};
+
+/// The resources of one fetch.
+pub(super) struct Resources {
+    /// `TempStorage`: blob containers, with SAS.
+    pub containers: Vec<Url>,
+    /// `SecuredReadyForAggregationQueue`: ingestion queues, with SAS.
+    pub queues: Vec<Url>,
+    /// `FailedIngestionsQueue`.
+    pub failed_queues: Vec<Url>,
+    /// `AuthorizationContext`, verbatim.
+    pub authorization_context: SecretString,
+    /// Increases with every fetch; an invalidation names the fetch it saw fail.
+    pub generation: u64,
+    fetched: Instant,
+}
+
+/// The cache.
+pub(super) struct ResourceCache {
+    refresh: Duration,
+    state: Mutex<(Option<Arc<Resources>>, u64)>,
+}
+
+impl ResourceCache {
+    pub(super) fn new(refresh: Duration) -> Self {
+        Self {
+            refresh,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Drops the cached resources if they are still those of `generation`.
+    pub(super) async fn invalidate(&self, generation: u64) {
+        let mut state = self.state.lock().await;
+        if state.0.as_ref().is_some_and(|r| r.generation == generation) {
+            state.0 = None;
+        }
+    }
+}
+
+impl Inner {
+    /// The current resources, fetching them when absent or older than the refresh interval.
+    pub(super) async fn resources(&self) -> Result<Arc<Resources>> {
+        let mut state = self.resources.state.lock().await;
+        if let Some(current) = &state.0
+            && current.fetched.elapsed() < self.resources.refresh
+        {
+            return Ok(Arc::clone(current));
+        }
+        let generation = state.1 + 1;
+        match self.fetch_resources(generation).await {
+            Ok(fresh) => {
+                self.http
+                    .metrics
+                    .adx_resource_refreshes
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(
+                    containers = fresh.containers.len(),
+                    queues = fresh.queues.len(),
+                    failed_queues = fresh.failed_queues.len(),
+                    "Fetched ADX ingestion resources"
+                );
+                let fresh = Arc::new(fresh);
+                *state = (Some(Arc::clone(&fresh)), generation);
+                Ok(fresh)
+            }
+            Err(error) => {
+                self.http
+                    .metrics
+                    .adx_resource_refreshes
+                    .with_label_values(&["error"])
+                    .inc();
+                // Keep serving the old resources for a while if there are any: a DM hiccup
+                // should not stop ingestion while the SAS is still valid.
+                match &state.0 {
+                    Some(old) if old.fetched.elapsed() < self.resources.refresh * 2 => {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&error), "Refreshing ADX ingestion resources failed; using the previous ones");
+                        Ok(Arc::clone(old))
+                    }
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+
+    async fn fetch_resources(&self, generation: u64) -> Result<Resources> {
+        let table = self.mgmt(".get ingestion resources").await?;
+        let mut containers = Vec::new();
+        let mut queues = Vec::new();
+        let mut failed_queues = Vec::new();
+        let endpoint = self.dm_endpoint();
+        for row in table.rows("ResourceTypeName", "StorageRoot") {
+            let (kind, root) = row;
+            let Ok(url) = Url::parse(root) else {
+                continue;
+            };
+            match kind {
+                "TempStorage" => containers.push(url),
+                "SecuredReadyForAggregationQueue" => queues.push(url),
+                "FailedIngestionsQueue" => failed_queues.push(url),
+                _ => {}
+            }
+        }
+        if containers.is_empty() || queues.is_empty() {
+            return Err(Error::Resources {
+                endpoint,
+                message: format!(
+                    "{} TempStorage and {} SecuredReadyForAggregationQueue rows; need at least one of each",
+                    containers.len(),
+                    queues.len()
+                ),
+            });
+        }
+        let identity = self.mgmt(".get kusto identity token").await?;
+        let context = identity
+            .column("AuthorizationContext")
+            .into_iter()
+            .next()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Error::Resources {
+                endpoint: self.dm_endpoint(),
+                message: "`.get kusto identity token` returned no AuthorizationContext".to_owned(),
+            })?;
+        Ok(Resources {
+            containers,
+            queues,
+            failed_queues,
+            authorization_context: SecretString::from(context.to_owned()),
+            generation,
+            fetched: Instant::now(),
+        })
+    }
+
+    fn dm_endpoint(&self) -> String {
+        self.config
+            .ingest_endpoint
+            .as_ref()
+            .map(endpoint_name)
+            .unwrap_or_default()
+    }
+
+    /// Runs a management command against the DM and returns its V1 response.
+    async fn mgmt(&self, command: &str) -> Result<V1Response> {
+        let base = self
+            .config
+            .ingest_endpoint
+            .as_ref()
+            .ok_or(Error::NoEndpoint("ingest (data management)"))?;
+        let url = join(base, "v1/rest/mgmt");
+        let endpoint = endpoint_name(&url);
+        let request = Self::kusto_request(
+            self.http.client.post(url),
+            &format!("kevents.mgmt;{}", rand::random::<u64>()),
+        );
+        let request = self
+            .authorize(request)
+            .await?
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(json!({"db": "NetDefaultDB", "csl": command}).to_string());
+        let response = match self
+            .http
+            .send(Operation::Mgmt, request, &endpoint, &[])
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                self.on_error(&error).await;
+                return Err(error);
+            }
+        };
+        let body: Value = response.json().await.map_err(|e| Error::Http {
+            operation: Operation::Mgmt,
+            endpoint: endpoint.clone(),
+            source: e.without_url(),
+        })?;
+        Ok(V1Response(body))
+    }
+}
+
+/// `base` + `/` + `path`, keeping any path prefix of `base`.
+pub(super) fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    url.set_query(None);
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty();
+        for segment in path.split('/') {
+            segments.push(segment);
+        }
+    }
+    url
+}
+
+/// A Kusto V1 response: `{"Tables":[{"Columns":[{"ColumnName":…}],"Rows":[[…]]}]}`.
+pub(super) struct V1Response(Value);
+
+impl V1Response {
+    /// Every table's rows that have both columns, looked up by name.
+    fn rows<'a>(&'a self, a: &str, b: &str) -> Vec<(&'a str, &'a str)> {
+        let mut out = Vec::new();
+        for table in self.tables() {
+            let (Some(ia), Some(ib)) = (column_index(table, a), column_index(table, b)) else {
+                continue;
+            };
+            for row in table
+                .get("Rows")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(x), Some(y)) = (
+                    row.get(ia).and_then(Value::as_str),
+                    row.get(ib).and_then(Value::as_str),
+                ) {
+                    out.push((x, y));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every value of one column.
+    fn column<'a>(&'a self, name: &str) -> Vec<&'a str> {
+        let mut out = Vec::new();
+        for table in self.tables() {
+            let Some(index) = column_index(table, name) else {
+                continue;
+            };
+            for row in table
+                .get("Rows")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(v) = row.get(index).and_then(Value::as_str) {
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
+    fn tables(&self) -> impl Iterator<Item = &Value> {
+        self.0
+            .get("Tables")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }
+}
+
+fn column_index(table: &Value, name: &str) -> Option<usize> {
+    table
+        .get("Columns")?
+        .as_array()?
+        .iter()
+        .position(|c| c.get("ColumnName").and_then(Value::as_str) == Some(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_rows_are_read_by_column_name_not_position() {
+        let body = json!({"Tables": [{"TableName": "Table_0",
+            "Columns": [{"ColumnName": "StorageRoot"}, {"ColumnName": "ResourceTypeName"}],
+            "Rows": [["https://a/c?sig=1", "TempStorage"], ["https://a/q?sig=2", "SecuredReadyForAggregationQueue"]]}]});
+        let response = V1Response(body);
+        assert_eq!(
+            response.rows("ResourceTypeName", "StorageRoot"),
+            vec![
+                ("TempStorage", "https://a/c?sig=1"),
+                ("SecuredReadyForAggregationQueue", "https://a/q?sig=2")
+            ]
+        );
+        assert!(response.column("AuthorizationContext").is_empty());
+    }
+
+    #[test]
+    fn join_keeps_the_base_path_and_drops_the_query() {
+        let base = Url::parse("http://h:1/prefix/?x=1").unwrap();
+        assert_eq!(
+            join(&base, "v1/rest/mgmt").as_str(),
+            "http://h:1/prefix/v1/rest/mgmt"
+        );
+        let bare = Url::parse("https://ingest-c.k.windows.net").unwrap();
+        assert_eq!(
+            join(&bare, "v1/rest/mgmt").as_str(),
+            "https://ingest-c.k.windows.net/v1/rest/mgmt"
+        );
+    }
+}

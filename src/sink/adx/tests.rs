@@ -1,0 +1,74 @@
+//! Unit tests of the ADX sink's error classification.
+
+use super::*;
+
+fn status(operation: Operation, status: u16, body: &str) -> Error {
+    let (code, message, flag) = parse_error_body(body.as_bytes());
+    Error::Status {
+        operation,
+        endpoint: "http://h/x".to_owned(),
+        status,
+        code,
+        message,
+        permanent: operation == Operation::Streaming
+            && streaming_is_permanent(StatusCode::from_u16(status).unwrap(), flag),
+        retry_after: None,
+    }
+}
+
+#[test]
+fn streaming_errors_are_permanent_only_when_kusto_says_so_or_a_client_error_has_no_flag() {
+    let bad_mapping = r#"{"error":{"code":"BadRequest","message":"Mapping not found","@type":"Kusto.DataNode.Exceptions.MappingNotFoundException","@permanent":true}}"#;
+    assert!(status(Operation::Streaming, 400, bad_mapping).is_permanent());
+    let transient = r#"{"error":{"code":"BadRequest","message":"x","@permanent":false}}"#;
+    assert!(!status(Operation::Streaming, 400, transient).is_permanent());
+    assert!(status(Operation::Streaming, 400, "{}").is_permanent());
+    for code in [401, 403, 404, 408, 429, 500, 503] {
+        assert!(
+            !status(Operation::Streaming, code, "{}").is_permanent(),
+            "{code}"
+        );
+    }
+    assert!(status(Operation::Streaming, 429, "{}").is_throttled());
+    assert!(status(Operation::Streaming, 413, "{}").is_too_large());
+    // Storage and management errors never dead-letter a batch.
+    assert!(!status(Operation::BlobUpload, 400, bad_mapping).is_permanent());
+}
+
+#[test]
+fn storage_errors_keep_the_code_and_drop_the_message() {
+    let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate sig=abc</Message></Error>";
+    let error = status(Operation::Enqueue, 403, body);
+    let text = error.to_string();
+    assert!(text.contains("AuthenticationFailed"), "{text}");
+    assert!(!text.contains("sig="), "{text}");
+}
+
+#[test]
+fn permanent_errors_map_to_permanent_sink_errors_and_429_keeps_retry_after() {
+    let permanent = status(
+        Operation::Streaming,
+        400,
+        r#"{"error":{"@permanent":true}}"#,
+    );
+    assert!(!permanent.into_sink_error().is_retriable());
+    let throttled = Error::Status {
+        operation: Operation::Streaming,
+        endpoint: String::new(),
+        status: 429,
+        code: None,
+        message: String::new(),
+        permanent: false,
+        retry_after: Some(Duration::from_secs(7)),
+    };
+    let sink_error = throttled.into_sink_error();
+    assert!(sink_error.is_retriable());
+    assert_eq!(sink_error.retry_after(), Some(Duration::from_secs(7)));
+}
+
+#[test]
+fn the_first_container_is_stable_per_batch() {
+    assert_eq!(stable_index("b-1", 3), stable_index("b-1", 3));
+    assert!(stable_index("b-1", 3) < 3);
+    assert_eq!(stable_index("x", 0), 0);
+}

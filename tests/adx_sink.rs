@@ -1,0 +1,429 @@
+//! The ADX sink against the ADX emulator on real Azurite: queued, streaming and managed delivery,
+//! re-sends, expired SAS, throttling, permanent rejections, the failed-ingestions poller, and the
+//! three token flows.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod adx_common;
+
+use std::time::Duration;
+
+use adx_common::{DB, TABLE, config, emulator, metric, sink, wait_until};
+use kevents::{
+    config::{AdxAuthConfig, AdxMode, Secret},
+    emulator::adx::{AdxEmulatorConfig, AuthSettings},
+    lab::adx::synthetic_batch,
+    sink::Sink as _,
+};
+
+#[tokio::test]
+async fn queued_batches_land_as_mapped_rows_through_azurite() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Queued));
+    for i in 0..3 {
+        sink.send(&synthetic_batch("s1", i * 100, 100))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        adx.wait_for_rows(DB, TABLE, 300, Duration::from_secs(20))
+            .await,
+        300
+    );
+    let rows = adx.state().rows(DB, TABLE);
+    assert_eq!(rows[0]["Name"], "pod-0.18a2b3c4d5e6f708");
+    assert_eq!(rows[0]["Uid"], "00000000-0000-4000-8000-000000000000");
+    assert_eq!(rows[0]["TimeGenerated"], "2025-10-09T08:53:20Z");
+    assert_eq!(rows[0].len(), 22, "every table column is present");
+    let stats = adx.state().stats();
+    assert_eq!(stats.queued_ingestions, 3);
+    assert_eq!(stats.malformed_messages, 0);
+    assert_eq!(stats.raw_size_mismatches, 0);
+    assert_eq!(
+        metric(&metrics, "kevents_adx_batches_total{stage=\"queued\"}"),
+        3
+    );
+    // Two containers and two queues: rotation used both queues.
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_resource_refreshes_total{outcome=\"success\"}"
+        ),
+        1,
+        "resources are cached"
+    );
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resent_batch_finds_its_blob_and_is_ingested_once_with_ingest_by_tags() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let mut cfg = config(&adx, AdxMode::Queued);
+    cfg.ingest_by_tags = true;
+    let (sink, metrics) = sink(&cfg);
+    let batch = synthetic_batch("resend", 0, 50);
+    sink.send(&batch).await.unwrap();
+    assert_eq!(
+        adx.wait_for_rows(DB, TABLE, 50, Duration::from_secs(20))
+            .await,
+        50
+    );
+    // The same batch again, as a new leader re-sends it after a failover.
+    sink.send(&batch).await.unwrap();
+    assert_eq!(
+        metric(&metrics, "kevents_adx_blob_already_uploaded_total"),
+        1
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || adx
+            .state()
+            .stats()
+            .skipped_existing
+            == 1)
+        .await,
+        "the DM drops the second ingestion by its ingest-by tag"
+    );
+    assert_eq!(adx.state().row_count(DB, TABLE), 50);
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_sas_is_refreshed_after_storage_answers_403() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    adx.state().set_sas_lifetime(Duration::from_secs(1));
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Queued));
+    sink.send(&synthetic_batch("sas", 0, 10)).await.unwrap();
+    adx.state().set_sas_lifetime(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    sink.send(&synthetic_batch("sas", 10, 10)).await.unwrap();
+    assert_eq!(
+        adx.wait_for_rows(DB, TABLE, 20, Duration::from_secs(20))
+            .await,
+        20
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_resource_refreshes_total{outcome=\"success\"}"
+        ),
+        2
+    );
+    assert!(
+        metric(
+            &metrics,
+            "kevents_adx_requests_total{operation=\"blob_upload\",outcome=\"retriable_error\"}"
+        ) >= 1
+    );
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn streaming_batches_land_and_a_permanent_rejection_is_a_permanent_error() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Streaming));
+    sink.send(&synthetic_batch("st", 0, 40)).await.unwrap();
+    assert_eq!(
+        adx.state().row_count(DB, TABLE),
+        40,
+        "streaming stores before it answers"
+    );
+    adx.state().reject_next_permanently(1);
+    let error = sink.send(&synthetic_batch("st", 40, 40)).await.unwrap_err();
+    assert!(!error.is_retriable(), "{error}");
+    assert!(error.to_string().contains("400"), "{error}");
+    // A mapping the table does not have is permanent too.
+    let mut bad = config(&adx, AdxMode::Streaming);
+    bad.mapping = "NoSuchMapping".to_owned();
+    let (bad_sink, _) = sink_of(&bad);
+    let error = bad_sink
+        .send(&synthetic_batch("st", 80, 5))
+        .await
+        .unwrap_err();
+    assert!(!error.is_retriable(), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("BadRequest_MappingReferenceWasNotFound"),
+        "{error}"
+    );
+    // 503 is transient.
+    adx.state().fail_next(1, 503);
+    let error = sink.send(&synthetic_batch("st", 90, 5)).await.unwrap_err();
+    assert!(error.is_retriable(), "{error}");
+    assert_eq!(adx.state().row_count(DB, TABLE), 40);
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_requests_total{operation=\"streaming\",outcome=\"permanent_error\"}"
+        ),
+        1
+    );
+    adx.shutdown().await;
+}
+
+fn sink_of(
+    cfg: &kevents::config::AdxConfig,
+) -> (kevents::sink::AdxSink, kevents::telemetry::Metrics) {
+    sink(cfg)
+}
+
+#[tokio::test]
+async fn a_throttled_request_is_retriable_after_its_retry_after() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Streaming));
+    adx.state().throttle_next(1, Duration::from_secs(7));
+    let error = sink.send(&synthetic_batch("th", 0, 5)).await.unwrap_err();
+    assert!(error.is_retriable());
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_requests_total{operation=\"streaming\",outcome=\"throttled\"}"
+        ),
+        1
+    );
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn managed_mode_falls_back_to_queued_on_transient_errors_throttling_and_large_batches() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let mut cfg = config(&adx, AdxMode::Managed);
+    cfg.streaming_max_bytes = 16 * 1024;
+    let (sink, metrics) = sink(&cfg);
+    sink.send(&synthetic_batch("m", 0, 10)).await.unwrap();
+    adx.state().fail_next(1, 503);
+    sink.send(&synthetic_batch("m", 10, 10)).await.unwrap();
+    sink.send(&synthetic_batch("m", 20, 2000)).await.unwrap();
+    adx.state().throttle_next(1, Duration::from_secs(1));
+    sink.send(&synthetic_batch("m", 2020, 10)).await.unwrap();
+    // Throttling pauses streaming for a while: the next batch goes queued without trying.
+    sink.send(&synthetic_batch("m", 2030, 10)).await.unwrap();
+    assert_eq!(
+        adx.wait_for_rows(DB, TABLE, 2040, Duration::from_secs(30))
+            .await,
+        2040
+    );
+    assert_eq!(
+        metric(&metrics, "kevents_adx_batches_total{stage=\"streaming\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, "kevents_adx_batches_total{stage=\"queued\"}"),
+        4
+    );
+    for (reason, n) in [
+        ("transient", 1),
+        ("too_large", 1),
+        ("throttled", 1),
+        ("suspended", 1),
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("kevents_adx_managed_fallbacks_total{{reason=\"{reason}\"}}")
+            ),
+            n,
+            "{reason}"
+        );
+    }
+    // A permanent streaming error is not retried queued: it fails the batch.
+    let mut fresh_cfg = config(&adx, AdxMode::Managed);
+    fresh_cfg.mapping = "NoSuchMapping".to_owned();
+    let (fresh, _) = sink_of(&fresh_cfg);
+    assert!(
+        !fresh
+            .send(&synthetic_batch("m", 9000, 3))
+            .await
+            .unwrap_err()
+            .is_retriable()
+    );
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_failed_ingestions_poller_counts_failures_of_our_own_batches() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    // A failure of someone else's ingestion is already in the shared queue.
+    let foreign = base64_json(
+        &serde_json::json!({"IngestionSourceId": "11111111-1111-4111-8111-111111111111", "FailureStatus": "Permanent"}),
+    );
+    adx.storage()
+        .put_message(&adx.resources().failed_queue, &foreign)
+        .await
+        .unwrap();
+    let mut cfg = config(&adx, AdxMode::Queued);
+    cfg.mapping = "NoSuchMapping".to_owned();
+    cfg.failed_ingestions.enabled = true;
+    cfg.failed_ingestions.interval = Duration::from_millis(100);
+    let (sink, metrics) = sink(&cfg);
+    sink.send(&synthetic_batch("fail", 0, 5)).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            metric(
+                &metrics,
+                "kevents_adx_ingestion_failures_total{reason=\"permanent\"}",
+            ) == 1
+        })
+        .await,
+        "{}",
+        metrics.render()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_ingestion_failures_total{reason=\"permanent\"}"
+        ),
+        1,
+        "each failure counts once"
+    );
+    // Nothing was deleted: both reports are still in the queue.
+    let left = adx
+        .storage()
+        .peek_messages(&adx.resources().failed_queue)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2);
+    adx.shutdown().await;
+}
+
+fn base64_json(value: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(value.to_string())
+}
+
+#[tokio::test]
+async fn client_secret_workload_identity_and_managed_identity_tokens_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "assertion-1\n").unwrap();
+    let adx = emulator(AdxEmulatorConfig {
+        auth: AuthSettings {
+            require_token: true,
+            client_secrets: vec![("app".to_owned(), "the-secret".to_owned())],
+            assertions: vec![
+                ("wi-app".to_owned(), "assertion-1".to_owned()),
+                ("wi-app".to_owned(), "assertion-2".to_owned()),
+            ],
+        },
+        ..AdxEmulatorConfig::default()
+    })
+    .await;
+    let authority = reqwest::Url::parse(&adx.url()).unwrap();
+    let modes = [
+        AdxAuthConfig::ClientSecret {
+            tenant_id: "tenant".to_owned(),
+            client_id: "app".to_owned(),
+            client_secret: Secret::new("the-secret".to_owned()),
+            authority_host: authority.clone(),
+        },
+        AdxAuthConfig::WorkloadIdentity {
+            tenant_id: "tenant".to_owned(),
+            client_id: "wi-app".to_owned(),
+            token_file: token_file.clone(),
+            authority_host: authority.clone(),
+        },
+        AdxAuthConfig::ManagedIdentity {
+            client_id: Some("uami".to_owned()),
+            imds_endpoint: authority.join("metadata/identity/oauth2/token").unwrap(),
+        },
+    ];
+    let mut sent = 0;
+    for auth in modes {
+        let mut cfg = config(&adx, AdxMode::Streaming);
+        cfg.auth = auth.clone();
+        let (sink, _) = sink(&cfg);
+        sink.send(&synthetic_batch(auth.mode(), sent, 5))
+            .await
+            .unwrap();
+        sent += 5;
+        if auth.mode() == "workload_identity" {
+            // The kubelet rotates the file; the next fetch must read the new assertion.
+            std::fs::write(&token_file, "assertion-2").unwrap();
+            adx.state().expire_tokens_now();
+            sink.send(&synthetic_batch("wi-rotated", sent, 5))
+                .await
+                .unwrap_err();
+            sink.send(&synthetic_batch("wi-rotated", sent, 5))
+                .await
+                .unwrap();
+            sent += 5;
+        }
+    }
+    assert_eq!(adx.state().row_count(DB, TABLE), 20);
+    // A wrong secret is a retriable error (the batch is not at fault) naming the endpoint only.
+    let mut cfg = config(&adx, AdxMode::Queued);
+    cfg.auth = AdxAuthConfig::ClientSecret {
+        tenant_id: "tenant".to_owned(),
+        client_id: "app".to_owned(),
+        client_secret: Secret::new("wrong-secret".to_owned()),
+        authority_host: authority,
+    };
+    let (sink, _) = sink(&cfg);
+    let error = sink
+        .send(&synthetic_batch("bad", 100, 1))
+        .await
+        .unwrap_err();
+    assert!(error.is_retriable());
+    assert!(!format!("{error:?}").contains("wrong-secret"));
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_that_expires_is_refreshed_ahead_of_expiry_and_after_a_401() {
+    let adx = emulator(AdxEmulatorConfig {
+        auth: AuthSettings {
+            require_token: true,
+            client_secrets: vec![("app".to_owned(), "s".to_owned())],
+            assertions: Vec::new(),
+        },
+        ..AdxEmulatorConfig::default()
+    })
+    .await;
+    adx.state().set_token_lifetime(Duration::from_secs(2));
+    let mut cfg = config(&adx, AdxMode::Streaming);
+    cfg.auth = AdxAuthConfig::ClientSecret {
+        tenant_id: "t".to_owned(),
+        client_id: "app".to_owned(),
+        client_secret: Secret::new("s".to_owned()),
+        authority_host: reqwest::Url::parse(&adx.url()).unwrap(),
+    };
+    let (sink, metrics) = sink(&cfg);
+    for i in 0..6 {
+        sink.send(&synthetic_batch("exp", i * 5, 5)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(
+        adx.state().stats().unauthorized,
+        0,
+        "refreshed before it expired"
+    );
+    assert!(adx.state().stats().tokens_issued >= 3);
+    // A long-lived token, then revoked early: one 401, then a new token.
+    adx.state().set_token_lifetime(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sink.send(&synthetic_batch("exp", 100, 5)).await.unwrap();
+    adx.state().expire_tokens_now();
+    assert!(
+        sink.send(&synthetic_batch("exp", 105, 5))
+            .await
+            .unwrap_err()
+            .is_retriable()
+    );
+    sink.send(&synthetic_batch("exp", 105, 5)).await.unwrap();
+    assert_eq!(adx.state().stats().unauthorized, 1);
+    assert_eq!(adx.state().row_count(DB, TABLE), 40);
+    assert!(
+        metric(
+            &metrics,
+            "kevents_adx_token_refreshes_total{outcome=\"success\"}"
+        ) >= 4
+    );
+    adx.shutdown().await;
+}

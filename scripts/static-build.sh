@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=x86_64-unknown-linux-musl
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=target/static/kevents
 CARGO=${CARGO:-cargo}
 
@@ -32,9 +33,9 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-
 
 mkdir -p "$(dirname "$OUT")"
 if command -v strip >/dev/null; then
-    strip -o "$OUT.tmp" "target/$TARGET/release/kevents"
+    strip -o "$OUT.tmp" "$TARGET_DIR/$TARGET/release/kevents"
 else
-    cp "target/$TARGET/release/kevents" "$OUT.tmp"
+    cp "$TARGET_DIR/$TARGET/release/kevents" "$OUT.tmp"
 fi
 mv "$OUT.tmp" "$OUT"
 

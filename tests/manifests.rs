@@ -49,7 +49,7 @@ fn container(docs: &[Value]) -> &Value {
     &containers[0]
 }
 
-/// The ConfigMap the Deployment mounts at /etc/kevents, and its `kevents.yaml`.
+/// The `ConfigMap` the Deployment mounts at `/etc/kevents`, and its `kevents.yaml`.
 fn config_text(docs: &[Value]) -> String {
     let volumes = at(deployment(docs), "spec.template.spec.volumes")
         .and_then(Value::as_sequence)
@@ -66,7 +66,7 @@ fn config_text(docs: &[Value]) -> String {
         .to_owned()
 }
 
-/// The environment the config is expanded with: the kevents-env ConfigMap (envFrom).
+/// The environment the config is expanded with: the `kevents-env` `ConfigMap` (`envFrom`).
 fn config_env(docs: &[Value]) -> BTreeMap<String, String> {
     let from = at(container(docs), "envFrom.0.configMapRef.name")
         .and_then(Value::as_str)
@@ -440,14 +440,14 @@ fn the_grace_period_covers_the_shutdown_and_the_store_lives_on_the_shared_volume
     }
 }
 
-/// (apiGroup, resource) → verbs, and the resourceNames of each rule.
-fn rules(
-    role: &Value,
-) -> (
-    BTreeMap<(String, String), BTreeSet<String>>,
-    Vec<(BTreeSet<String>, BTreeSet<String>)>,
-) {
-    let mut verbs: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+/// (apiGroup, resource) → verbs.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+/// (verbs, resourceNames) of each rule.
+type Named = Vec<(BTreeSet<String>, BTreeSet<String>)>;
+
+/// The grants of a role, and the `resourceNames` of each rule.
+fn rules(role: &Value) -> (Grants, Named) {
+    let mut verbs = Grants::new();
     let mut names = Vec::new();
     for rule in at(role, "rules").and_then(Value::as_sequence).unwrap() {
         let rule_verbs = strings(rule.get("verbs"));
@@ -478,7 +478,7 @@ fn rbac_grants_exactly_event_reads_cluster_wide_and_its_own_lease_in_its_namespa
             verbs,
             BTreeMap::from([
                 (
-                    ("".to_owned(), "events".to_owned()),
+                    (String::new(), "events".to_owned()),
                     set(&["get", "list", "watch"])
                 ),
                 (

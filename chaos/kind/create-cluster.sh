@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Creates the kind cluster of the drills (one control plane, three workers, all mounting the host
 # directory $KEVENTS_SHARED_DIR at /kevents-shared), builds the kevents image with Docker and loads
 # it into the cluster. Needs docker, kind and kubectl.
 #   chaos/kind/create-cluster.sh
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need docker kind kubectl
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Deletes the drills' kind cluster and what the pods wrote to the shared directory (files owned by
 # uid 65534, removed from inside a node, which runs as root).
 #   chaos/kind/delete-cluster.sh
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need docker kind
 

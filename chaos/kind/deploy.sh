@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Deploys manifests/overlays/kind (every event of the cluster into a file sink) and waits for three
 # ready replicas and a leader. Rows appear on the host in $KEVENTS_SHARED_DIR/events.ndjson.
 #   chaos/kind/deploy.sh
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need kubectl
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Failover drills on the kind cluster of create-cluster.sh. Each run starts clean (a new store and
 # sink, a new kevents-drill namespace), records the ground truth with a watch of its own, deploys
 # chaos/kind/overlay, generates events at a steady rate, injects the fault while they flow, waits
@@ -13,6 +14,7 @@
 # Scenarios: delete-leader kill-leader drain-leader-node partition-leader rolling-restart
 # Environment: RATE (events/s, 20), UPDATES (updates/s, 5), DURATION (s of generation, 90),
 # WARMUP (s before the fault, 20), GRACEFUL_MAX_MS (5000), HARD_MAX_MS (derived from the lease).
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need kubectl docker jq awk
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Writes core/v1 Events into the namespace kevents-drill at a steady rate: every second RATE new
 # events, and UPDATES of the previous second's events updated (count and lastTimestamp, so a new
 # resourceVersion of the same uid). Stops after DURATION seconds.
 #   chaos/kind/generate.sh RUN_ID [RATE] [DURATION] [UPDATES]
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need kubectl
 

@@ -1,5 +1,5 @@
 //! Helpers shared by the manifest, docs and static-binary tests: rendering kustomizations with
-//! kubectl, running `kevents`, reading PromQL metric names, and the tools the tests need.
+//! `kubectl`, running `kevents`, reading `PromQL` metric names, and the tools the tests need.
 //!
 //! A missing tool fails the test with what to install; nothing is skipped.
 
@@ -203,7 +203,7 @@ pub fn live_metric_names() -> BTreeSet<String> {
         .collect()
 }
 
-/// Keywords of PromQL that look like identifiers but are not metric names.
+/// Keywords of `PromQL` that look like identifiers but are not metric names.
 const KEYWORDS: &[&str] = &[
     "and",
     "or",
@@ -230,7 +230,7 @@ const LABEL_LISTS: &[&str] = &[
     "group_right",
 ];
 
-/// The metric names a PromQL expression selects: identifiers outside label matchers, ranges,
+/// The metric names a `PromQL` expression selects: identifiers outside label matchers, ranges,
 /// strings and label lists that are not functions or keywords.
 pub fn promql_metric_names(expr: &str) -> BTreeSet<String> {
     let chars: Vec<char> = expr.chars().collect();

@@ -598,7 +598,7 @@ fn the_aks_overlay_keeps_the_seeds_nobrl_azure_files_share_and_uses_workload_ide
     assert_eq!(str_at(&config, "sink.type"), Some("adx"));
     assert_eq!(
         str_at(&config, "sink.adx.auth.mode"),
-        Some("workload-identity")
+        Some("workload_identity")
     );
     // The seed's table and mapping, unchanged.
     assert_eq!(str_at(&config, "record.shape"), Some("fluent-bit"));
@@ -636,7 +636,7 @@ fn the_aks_overlay_keeps_the_seeds_nobrl_azure_files_share_and_uses_workload_ide
         assert_eq!(str_at(entry, "valueFrom.secretKeyRef.key"), Some(key));
     }
     let config = rendered_config(&docs);
-    assert_eq!(str_at(&config, "sink.adx.auth.mode"), Some("client-secret"));
+    assert_eq!(str_at(&config, "sink.adx.auth.mode"), Some("client_secret"));
     assert_eq!(
         str_at(&config, "sink.adx.auth.client_secret"),
         Some("${ADX_CLIENT_SECRET}")
@@ -716,23 +716,48 @@ fn every_rendered_config_passes_check_config() {
             .env("ADX_TENANT_ID", "tenant")
             .env("ADX_CLIENT_ID", "client")
             .env("ADX_CLIENT_SECRET", "secret")
+            // What the AKS workload identity webhook injects into a labelled pod.
+            .env("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+            .env("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000002")
+            .env(
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            )
+            .env("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let sink = str_at(&rendered_config(&docs), "sink.type")
             .unwrap()
             .to_owned();
-        if sink == "adx" && stderr.contains("`adx` is not implemented yet") {
-            // Tolerated until the ADX sink ([4/7]) lands; its config keys are documented already.
-            // Remove this branch then: the AKS configs must pass like the others.
-            assert_eq!(out.status.code(), Some(2), "{overlay}: {stderr}");
-            continue;
-        }
         assert!(
             out.status.success(),
             "{overlay}: check-config failed:\n{stderr}"
         );
         let effective: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("\"secret\"")
+                && !String::from_utf8_lossy(&out.stdout).contains(": secret"),
+            "{overlay}: the client secret is printed"
+        );
+        if sink == "adx" {
+            // The Fluent Bit setup's table and mapping, through queued ingestion.
+            assert_eq!(
+                str_at(&effective, "sink.adx.table"),
+                Some("KubeEvents"),
+                "{overlay}"
+            );
+            assert_eq!(
+                str_at(&effective, "sink.adx.mapping"),
+                Some("FluentBitMappingEvents"),
+                "{overlay}"
+            );
+            assert_eq!(
+                str_at(&effective, "sink.adx.mode"),
+                Some("queued"),
+                "{overlay}"
+            );
+        }
         assert_eq!(
             str_at(&effective, "sink.type"),
             Some(sink.as_str()),

@@ -19,11 +19,6 @@ use std::{
 use serde_yaml_ng::Value;
 use support::{KEVENTS, at, duration, repo, str_at};
 
-/// Keys documented ahead of the schema: the ADX sink ([4/7]) is specified but not merged yet.
-/// Remove this once `check-config` prints `sink.adx.*` for an ADX config (and add such a config to
-/// the comparison below).
-const PENDING_PREFIXES: &[&str] = &["sink.adx."];
-
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -48,14 +43,18 @@ fn leaves(value: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
     }
 }
 
-/// The effective config of `examples/kevents.yaml`, which sets every key to its default.
-fn effective_example() -> BTreeMap<String, Value> {
+/// `kevents check-config` of a config text, as dotted leaf keys.
+fn effective(text: &str, env: &[(&str, &str)]) -> BTreeMap<String, Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kevents.yaml");
+    std::fs::write(&path, text).unwrap();
     let out = Command::new(KEVENTS)
         .args(["check-config", "--config"])
-        .arg(repo().join("examples/kevents.yaml"))
+        .arg(&path)
         .env_clear()
         .env("CLUSTER", "docs")
         .env("POD_NAME", "kevents-0")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -67,6 +66,50 @@ fn effective_example() -> BTreeMap<String, Value> {
     let mut keys = BTreeMap::new();
     leaves(&value, "", &mut keys);
     keys
+}
+
+/// The effective config of `examples/kevents.yaml`, which sets every key to its default.
+fn effective_example() -> BTreeMap<String, Value> {
+    effective(&read("examples/kevents.yaml"), &[])
+}
+
+/// The example switched to `sink.type: adx`, once per auth mode (each prints its own `auth`
+/// keys), merged. Only ids and the secret are filled in; everything else keeps its default.
+fn effective_adx_example() -> BTreeMap<String, Value> {
+    let example = read("examples/kevents.yaml");
+    let mut merged = BTreeMap::new();
+    for mode in [
+        "workload_identity",
+        "client_secret",
+        "managed_identity",
+        "none",
+    ] {
+        let text: String = example
+            .lines()
+            .map(|line| match line.trim_start() {
+                l if l.starts_with("type: file") => "  type: adx".to_owned(),
+                l if l.starts_with("mode: workload_identity") => format!("      mode: {mode}"),
+                l if l.starts_with("tenant_id: null") => "      tenant_id: tenant".to_owned(),
+                l if l.starts_with("client_id: null") => "      client_id: client".to_owned(),
+                l if l.starts_with("client_secret: null") => "      client_secret: secret".to_owned(),
+                _ => line.to_owned(),
+            } + "\n")
+            .collect();
+        let keys = effective(
+            &text,
+            &[(
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            )],
+        );
+        assert_eq!(
+            keys.get("sink.adx.auth.mode").and_then(Value::as_str),
+            Some(mode)
+        );
+        merged.extend(keys.into_iter().filter(|(k, _)| k.starts_with("sink.adx.")));
+    }
+    assert!(merged.len() > 20, "{merged:?}");
+    merged
 }
 
 /// `| `key` | default | meaning |` rows of the config reference: key → default cell.
@@ -115,7 +158,9 @@ fn same_default(documented: &str, effective: &Value) -> bool {
 
 #[test]
 fn every_effective_config_key_is_documented_with_its_default() {
-    let effective = effective_example();
+    let example = effective_example();
+    let mut effective = example.clone();
+    effective.extend(effective_adx_example());
     let documented = documented();
     let missing: Vec<&String> = effective
         .keys()
@@ -128,7 +173,6 @@ fn every_effective_config_key_is_documented_with_its_default() {
     let unknown: Vec<&String> = documented
         .keys()
         .filter(|k| !effective.contains_key(*k))
-        .filter(|k| !PENDING_PREFIXES.iter().any(|p| k.starts_with(p)))
         .collect();
     assert!(
         unknown.is_empty(),
@@ -145,7 +189,7 @@ fn every_effective_config_key_is_documented_with_its_default() {
         );
         checked += 1;
     }
-    assert!(checked > 40, "only {checked} defaults compared");
+    assert!(checked > 50, "only {checked} defaults compared");
     // The defaults the example relies on are the real defaults: an empty config gives the same.
     let dir = tempfile::tempdir().unwrap();
     let minimal = dir.path().join("kevents.yaml");
@@ -172,7 +216,7 @@ fn every_effective_config_key_is_documented_with_its_default() {
         "",
         &mut defaults,
     );
-    for (key, value) in &effective {
+    for (key, value) in &example {
         if key.starts_with("cluster.") || key == "leader.identity" {
             continue;
         }

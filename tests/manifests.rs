@@ -842,6 +842,7 @@ fn the_alerts_pass_promtool_check_and_their_unit_tests() {
         "KeventsIngestionFailing",
         "KeventsCaptureGap",
         "KeventsRestarting",
+        "KeventsAdxIngestionFailures",
     ] {
         assert!(names.contains(required), "alert {required}");
     }

@@ -56,9 +56,7 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 use kevents::{
     emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
     lab::{
-        demo::{
-            LEASE_NAMESPACE, ground_truth, lease_holder, wait_for_new_leader, wait_leader_ready,
-        },
+        demo::{LEASE_NAMESPACE, ground_truth, lease_holder, wait_for_new_leader, wait_leader_ready},
         oracle::{self, Report},
         replica::{ReplicaOptions, Replicas},
     },

@@ -99,6 +99,18 @@ pub fn sink_files(path: &Path) -> Vec<PathBuf> {
 /// # Errors
 /// Fails if a file cannot be read.
 pub fn read_delivered(files: &[PathBuf]) -> std::io::Result<(Vec<Key>, usize)> {
+    read_delivered_where(files, |_| true)
+}
+
+/// As [`read_delivered`], for the rows `keep` accepts only — for example the namespaces a test
+/// writes to, on a real API server that writes events of its own.
+///
+/// # Errors
+/// Fails if a file cannot be read.
+pub fn read_delivered_where(
+    files: &[PathBuf],
+    keep: impl Fn(&Value) -> bool,
+) -> std::io::Result<(Vec<Key>, usize)> {
     let mut keys = Vec::new();
     let mut unkeyed = 0;
     for file in files {
@@ -108,10 +120,13 @@ pub fn read_delivered(files: &[PathBuf]) -> std::io::Result<(Vec<Key>, usize)> {
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|row| key_of(&row))
+            let row = serde_json::from_str::<Value>(&line).ok();
+            if let Some(row) = &row
+                && !keep(row.get("log").unwrap_or(row))
             {
+                continue;
+            }
+            match row.as_ref().and_then(key_of) {
                 Some(key) => keys.push(key),
                 None => unkeyed += 1,
             }
@@ -166,5 +181,24 @@ mod tests {
         assert_eq!(key_of(&flat), Some(k("u", "5")));
         assert_eq!(key_of(&fluent), Some(k("u", "5")));
         assert_eq!(key_of(&serde_json::json!({"Uid": "u"})), None);
+    }
+
+    #[test]
+    fn a_scoped_read_skips_rows_the_filter_rejects_but_never_unparsable_ones() {
+        let dir = std::env::temp_dir().join(format!("kevents-oracle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rows.ndjson");
+        std::fs::write(
+            &file,
+            "{\"Namespace\":\"a\",\"Uid\":\"u\",\"ResourceVersion\":\"1\"}\n\
+             {\"Namespace\":\"b\",\"Uid\":\"v\",\"ResourceVersion\":\"2\"}\n\
+             {\"log\":{\"Namespace\":\"a\",\"Uid\":\"w\",\"ResourceVersion\":\"3\"}}\n\
+             not json\n",
+        )
+        .unwrap();
+        let (keys, unkeyed) = read_delivered_where(&[file], |row| row["Namespace"] == "a").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(keys, vec![k("u", "1"), k("w", "3")]);
+        assert_eq!(unkeyed, 1);
     }
 }

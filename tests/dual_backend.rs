@@ -161,6 +161,25 @@ impl Lab {
         }
     }
 
+    /// Waits until the collectors have finished `lists` LISTs in all (their "Listed events" log
+    /// line comes after the list), then for a ready leader. `wait_leader_ready` alone is not
+    /// enough before writing: for a moment after winning the lease a replica shows
+    /// `role: leader` with its follower readiness, before its pipeline marks it not ready; an
+    /// event created and updated in that moment is listed at its latest version only.
+    async fn listed(&self, lists: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.logs().matches("Listed events").count() < lists {
+            assert!(
+                Instant::now() < deadline,
+                "{}: fewer than {lists} completed list(s); logs in {}",
+                self.backend.name(),
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.leader_ready().await
+    }
+
     async fn leader_ready(&self) -> usize {
         wait_leader_ready(&self.backend, &self.replicas, Duration::from_secs(60))
             .await
@@ -383,7 +402,7 @@ dual!(
 
 async fn handover_under_writes(backend: Backend) {
     let mut lab = Lab::start(backend, 3).await;
-    let first = lab.leader_ready().await;
+    let first = lab.listed(1).await;
     let writer = lab.writer(7).await.spawn(Pace {
         events_per_second: 50.0,
         update_ratio: 0.3,
@@ -471,7 +490,7 @@ dual!(
 
 async fn resume_without_relist(backend: Backend) {
     let mut lab = Lab::start(backend, 1).await;
-    lab.leader_ready().await;
+    lab.listed(1).await;
     let writer = lab.writer(11).await.spawn(Pace {
         events_per_second: 100.0,
         update_ratio: 0.4,
@@ -515,7 +534,7 @@ dual!(
 
 async fn relist_after_410(backend: Backend) {
     let mut lab = Lab::start(backend, 1).await;
-    lab.leader_ready().await;
+    lab.listed(1).await;
     let writer = lab.writer(13).await.spawn(Pace {
         events_per_second: 100.0,
         update_ratio: 0.3,
@@ -551,7 +570,8 @@ async fn relist_after_410(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    lab.leader_ready().await;
+    // Resume the writes (updates of events made in the gap included) only after the relist.
+    lab.listed(2).await;
     writer
         .pace(Pace {
             events_per_second: 100.0,
@@ -623,7 +643,7 @@ async fn kubectl_events_are_delivered(backend: Backend) {
         .ensure_namespace(KUBECTL_NAMESPACE)
         .await
         .unwrap();
-    lab.leader_ready().await;
+    lab.listed(1).await;
     let kubeconfig = lab.dir.path().join("kubeconfig");
     let manifest = lab.dir.path().join("event.yaml");
     std::fs::write(
@@ -826,7 +846,7 @@ async fn kevents_runs_end_to_end_with_the_rbac_of_its_manifests_and_can_do_nothi
 
     // End to end with that token.
     let lab = Lab::start_with(backend, dir, 1, sa_kubeconfig, &sa_namespace);
-    lab.leader_ready().await;
+    lab.listed(1).await;
     let writer = lab.writer(17).await.spawn(Pace {
         events_per_second: 50.0,
         update_ratio: 0.3,

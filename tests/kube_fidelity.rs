@@ -228,7 +228,17 @@ async fn expired_positions(backend: Backend) {
         "{status}"
     );
     if backend.is_real() {
-        // The real one offers an inconsistent continuation (kevents ignores it and relists).
+        // The real one offers an inconsistent continuation (kevents ignores it and relists); the
+        // emulator sends neither the token nor the second half of the message.
+        assert_eq!(
+            status["message"],
+            "The provided continue parameter is too old to display a consistent list result. You \
+             can start a new list without the continue parameter, or use the continue token in \
+             this response to retrieve the remainder of the results. Continuing with the provided \
+             token results in an inconsistent list - objects that were created, modified, or \
+             deleted between the time the first chunk was returned and now may show up in the \
+             list."
+        );
         assert!(
             !status["metadata"]["continue"]
                 .as_str()

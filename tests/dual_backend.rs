@@ -3,7 +3,7 @@
 //! in-repo emulator *and* a real kube-apiserver + etcd (built by `make kube-binaries`; the real
 //! variants fail, never skip, when the binaries are missing). The ground truth is what the API
 //! server confirmed to the event writer, the same for both. Also here: RBAC least privilege with
-//! the ServiceAccount token, and the no-leftover-process check of the real control plane.
+//! the `ServiceAccount` token, and the no-leftover-process check of the real control plane.
 
 #![allow(
     clippy::unwrap_used,
@@ -121,7 +121,7 @@ impl Drop for KeepOnPanic {
 
 impl Lab {
     /// `count` replicas with the admin kubeconfig.
-    async fn start(backend: Backend, count: usize) -> Self {
+    fn start(backend: Backend, count: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         backend
@@ -401,7 +401,7 @@ dual!(
 // Handover and exactly-once capture.
 
 async fn handover_under_writes(backend: Backend) {
-    let mut lab = Lab::start(backend, 3).await;
+    let mut lab = Lab::start(backend, 3);
     let first = lab.listed(1).await;
     let writer = lab.writer(7).await.spawn(Pace {
         events_per_second: 50.0,
@@ -489,7 +489,7 @@ dual!(
 // Watch resume and relist.
 
 async fn resume_without_relist(backend: Backend) {
-    let mut lab = Lab::start(backend, 1).await;
+    let mut lab = Lab::start(backend, 1);
     lab.listed(1).await;
     let writer = lab.writer(11).await.spawn(Pace {
         events_per_second: 100.0,
@@ -533,7 +533,7 @@ dual!(
 );
 
 async fn relist_after_410(backend: Backend) {
-    let mut lab = Lab::start(backend, 1).await;
+    let mut lab = Lab::start(backend, 1);
     lab.listed(1).await;
     let writer = lab.writer(13).await.spawn(Pace {
         events_per_second: 100.0,
@@ -638,7 +638,7 @@ fn key_of_json(text: &str) -> Key {
 }
 
 async fn kubectl_events_are_delivered(backend: Backend) {
-    let lab = Lab::start(backend, 1).await;
+    let lab = Lab::start(backend, 1);
     lab.backend
         .ensure_namespace(KUBECTL_NAMESPACE)
         .await
@@ -722,7 +722,7 @@ fn rbac_manifest() -> PathBuf {
     }
 }
 
-/// The (namespace, name) of the one ServiceAccount in `manifest`.
+/// The (namespace, name) of the one `ServiceAccount` in `manifest`.
 fn service_account_in(manifest: &Path) -> (String, String) {
     let text = std::fs::read_to_string(manifest).unwrap();
     let mut found = Vec::new();

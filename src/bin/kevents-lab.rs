@@ -11,6 +11,7 @@ use kevents::{
     config::units::parse_duration,
     emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
     lab::{
+        apiserver::{RealApiServer, RealApiServerOptions},
         demo::{self, DemoOptions},
         drill::{self, DrillOptions},
     },
@@ -53,6 +54,26 @@ enum Command {
         #[arg(long)]
         event_bookmarks: bool,
         /// Write a kubeconfig for this emulator here.
+        #[arg(long)]
+        kubeconfig_out: Option<PathBuf>,
+    },
+    /// Run a real kube-apiserver + etcd (built by `make kube-binaries`) on random loopback ports
+    /// until Ctrl-C, with envtest's flags; prints the admin kubeconfig.
+    KubeApiserver {
+        /// Event TTL (`--event-ttl`).
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        event_ttl: Duration,
+        /// `--etcd-compaction-interval`.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        compaction_interval: Duration,
+        /// Start with `--watch-cache=false` (a compacted watch position then answers 410).
+        #[arg(long)]
+        no_watch_cache: bool,
+        /// Working directory (certs, etcd data, logs; kept afterwards). Default: a temporary
+        /// one, removed on exit.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// Copy the admin kubeconfig here (context namespace `default`).
         #[arg(long)]
         kubeconfig_out: Option<PathBuf>,
     },
@@ -165,6 +186,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             tokio::signal::ctrl_c().await?;
             emulator.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KubeApiserver {
+            event_ttl,
+            compaction_interval,
+            no_watch_cache,
+            workdir,
+            kubeconfig_out,
+        } => {
+            let server = RealApiServer::start(RealApiServerOptions {
+                event_ttl,
+                etcd_compaction_interval: compaction_interval,
+                watch_cache: !no_watch_cache,
+                workdir,
+                ..RealApiServerOptions::default()
+            })
+            .await?;
+            println!("{server}");
+            println!("admin kubeconfig: {}", server.kubeconfig().display());
+            if let Some(path) = kubeconfig_out {
+                server.write_kubeconfig(&path, "default")?;
+                println!("kubeconfig written to {}", path.display());
+            }
+            tokio::signal::ctrl_c().await?;
+            drop(server);
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

@@ -28,7 +28,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-/// Lifetime of the ServiceAccount tokens handed out (the API server's minimum is 10 min).
+/// Lifetime of the `ServiceAccount` tokens handed out (the API server's minimum is 10 min).
 const TOKEN_SECONDS: i64 = 3600;
 
 /// How the control plane starts.
@@ -441,8 +441,8 @@ impl RealApiServer {
         }
     }
 
-    /// A token of the ServiceAccount `namespace/name` (TokenRequest, valid 1 h), creating the
-    /// namespace and the ServiceAccount if needed (no controller-manager runs, so nothing else
+    /// A token of the `ServiceAccount` `namespace/name` (a `TokenRequest`, valid 1 h), creating
+    /// the namespace and the `ServiceAccount` if needed (no controller-manager runs, so nothing else
     /// would).
     ///
     /// # Errors
@@ -487,7 +487,7 @@ impl RealApiServer {
             .with_context(|| format!("the TokenRequest for {namespace}/{name} returned no token"))
     }
 
-    /// Writes a kubeconfig that authenticates as the ServiceAccount `namespace/name` (a bearer
+    /// Writes a kubeconfig that authenticates as the `ServiceAccount` `namespace/name` (a bearer
     /// token), with `namespace` as the context namespace.
     ///
     /// # Errors
@@ -510,7 +510,7 @@ impl RealApiServer {
         std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// A client authenticated as the ServiceAccount `namespace/name` (default namespace
+    /// A client authenticated as the `ServiceAccount` `namespace/name` (default namespace
     /// `namespace`).
     ///
     /// # Errors

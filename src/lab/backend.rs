@@ -257,12 +257,10 @@ impl Backend {
 }
 
 impl LeaseView for Backend {
-    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send {
-        async move {
-            self.lease_holder_of(LEASE_NAMESPACE, LEASE_NAME)
-                .await
-                .ok()
-                .flatten()
-        }
+    async fn lab_lease_holder(&self) -> Option<String> {
+        self.lease_holder_of(LEASE_NAMESPACE, LEASE_NAME)
+            .await
+            .ok()
+            .flatten()
     }
 }

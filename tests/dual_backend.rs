@@ -329,7 +329,7 @@ async fn release_race_lease(api: &Api<Lease>) {
 }
 
 async fn ten_candidates_race_for_a_released_lease(backend: Backend) {
-    let rounds = if backend.is_real() { 50 } else { 200 };
+    let rounds = 200;
     let admin: Api<Lease> = Api::namespaced(backend.client(), "default");
     // One client per candidate, as ten processes would have.
     let clients: Vec<kube::Client> = (0..10).map(|_| backend.client()).collect();

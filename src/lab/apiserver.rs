@@ -81,20 +81,31 @@ impl KubeBinaries {
     /// Fails, naming `make kube-binaries`, when a binary is missing.
     pub fn locate() -> anyhow::Result<Self> {
         let from_env = |var: &str| std::env::var_os(var).map(PathBuf::from);
-        let (apiserver, etcd) = match (
+        match (
             from_env("TEST_ASSET_KUBE_APISERVER"),
             from_env("TEST_ASSET_ETCD"),
         ) {
-            (Some(a), Some(e)) => (a, e),
+            (Some(kube_apiserver), Some(etcd)) => Self::checked(kube_apiserver, etcd),
             (a, e) => {
                 let dir = binaries_dir()?;
-                (
+                Self::checked(
                     a.unwrap_or_else(|| dir.join("kube-apiserver")),
                     e.unwrap_or_else(|| dir.join("etcd")),
                 )
             }
-        };
-        for binary in [&apiserver, &etcd] {
+        }
+    }
+
+    /// `dir/kube-apiserver` and `dir/etcd`.
+    ///
+    /// # Errors
+    /// Fails, naming `make kube-binaries`, when a binary is missing.
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        Self::checked(dir.join("kube-apiserver"), dir.join("etcd"))
+    }
+
+    fn checked(kube_apiserver: PathBuf, etcd: PathBuf) -> anyhow::Result<Self> {
+        for binary in [&kube_apiserver, &etcd] {
             if !is_executable(binary) {
                 bail!(
                     "{} is missing: run `make kube-binaries` (scripts/kube-binaries.sh) to build \
@@ -104,7 +115,7 @@ impl KubeBinaries {
             }
         }
         Ok(Self {
-            kube_apiserver: apiserver,
+            kube_apiserver,
             etcd,
         })
     }
@@ -887,6 +898,16 @@ impl std::fmt::Display for RealApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_binaries_fail_with_a_message_naming_make_kube_binaries() {
+        let dir = std::env::temp_dir().join(format!("kevents-no-binaries-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = KubeBinaries::in_dir(&dir).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(error.contains("kube-apiserver is missing"), "{error}");
+        assert!(error.contains("make kube-binaries"), "{error}");
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet_with_padding() {

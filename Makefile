@@ -6,6 +6,10 @@ CARGO ?= cargo
 TEST_THREADS ?= 2
 # Drills: fault repetitions per scenario (the README figures use 20).
 DRILL_RUNS ?= 20
+# Tag for `make image` (needs a Docker engine; this project's CI has none).
+IMAGE ?= kevents:dev
+# Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static).
+APT_PACKAGES := prometheus shellcheck musl-tools
 
 .PHONY: help
 help: ## List the targets
@@ -20,7 +24,18 @@ release: ## Build kevents and kevents-lab (release)
 	$(CARGO) build --locked --release --bins
 
 .PHONY: tools
-tools: ## Check the tools the tests need (kubectl, go, openssl)
+tools: ## Install or check the tools the tests need (apt packages, musl target, kubectl, go, openssl)
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	command -v musl-gcc >/dev/null || missing="$$missing musl-tools"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+			|| { echo "cannot install$$missing with apt-get (packages: $(APT_PACKAGES))" >&2; exit 1; }; \
+	fi
+	@rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 	@command -v kubectl >/dev/null || { echo "kubectl is required by the tests (tests/kubectl.rs) but is not on PATH" >&2; exit 1; }
 	@command -v go >/dev/null || { echo "go is required to build kube-apiserver and etcd (make kube-binaries)" >&2; exit 1; }
 	@command -v openssl >/dev/null || { echo "openssl is required to make the test API server's certificates" >&2; exit 1; }
@@ -33,6 +48,18 @@ kube-binaries: ## Build the real kube-apiserver and etcd from Go modules (cached
 azurite: ## Install the pinned Azurite (npm) into .tools/azurite for the ADX tests
 	scripts/azurite.sh
 
+.PHONY: static
+static: tools ## Statically linked kevents (musl) into target/static/kevents: what the image ships
+	scripts/static-build.sh
+
+.PHONY: image
+image: ## Container image $(IMAGE) from the Dockerfile (needs a Docker engine)
+	docker build -t $(IMAGE) .
+
+.PHONY: manifests-check
+manifests-check: ## Render every overlay with kubectl kustomize and run the alert rule tests
+	$(CARGO) test --locked --test manifests --test scripts -- --test-threads=$(TEST_THREADS)
+
 .PHONY: fmt
 fmt: ## Format the code
 	$(CARGO) fmt
@@ -43,7 +70,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 .PHONY: test
-test: tools lint kube-binaries azurite ## Everything: lint, unit, emulator, real-apiserver and process tests
+test: tools lint kube-binaries azurite static ## Everything: lint, unit, emulator, real-apiserver and process tests
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 
 .PHONY: demo

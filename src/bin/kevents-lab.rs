@@ -15,9 +15,11 @@ use kevents::{
     },
     lab::{
         adx::{self as lab_adx, BenchOptions},
+        apiserver::{RealApiServer, RealApiServerOptions},
         bench::{self, BenchOptions as CaptureBenchOptions},
         demo::{self, DemoOptions},
         drill::{self, DrillOptions},
+        oracle,
     },
 };
 
@@ -82,6 +84,26 @@ enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
+    /// Run a real kube-apiserver + etcd (built by `make kube-binaries`) on random loopback ports
+    /// until Ctrl-C, with envtest's flags; prints the admin kubeconfig.
+    KubeApiserver {
+        /// Event TTL (`--event-ttl`).
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        event_ttl: Duration,
+        /// `--etcd-compaction-interval`.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        compaction_interval: Duration,
+        /// Start with `--watch-cache=false` (a compacted watch position then answers 410).
+        #[arg(long)]
+        no_watch_cache: bool,
+        /// Working directory (certs, etcd data, logs; kept afterwards). Default: a temporary
+        /// one, removed on exit.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// Copy the admin kubeconfig here (context namespace `default`).
+        #[arg(long)]
+        kubeconfig_out: Option<PathBuf>,
+    },
     /// The demo: emulator, generator, three replicas, two failovers, and the delivery check.
     Demo {
         /// Generation time.
@@ -102,6 +124,16 @@ enum Command {
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/demo")]
         workdir: PathBuf,
+    },
+    /// Compare delivered rows with ground truth; exits non-zero on any missing, duplicated or
+    /// unexpected version (used by chaos/kind/drill.sh).
+    Oracle {
+        /// NDJSON ground truth: `{"uid": …, "resourceVersion": …}` per stored event version.
+        #[arg(long)]
+        truth: PathBuf,
+        /// The file sink's path (its rotated files `<path>.N` are read too).
+        #[arg(long)]
+        delivered: PathBuf,
     },
     /// Failover drills against real kevents processes; prints PASS/FAIL with figures.
     Drill {
@@ -316,6 +348,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
             )
         }
+        Command::KubeApiserver {
+            event_ttl,
+            compaction_interval,
+            no_watch_cache,
+            workdir,
+            kubeconfig_out,
+        } => {
+            let server = RealApiServer::start(RealApiServerOptions {
+                event_ttl,
+                etcd_compaction_interval: compaction_interval,
+                watch_cache: !no_watch_cache,
+                workdir,
+                ..RealApiServerOptions::default()
+            })
+            .await?;
+            println!("{server}");
+            println!("admin kubeconfig: {}", server.kubeconfig().display());
+            if let Some(path) = kubeconfig_out {
+                server.write_kubeconfig(&path, "default")?;
+                println!("kubeconfig written to {}", path.display());
+            }
+            tokio::signal::ctrl_c().await?;
+            drop(server);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             duration,
             replicas,
@@ -359,6 +416,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             .await?;
             report.print();
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Oracle { truth, delivered } => {
+            let stored = oracle::read_truth(&truth)?;
+            let files = oracle::sink_files(&delivered);
+            anyhow::ensure!(
+                !files.is_empty(),
+                "no sink files at {}",
+                delivered.display()
+            );
+            let (keys, unkeyed) = oracle::read_delivered(&files)
+                .with_context(|| format!("reading {}", delivered.display()))?;
+            let report = oracle::compare(&stored, &keys, unkeyed);
+            println!(
+                "stored {} delivered {} missing {} duplicated {} unexpected {} unkeyed {}",
+                report.stored,
+                report.delivered,
+                report.missing,
+                report.duplicated,
+                report.unexpected,
+                report.unkeyed
+            );
+            for (uid, rv) in &report.missing_sample {
+                println!("missing uid={uid} resourceVersion={rv}");
+            }
+            Ok(if report.is_exact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Drill {
             scenarios,

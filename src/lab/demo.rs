@@ -69,16 +69,29 @@ pub fn lease_holder(emulator: &KubeEmulator) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Something that can tell who holds the lab Lease: the emulator (from its state) or a
+/// [`crate::lab::backend::Backend`] (through the API).
+pub trait LeaseView {
+    /// The holder of `LEASE_NAMESPACE/LEASE_NAME`, if any.
+    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send;
+}
+
+impl LeaseView for KubeEmulator {
+    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send {
+        std::future::ready(lease_holder(self))
+    }
+}
+
 /// Waits until a running replica other than `previous` holds the lease; returns its slot.
 pub async fn wait_for_new_leader(
-    emulator: &KubeEmulator,
+    emulator: &(impl LeaseView + Sync),
     replicas: &Replicas,
     previous: Option<&str>,
     timeout: Duration,
 ) -> Option<usize> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(holder) = lease_holder(emulator)
+        if let Some(holder) = emulator.lab_lease_holder().await
             && Some(holder.as_str()) != previous
             && let Some(slot) = replicas.slot_of(&holder)
         {
@@ -94,13 +107,13 @@ pub async fn wait_for_new_leader(
 /// Waits until the lease holder reports itself leader and ready (its first list or resume is
 /// done); returns its slot.
 pub async fn wait_leader_ready(
-    emulator: &KubeEmulator,
+    emulator: &(impl LeaseView + Sync),
     replicas: &Replicas,
     timeout: Duration,
 ) -> Option<usize> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Some(holder) = lease_holder(emulator)
+        if let Some(holder) = emulator.lab_lease_holder().await
             && let Some(slot) = replicas.slot_of(&holder)
             && let Some(status) =
                 crate::lab::drill::admin_get(replicas.replicas[slot].admin, "/status").await

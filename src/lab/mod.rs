@@ -1,14 +1,18 @@
-//! The lab: orchestration of real `kevents` processes against the emulators, for the demo, the
-//! drills and the benchmarks, plus the oracle that checks delivery against the API server's ground
-//! truth.
+//! The lab: orchestration of real `kevents` processes against the emulators or a real
+//! kube-apiserver, for the demo, the drills, the benchmarks and the dual-backend tests, plus the
+//! event writer that records ground truth through the API and the oracle that checks delivery
+//! against it.
 //!
 //! Owns process management (spawn, signal, restart), the per-replica config it writes, and the
 //! comparison of delivered rows with stored event versions. It is never used by the `kevents`
 //! binary itself.
 
 pub mod adx;
+pub mod apiserver;
+pub mod backend;
 pub mod bench;
 pub mod demo;
 pub mod drill;
 pub mod oracle;
 pub mod replica;
+pub mod writer;

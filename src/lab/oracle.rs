@@ -99,6 +99,18 @@ pub fn sink_files(path: &Path) -> Vec<PathBuf> {
 /// # Errors
 /// Fails if a file cannot be read.
 pub fn read_delivered(files: &[PathBuf]) -> std::io::Result<(Vec<Key>, usize)> {
+    read_delivered_where(files, |_| true)
+}
+
+/// As [`read_delivered`], for the rows `keep` accepts only — for example the namespaces a test
+/// writes to, on a real API server that writes events of its own.
+///
+/// # Errors
+/// Fails if a file cannot be read.
+pub fn read_delivered_where(
+    files: &[PathBuf],
+    keep: impl Fn(&Value) -> bool,
+) -> std::io::Result<(Vec<Key>, usize)> {
     let mut keys = Vec::new();
     let mut unkeyed = 0;
     for file in files {
@@ -108,16 +120,49 @@ pub fn read_delivered(files: &[PathBuf]) -> std::io::Result<(Vec<Key>, usize)> {
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|row| key_of(&row))
+            let row = serde_json::from_str::<Value>(&line).ok();
+            if let Some(row) = &row
+                && !keep(row.get("log").unwrap_or(row))
             {
+                continue;
+            }
+            match row.as_ref().and_then(key_of) {
                 Some(key) => keys.push(key),
                 None => unkeyed += 1,
             }
         }
     }
     Ok((keys, unkeyed))
+}
+
+/// Reads ground truth: NDJSON lines with `uid` and `resourceVersion` (other fields ignored), as
+/// `chaos/kind/drill.sh` writes them from a `kubectl get events --watch` of the drill namespace.
+///
+/// # Errors
+/// Fails if the file cannot be read, or names the line that is not such an object.
+pub fn read_truth(path: &Path) -> anyhow::Result<Vec<Key>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{} line {}: not JSON: {e}", path.display(), index + 1))?;
+        let field = |name: &str| row.get(name).and_then(Value::as_str).map(str::to_owned);
+        match (field("uid"), field("resourceVersion")) {
+            (Some(uid), Some(rv)) => keys.push((uid, rv)),
+            _ => anyhow::bail!(
+                "{} line {}: needs string fields uid and resourceVersion",
+                path.display(),
+                index + 1
+            ),
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// The `(Uid, ResourceVersion)` of a delivered row.
@@ -135,6 +180,29 @@ mod tests {
 
     fn k(uid: &str, rv: &str) -> Key {
         (uid.to_owned(), rv.to_owned())
+    }
+
+    #[test]
+    fn truth_files_are_read_deduplicated_and_a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("truth.ndjson");
+        std::fs::write(
+            &path,
+            "{\"uid\":\"a\",\"resourceVersion\":\"1\",\"name\":\"x\"}\n\n\
+             {\"uid\":\"a\",\"resourceVersion\":\"1\"}\n{\"uid\":\"b\",\"resourceVersion\":\"2\"}\n",
+        )
+        .unwrap();
+        assert_eq!(read_truth(&path).unwrap(), vec![k("a", "1"), k("b", "2")]);
+        std::fs::write(
+            &path,
+            "{\"uid\":\"a\",\"resourceVersion\":\"1\"}\n{\"uid\":\"b\"}\n",
+        )
+        .unwrap();
+        let error = read_truth(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("line 2") && error.contains("resourceVersion"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -166,5 +234,24 @@ mod tests {
         assert_eq!(key_of(&flat), Some(k("u", "5")));
         assert_eq!(key_of(&fluent), Some(k("u", "5")));
         assert_eq!(key_of(&serde_json::json!({"Uid": "u"})), None);
+    }
+
+    #[test]
+    fn a_scoped_read_skips_rows_the_filter_rejects_but_never_unparsable_ones() {
+        let dir = std::env::temp_dir().join(format!("kevents-oracle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rows.ndjson");
+        std::fs::write(
+            &file,
+            "{\"Namespace\":\"a\",\"Uid\":\"u\",\"ResourceVersion\":\"1\"}\n\
+             {\"Namespace\":\"b\",\"Uid\":\"v\",\"ResourceVersion\":\"2\"}\n\
+             {\"log\":{\"Namespace\":\"a\",\"Uid\":\"w\",\"ResourceVersion\":\"3\"}}\n\
+             not json\n",
+        )
+        .unwrap();
+        let (keys, unkeyed) = read_delivered_where(&[file], |row| row["Namespace"] == "a").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(keys, vec![k("u", "1"), k("w", "3")]);
+        assert_eq!(unkeyed, 1);
     }
 }

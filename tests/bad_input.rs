@@ -42,16 +42,30 @@ async fn bad_watch_lines_and_odd_events_are_counted_logged_once_and_lose_nothing
     tokio::time::sleep(Duration::from_secs(1)).await;
     state.set_generator(None);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rv = state.resource_version().to_string();
+    // Real watches never repeat a resourceVersion another object had: take three fresh ones
+    // from Lease writes (not on the events watch) for the injected events.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(lab.emulator.client(), "default");
+    let mut fresh = Vec::new();
+    for name in ["rv-a", "rv-b", "rv-c"] {
+        let lease =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let created = leases
+            .create(&kube::api::PostParams::default(), &lease)
+            .await
+            .unwrap();
+        fresh.push(created.metadata.resource_version.unwrap());
+    }
+    let [rv, rv_bare, rv_huge] = [&fresh[0], &fresh[1], &fresh[2]];
     let huge = "x".repeat(1 << 20);
     state.faults().inject_watch_lines(vec![
         "this is not json".to_owned(),
         r#"{"type":"FOO","object":{}}"#.to_owned(),
         r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"boom","reason":"InternalError","code":500}"#.to_owned(),
         format!(r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"no-uid","namespace":"default","resourceVersion":"{rv}"}}}}}}"#),
-        format!(r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"bare","namespace":"default","uid":"bare-uid","resourceVersion":"{rv}"}}}}}}"#),
+        format!(r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"bare","namespace":"default","uid":"bare-uid","resourceVersion":"{rv_bare}"}}}}}}"#),
         format!(
-            r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"huge","namespace":"default","uid":"huge-uid","resourceVersion":"{rv}"}},"involvedObject":{{"kind":"Pod","name":"p","namespace":"default"}},"reason":"Big","message":"{huge}","type":"Normal"}}}}"#
+            r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"huge","namespace":"default","uid":"huge-uid","resourceVersion":"{rv_huge}"}},"involvedObject":{{"kind":"Pod","name":"p","namespace":"default"}},"reason":"Big","message":"{huge}","type":"Normal"}}}}"#
         ),
     ]);
     // Life goes on after the bad lines.

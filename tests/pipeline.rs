@@ -289,3 +289,56 @@ async fn a_batch_whose_send_was_cut_short_is_resent_first_with_the_same_id() {
     assert!(ids.values().all(|n| *n == 1), "{ids:?}");
     emulator.shutdown().await;
 }
+
+/// The stored term, for editing the store of a stopped collector.
+struct EditGuard(i64);
+
+impl kevents::store::Guard for EditGuard {
+    fn is_current(&self) -> bool {
+        true
+    }
+    fn epoch(&self) -> i64 {
+        self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_behind_the_checkpoint_is_relisted_and_nothing_is_dropped() {
+    use kevents::store::{EventStore as _, OpenOptions, SledStore};
+    let mut lab = TestLab::start(KubeEmulatorConfig::default(), 1, "").await;
+    lab.leader_ready().await;
+    lab.replicas.signal(0, Signal::SIGTERM).unwrap();
+    assert!(lab.replicas.wait_exit(0, Duration::from_secs(15)).is_some());
+    // The API server's data went backwards (restored from a backup): the stored checkpoint is
+    // far ahead of anything it will serve.
+    {
+        let store = SledStore::open(&OpenOptions {
+            path: common::workdir_of(&lab).join("store"),
+            cache_capacity: 1 << 20,
+            lock_timeout: Duration::from_secs(10),
+        })
+        .unwrap()
+        .store;
+        let term = EditGuard(store.meta().unwrap().epoch);
+        store.capture(&[], Some("900000000"), 0, &term).unwrap();
+    }
+    // Events created while nobody collects (no updates, so the relist shows every version),
+    // then more while the restarted collector watches.
+    lab.emulator.state().set_generator(generator(100.0, 0.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.emulator.state().set_generator(None);
+    let while_down = lab.report().stored;
+    assert!(while_down > 50, "{while_down}");
+    lab.replicas.restart(0).unwrap();
+    lab.leader_ready().await;
+    lab.emulator.state().set_generator(generator(100.0, 0.3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab.emulator.state().set_generator(None);
+    let report = lab.settle(Duration::from_secs(30)).await;
+    let logs = lab.logs();
+    assert!(report.is_exact(), "{report:?}\n{logs}");
+    assert!(report.stored > while_down + 100, "{report:?}");
+    assert!(logs.contains("behind the checkpoint"), "{logs}");
+    assert!(logs.contains("went backwards"), "{logs}");
+    lab.stop().await;
+}

@@ -488,8 +488,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The `kevents` next to this binary, or `$KEVENTS_BIN` (for example the static build the image
+/// ships, `target/static/kevents`).
 fn kevents_binary() -> anyhow::Result<PathBuf> {
-    let kevents = std::env::current_exe()?.with_file_name("kevents");
+    let kevents = match std::env::var_os("KEVENTS_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("kevents"),
+    };
     anyhow::ensure!(
         kevents.exists(),
         "{} not found: build it first (cargo build --bins)",

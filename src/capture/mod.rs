@@ -109,10 +109,17 @@ impl Capture {
             // up to one transaction's worth: one flush for all of it (group commit).
             let mut pending = Pending::default();
             for item in buffer.drain(..) {
-                self.prepare(&mut pending, item);
+                if let SourceItem::Rewound = item {
+                    self.rewound(std::mem::take(&mut pending)).await?;
+                } else {
+                    self.prepare(&mut pending, item);
+                }
             }
             while pending.items.len() < self.max_commit_events {
                 match rx.try_recv() {
+                    Ok(SourceItem::Rewound) => {
+                        self.rewound(std::mem::take(&mut pending)).await?;
+                    }
                     Ok(item) => self.prepare(&mut pending, item),
                     Err(_) => break,
                 }
@@ -150,7 +157,17 @@ impl Capture {
                 }
             }
             SourceItem::Checkpoint(rv) => pending.checkpoint = Some(rv),
+            SourceItem::Rewound => {}
         }
+    }
+
+    /// Commits what came before the marker, then forgets the checkpoint: the relist that follows
+    /// is deduped by the uids seen, not by resourceVersions that went backwards.
+    async fn rewound(&self, before: Pending) -> Result<(), Error> {
+        self.commit(before).await?;
+        let guard = Arc::clone(&self.guard);
+        self.blocking(move |store| store.forget_checkpoint(guard.as_ref()))
+            .await
     }
 
     async fn commit(&self, pending: Pending) -> Result<(), Error> {

@@ -48,6 +48,14 @@ pub enum SourceItem {
     },
     /// Only moves the checkpoint (DELETED, BOOKMARK, filtered events, the end of a list).
     Checkpoint(String),
+    /// A relist found resourceVersions lower than the stored checkpoint (the API server's data
+    /// was restored, or this is another cluster): forget the checkpoint before the list's items.
+    Rewound,
+}
+
+/// True when a list's resourceVersion is numerically below the one held before it.
+fn rewound(listed: &str, held: &str) -> bool {
+    matches!((listed.parse::<u64>(), held.parse::<u64>()), (Ok(listed), Ok(held)) if listed < held)
 }
 
 /// Where the source starts.
@@ -145,6 +153,8 @@ impl Source {
             Start::Fresh => None,
         };
         let mut fresh = position.is_none();
+        // The last position held, to notice a relist whose resourceVersions went backwards.
+        let mut last_held = position.clone();
         let mut backoff = Self::backoff();
         loop {
             if stop.is_cancelled() {
@@ -158,10 +168,11 @@ impl Source {
                 };
                 let listed = tokio::select! {
                     () = stop.cancelled() => return Ok(()),
-                    listed = self.list(mode) => listed,
+                    listed = self.list(mode, last_held.as_deref()) => listed,
                 };
                 match listed {
                     Ok(Some(rv)) => {
+                        last_held = Some(rv.clone());
                         position = Some(rv);
                         fresh = false;
                         self.board.set_ready(crate::pipeline::READY_CONDITION);
@@ -186,6 +197,7 @@ impl Source {
                 () = stop.cancelled() => return Ok(()),
                 end = self.watch(&from, &mut position) => end,
             };
+            last_held.clone_from(&position);
             if delivered > 0 || started.elapsed() >= HEALTHY_PERIOD {
                 backoff = Self::backoff();
             }
@@ -219,6 +231,13 @@ impl Source {
                         position = None;
                         continue;
                     }
+                    if is_too_large(&error) {
+                        // The server is behind our checkpoint: a lagging replica, or data that
+                        // went backwards. A consistent relist tells which.
+                        tracing::warn!(resource_version = %from, "The API server is behind the checkpoint; relisting");
+                        position = None;
+                        continue;
+                    }
                     let wait = backoff.next().unwrap_or(Duration::from_secs(30));
                     tracing::warn!(error = %error_chain(&error), retry_in = ?wait, "Watch failed; retrying");
                     tokio::select! {
@@ -239,7 +258,11 @@ impl Source {
 
     /// A paged LIST: sends every kept item, then the list's resourceVersion as checkpoint.
     /// Returns that resourceVersion, or `None` when capture stopped receiving.
-    async fn list(&self, mode: InitialList) -> Result<Option<String>, kube::Error> {
+    async fn list(
+        &self,
+        mode: InitialList,
+        previous: Option<&str>,
+    ) -> Result<Option<String>, kube::Error> {
         self.metrics.relists.inc();
         let request = Request::new(self.collection_path());
         let mut continue_token: Option<String> = None;
@@ -281,6 +304,19 @@ impl Source {
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
+                if let Some((listed, held)) = list_rv.as_deref().zip(previous)
+                    && rewound(listed, held)
+                {
+                    tracing::error!(
+                        resource_version = listed,
+                        checkpoint = held,
+                        "The API server's resourceVersion went backwards (restored data or another cluster?); forgetting the checkpoint and deduping this relist by uid"
+                    );
+                    self.metrics.rv_rewinds.inc();
+                    if self.tx.send(SourceItem::Rewound).await.is_err() {
+                        return Ok(None);
+                    }
+                }
             }
             if let Some(items) = page.get("items").and_then(Value::as_array) {
                 for item in items {
@@ -458,4 +494,10 @@ fn resource_version(object: &Value) -> Option<String> {
 
 fn is_gone(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 410)
+}
+
+/// The watch position is ahead of the API server ("Too large resource version", 504).
+fn is_too_large(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 504 && status.message.contains("Too large resource version"))
 }

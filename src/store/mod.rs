@@ -195,6 +195,9 @@ pub trait EventStore: Send + Sync {
         now_ms: i64,
         guard: &dyn Guard,
     ) -> Result<CaptureOutcome>;
+    /// Forgets the checkpoint (resourceVersions went backwards): the next relist is deduped by
+    /// the dedupe entries only, and a new leader starting meanwhile relists.
+    fn forget_checkpoint(&self, guard: &dyn Guard) -> Result<()>;
     /// Up to `max_events` records (and about `max_bytes`) from `from_seq` on, in order.
     fn outbox_from(
         &self,

@@ -7,6 +7,7 @@
 //! commit: one flush per transaction), and never delete a store it cannot read (quarantine).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant},
@@ -231,6 +232,67 @@ impl SledStore {
         })
     }
 
+    /// Forgets dedupe entries the checkpoint has since moved past (a finished relist leaves
+    /// one per listed event): the checkpoint rule dedupes those versions now.
+    fn prune_covered(&self, guard: &dyn Guard) -> Result<u64> {
+        const CHUNK: usize = 1000;
+        let Some(checkpoint) = self
+            .meta
+            .get(K_CHECKPOINT)
+            .map_err(Error::Engine)?
+            .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(numeric_rv))
+        else {
+            return Ok(0);
+        };
+        let mut pruned = 0u64;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut covered: Vec<(IVec, IVec)> = Vec::new();
+            let mut scanned = 0usize;
+            for entry in self.seen.range(from.as_slice()..) {
+                let (uid, value) = entry.map_err(Error::Engine)?;
+                scanned += 1;
+                from = uid.to_vec();
+                from.push(0);
+                if decode_seen(&value)
+                    .and_then(|(_, rv)| numeric_rv(rv))
+                    .is_some_and(|rv| rv <= checkpoint)
+                {
+                    covered.push((uid, value));
+                }
+                if scanned >= CHUNK {
+                    break;
+                }
+            }
+            if !covered.is_empty() {
+                let _lock = self.lock();
+                if !guard.is_current() {
+                    return Err(Error::Fenced);
+                }
+                tx_result((&self.meta, &self.seen, &self.seen_time).transaction(
+                    |(meta, seen, seen_time)| {
+                        check_epoch(meta, guard)?;
+                        for (uid, value) in &covered {
+                            // Unchanged since the scan: a newer version keeps its entry.
+                            if seen.get(uid)?.is_some_and(|current| current == *value)
+                                && let Some((time_ms, _)) = decode_seen(value)
+                            {
+                                seen.remove(uid)?;
+                                let uid = String::from_utf8_lossy(uid);
+                                seen_time.remove(seen_time_key(time_ms, &uid))?;
+                            }
+                        }
+                        Ok(())
+                    },
+                ))?;
+                pruned += covered.len() as u64;
+            }
+            if scanned < CHUNK {
+                return Ok(pruned);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock
             .lock()
@@ -326,13 +388,37 @@ impl EventStore for SledStore {
         if !guard.is_current() {
             return Err(Error::Fenced);
         }
+        // The checkpoint this transaction writes covers every item at or below it, so those need
+        // no dedupe entry: a replay of them is dropped by the checkpoint rule below.
+        let covering = checkpoint.and_then(numeric_rv);
         let outcome = tx_result(
             (&self.meta, &self.seen, &self.seen_time, &self.outbox).transaction(
                 |(meta, seen, seen_time, outbox)| {
                     check_epoch(meta, guard)?;
+                    let stored = meta
+                        .get(K_CHECKPOINT)?
+                        .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(numeric_rv));
                     let mut outcome = CaptureOutcome::default();
                     let mut next_seq = tx_u64(meta, K_NEXT_SEQ)?;
+                    // Versions taken earlier in this transaction without a dedupe entry.
+                    let mut taken: HashMap<&str, &str> = HashMap::new();
                     for item in items {
+                        let rv = numeric_rv(&item.resource_version);
+                        // Everything at or below the stored checkpoint was captured (or skipped
+                        // on purpose) before the checkpoint moved past it.
+                        if let (Some(stored), Some(rv)) = (stored, rv)
+                            && rv <= stored
+                        {
+                            outcome.duplicates += 1;
+                            continue;
+                        }
+                        if taken
+                            .get(item.uid.as_str())
+                            .is_some_and(|prev| is_same_or_older(&item.resource_version, prev))
+                        {
+                            outcome.duplicates += 1;
+                            continue;
+                        }
                         let previous = seen.get(item.uid.as_bytes())?;
                         if let Some(previous) = &previous
                             && let Some((prev_ms, prev_rv)) = decode_seen(previous)
@@ -345,11 +431,21 @@ impl EventStore for SledStore {
                         }
                         outbox.insert(&next_seq.to_be_bytes(), item.record.as_slice())?;
                         next_seq += 1;
-                        seen.insert(
-                            item.uid.as_bytes(),
-                            encode_seen(now_ms, &item.resource_version),
-                        )?;
-                        seen_time.insert(seen_time_key(now_ms, &item.uid), &[])?;
+                        if covering
+                            .zip(rv)
+                            .is_some_and(|(covering, rv)| rv <= covering)
+                        {
+                            if previous.is_some() {
+                                seen.remove(item.uid.as_bytes())?;
+                            }
+                        } else {
+                            seen.insert(
+                                item.uid.as_bytes(),
+                                encode_seen(now_ms, &item.resource_version),
+                            )?;
+                            seen_time.insert(seen_time_key(now_ms, &item.uid), &[])?;
+                        }
+                        taken.insert(&item.uid, &item.resource_version);
                         outcome.captured += 1;
                         outcome.bytes += item.record.len() as u64;
                     }
@@ -370,6 +466,20 @@ impl EventStore for SledStore {
         )?;
         self.flush_now()?;
         Ok(outcome)
+    }
+
+    fn forget_checkpoint(&self, guard: &dyn Guard) -> Result<()> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        tx_result(self.meta.transaction(|meta| {
+            check_epoch(meta, guard)?;
+            meta.remove(K_CHECKPOINT)?;
+            meta.remove(K_CHECKPOINT_TIME)?;
+            Ok(())
+        }))?;
+        self.flush_now()
     }
 
     fn outbox_from(
@@ -553,6 +663,7 @@ impl EventStore for SledStore {
                 break;
             }
         }
+        pruned += self.prune_covered(guard)?;
         if pruned > 0 {
             self.flush_now()?;
         }
@@ -582,6 +693,11 @@ fn remove_range(
         }
     }
     Ok((removed, bytes))
+}
+
+/// A resourceVersion as a number: etcd revisions are, and they only grow.
+fn numeric_rv(rv: &str) -> Option<u64> {
+    rv.parse().ok()
 }
 
 /// True when `new` is the version already seen, or (both being numbers, as etcd revisions are)

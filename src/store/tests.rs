@@ -89,6 +89,103 @@ fn a_version_is_captured_once_and_a_repeated_occurrence_is_a_new_record() {
 }
 
 #[test]
+fn versions_the_checkpoint_covers_need_no_dedupe_entry_and_are_still_deduped() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    // Watch events: the checkpoint written with them covers them. A version repeated inside
+    // the transaction is still one record.
+    let watched = store
+        .capture(
+            &[item("a", "10"), item("b", "11"), item("b", "11")],
+            Some("11"),
+            1_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((watched.captured, watched.duplicates), (2, 1));
+    assert_eq!(store.seen_len(), 0, "covered versions keep no entry");
+    // A relist page (no checkpoint yet): one entry each, so a restarted relist dedupes them.
+    let page = store
+        .capture(&[item("c", "12"), item("a", "13")], None, 2_000, &guard)
+        .unwrap();
+    assert_eq!((page.captured, page.duplicates), (2, 0));
+    assert_eq!(store.seen_len(), 2);
+    let again = store
+        .capture(
+            &[
+                item("a", "10"),
+                item("b", "11"),
+                item("c", "12"),
+                item("a", "13"),
+            ],
+            None,
+            3_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((again.captured, again.duplicates), (0, 4));
+    // The list ends: its resourceVersion covers the page, and maintenance drops the entries.
+    store.capture(&[], Some("14"), 4_000, &guard).unwrap();
+    assert_eq!(store.prune_seen(0, &guard).unwrap(), 2);
+    assert_eq!(store.seen_len(), 0);
+    let replay = store
+        .capture(&[item("c", "12"), item("a", "13")], None, 5_000, &guard)
+        .unwrap();
+    assert_eq!((replay.captured, replay.duplicates), (0, 2));
+    assert_eq!(store.meta().unwrap().outbox_events, 4);
+}
+
+#[test]
+fn a_dedupe_entry_above_the_checkpoint_survives_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    store
+        .capture(&[item("a", "5"), item("b", "9")], None, 1_000, &guard)
+        .unwrap();
+    store.capture(&[], Some("6"), 1_000, &guard).unwrap();
+    assert_eq!(store.prune_seen(0, &guard).unwrap(), 1, "a@5 is covered");
+    assert_eq!(store.seen_len(), 1, "b@9 is above the checkpoint");
+    let replay = store
+        .capture(&[item("b", "9")], None, 2_000, &guard)
+        .unwrap();
+    assert_eq!((replay.captured, replay.duplicates), (0, 1));
+}
+
+#[test]
+fn forgetting_the_checkpoint_captures_lower_versions_of_a_restored_api_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    store
+        .capture(&[item("a", "900")], Some("900"), 1_000, &guard)
+        .unwrap();
+    // Without forgetting, a restored server's lower versions would read as replays.
+    let stale = store
+        .capture(&[item("x", "40")], None, 2_000, &guard)
+        .unwrap();
+    assert_eq!((stale.captured, stale.duplicates), (0, 1));
+    store.forget_checkpoint(&guard).unwrap();
+    assert_eq!(store.meta().unwrap().checkpoint, None);
+    let restored = store
+        .capture(
+            &[item("x", "40"), item("y", "41")],
+            Some("50"),
+            3_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((restored.captured, restored.duplicates), (2, 0));
+    guard.current.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        store.forget_checkpoint(&guard),
+        Err(Error::Fenced)
+    ));
+    assert_eq!(store.meta().unwrap().checkpoint.as_deref(), Some("50"));
+}
+
+#[test]
 fn a_stale_fence_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let guard = TestGuard::new(1);

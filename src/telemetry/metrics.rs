@@ -92,6 +92,8 @@ pub struct Metrics {
     pub relists: IntCounter,
     /// `kevents_watch_expired_total`: 410 Gone answers (in-stream or HTTP).
     pub watch_expired: IntCounter,
+    /// `kevents_resource_version_rewinds_total`: relists whose resourceVersion went backwards.
+    pub rv_rewinds: IntCounter,
     /// `kevents_checkpoint_age_seconds`: time since the checkpoint last advanced.
     pub checkpoint_age: Gauge,
     /// `kevents_capture_gaps_total`: resumes from a checkpoint older than the event TTL.
@@ -269,6 +271,10 @@ impl Metrics {
             "kevents_watch_expired_total",
             "410 Gone answers from the API server (in-stream or HTTP)",
         )?;
+        let rv_rewinds = counter(
+            "kevents_resource_version_rewinds_total",
+            "Relists whose resourceVersion was below the checkpoint (restored API server data)",
+        )?;
         let checkpoint_age = Gauge::new(
             "kevents_checkpoint_age_seconds",
             "Seconds since the stored checkpoint last advanced",
@@ -383,6 +389,7 @@ impl Metrics {
             watch_restarts,
             relists,
             watch_expired,
+            rv_rewinds,
             checkpoint_age,
             capture_gaps,
             store_quarantined,

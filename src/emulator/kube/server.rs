@@ -507,7 +507,18 @@ fn watch(
         (None | Some("0"), Some(false)) => WatchStart::Current {
             send_initial: false,
         },
-        (Some(rv), _) => WatchStart::From(parse_u64(rv, "resource version")?),
+        (Some(rv), _) => {
+            let n = parse_u64(rv, "resource version")?;
+            let current = state.lock().rv();
+            // The watch cache waits for the position, then gives up (HA: a lagging cache).
+            if n > current {
+                return Err(ApiError::timeout(
+                    format!("Too large resource version: {n}, current: {current}"),
+                    1,
+                ));
+            }
+            WatchStart::From(n)
+        }
     };
     let allow_bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
     let settings = state.settings();

@@ -244,6 +244,12 @@ async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Respo
     Json(answer).into_response()
 }
 
+#[derive(Deserialize)]
+struct QueryBody {
+    db: String,
+    csl: String,
+}
+
 /// `POST /v1/rest/query`: the engine's query endpoint, for the one shape the sink sends to check
 /// whether a batch is in a table (`T | where C == "v" and … | count`). Outages, latency and auth
 /// apply; count-based faults are left to management and streaming requests.
@@ -263,11 +269,6 @@ async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     }
     if let Some(answer) = unauthorized(&app, &headers) {
         return answer;
-    }
-    #[derive(Deserialize)]
-    struct QueryBody {
-        db: String,
-        csl: String,
     }
     let parsed = serde_json::from_slice::<QueryBody>(&body)
         .ok()

@@ -293,7 +293,9 @@ impl AdxState {
                             .all(|(column, value)| match row.get(column) {
                                 Some(Value::String(text)) => text == value,
                                 Some(Value::Null) | None => false,
-                                Some(other) => other.to_string() == *value,
+                                Some(other) => {
+                                    serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other)
+                                }
                             })
                     })
                     .count()

@@ -6,9 +6,9 @@
 //! and the identity token (`resources`), blob names, queue messages (`message`), streaming
 //! (`streaming`), the lookup of a streamed batch that may already be in the table before it is
 //! sent again (`verify`), the classification of every failure as retriable or permanent, and the
-//! optional failed-ingestions poller (`failures`). It must never log a token, a secret, an authorization
-//! context or a SAS signature: URLs are logged and put in errors without their query string, and
-//! reqwest errors are stripped of their URL.
+//! optional failed-ingestions poller (`failures`). It must never log a token, a secret, an
+//! authorization context or a SAS signature: URLs are logged and put in errors without their
+//! query string, and reqwest errors are stripped of their URL.
 
 mod auth;
 mod failures;

@@ -527,18 +527,28 @@ impl Inner {
         };
         let compressed = Bytes::from(compressed);
         let metrics = &self.http.metrics;
-        let route = match self.config.mode {
-            AdxMode::Queued => {
-                self.send_queued(batch, &compressed, payload.len()).await?;
-                "queued"
-            }
+        let result = match self.config.mode {
+            AdxMode::Queued => self
+                .send_queued(batch, &compressed, payload.len())
+                .await
+                .map(|()| "queued"),
             AdxMode::Streaming => {
                 self.send_streaming_all(batch, &payload, &compressed, recovered)
-                    .await?
+                    .await
             }
             AdxMode::Managed => {
                 self.send_managed(batch, &payload, &compressed, recovered)
-                    .await?
+                    .await
+            }
+        };
+        let route = match result {
+            Ok(route) => route,
+            Err(error) => {
+                if error.is_permanent() {
+                    // The batch goes to the dead tree: nothing more to settle about it.
+                    self.uncertain.settle(&batch.id);
+                }
+                return Err(error);
             }
         };
         metrics.adx_batches.with_label_values(&[route]).inc();

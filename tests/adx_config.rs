@@ -68,6 +68,29 @@ fn workload_identity_without_the_webhook_variables_is_rejected_naming_them() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("sink.adx.auth.client_id"), "{stderr}");
     assert!(stderr.contains("AZURE_CLIENT_ID"), "{stderr}");
+    // Each of the three variables, missing alone, is named with its field.
+    let all = [
+        ("AZURE_CLIENT_ID", "c", "sink.adx.auth.client_id"),
+        ("AZURE_TENANT_ID", "t", "sink.adx.auth.tenant_id"),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+            "sink.adx.auth.token_file",
+        ),
+    ];
+    for (missing, _, field) in all {
+        let env: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|(var, _, _)| *var != missing)
+            .map(|(var, value, _)| (*var, *value))
+            .collect();
+        let (code, _, stderr) = check(&section, &env);
+        assert_eq!(code, Some(2), "{missing}: {stderr}");
+        assert!(
+            stderr.contains(field) && stderr.contains(missing),
+            "{missing}: {stderr}"
+        );
+    }
     let (code, stdout, stderr) = check(
         &section,
         &[

@@ -17,50 +17,125 @@ use std::time::Duration;
 use adx_common::{DB, TABLE, metric_in, start_lab};
 use kevents::emulator::adx::{AdxEmulatorConfig, AuthSettings};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adx_unavailable_for_a_while_loses_nothing_and_the_backlog_drains() {
-    let lab = start_lab(AdxEmulatorConfig::default(), "streaming", "", 1, 100.0).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let outage = Duration::from_secs(12);
-    lab.adx.state().outage_for(outage);
-    let rows_before = lab.adx.state().row_count(DB, TABLE);
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    // During the outage: nothing arrives, the sink reports unhealthy, the backlog grows.
-    let leader = lab.leader();
+/// What the leader's `/metrics` and `/status` say at one moment.
+#[derive(Debug)]
+struct Sample {
+    at: Duration,
+    send_retries: u64,
+    streaming_errors: u64,
+    outbox_events: u64,
+    status_outbox_events: u64,
+    healthy: serde_json::Value,
+    last_error: String,
+}
+
+async fn sample(lab: &adx_common::Lab, leader: usize, since: std::time::Instant) -> Sample {
+    let metrics = lab.admin(leader, "/metrics").await;
     let status: serde_json::Value =
         serde_json::from_str(&lab.admin(leader, "/status").await).unwrap();
-    let metrics = lab.admin(leader, "/metrics").await;
-    assert_eq!(lab.adx.state().row_count(DB, TABLE), rows_before);
-    assert_eq!(status["sink"]["healthy"], false, "{status}");
-    assert!(
-        metric_in(
+    Sample {
+        at: since.elapsed(),
+        send_retries: metric_in(
             &metrics,
-            "kevents_batch_sends_total{outcome=\"retriable_error\"}"
-        ) > 0
-    );
+            "kevents_batch_sends_total{outcome=\"retriable_error\"}",
+        ),
+        streaming_errors: metric_in(
+            &metrics,
+            "kevents_adx_requests_total{operation=\"streaming\",outcome=\"retriable_error\"}",
+        ),
+        outbox_events: metric_in(&metrics, "kevents_outbox_events"),
+        status_outbox_events: status["outbox"]["events"].as_u64().unwrap_or(0),
+        healthy: status["sink"]["healthy"].clone(),
+        last_error: status["sink"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adx_unavailable_for_2_minutes_loses_nothing_and_the_backlog_drains() {
+    let lab = start_lab(AdxEmulatorConfig::default(), "streaming", "", 1, 100.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = lab.leader();
+    let outage = Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    lab.adx.state().outage_for(outage);
+    // A request that arrived just before may still store its rows.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows_at_start = lab.adx.state().row_count(DB, TABLE);
+    // While it lasts: nothing arrives, sends keep failing and are retried, the backlog grows,
+    // and `/status` says the sink is unhealthy and why.
+    let mut during = Vec::new();
+    while started.elapsed() + Duration::from_secs(5) < outage {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if started.elapsed() + Duration::from_secs(2) >= outage {
+            break;
+        }
+        let now = sample(&lab, leader, started).await;
+        assert!(lab.adx.state().in_outage());
+        assert_eq!(
+            lab.adx.state().row_count(DB, TABLE),
+            rows_at_start,
+            "nothing lands during the outage"
+        );
+        assert_eq!(now.healthy, false, "{now:?}");
+        assert!(now.last_error.contains("503"), "{now:?}");
+        during.push(now);
+    }
+    for sample in &during {
+        println!("during the outage: {sample:?}");
+    }
+    let (first, last) = (&during[0], &during[during.len() - 1]);
+    assert!(during.len() >= 8, "{during:?}");
+    assert!(last.at >= Duration::from_secs(100), "{last:?}");
+    for pair in during.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        assert!(after.send_retries > before.send_retries, "{pair:?}");
+        assert!(after.streaming_errors > before.streaming_errors, "{pair:?}");
+        assert!(after.outbox_events > before.outbox_events, "{pair:?}");
+        assert!(
+            after.status_outbox_events > before.status_outbox_events,
+            "{pair:?}"
+        );
+    }
+    // About 100 events/s (nominal; a loaded machine lags) were captured meanwhile and wait in
+    // the outbox.
     assert!(
-        metric_in(&metrics, "kevents_outbox_events") > 0,
-        "{metrics}"
+        last.outbox_events > first.outbox_events + 4_000,
+        "{first:?} {last:?}"
     );
-    assert!(lab.adx.state().in_outage());
     // Back: the backlog drains.
-    let report = lab.drain(Duration::from_secs(40)).await;
-    println!("outage {outage:?}: {report:?}");
-    assert!(report.stored > 500, "{report:?}");
+    while lab.adx.state().in_outage() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = std::time::Instant::now();
+    let report = lab.drain(Duration::from_secs(90)).await;
+    println!(
+        "outage {outage:?}: {report:?}; caught up {:.1}s after ADX came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert!(report.stored > 6_000, "{report:?}");
     assert!(report.is_exact(), "{report:?}\n{}", lab.logs());
-    let mut drained = false;
+    let mut after = sample(&lab, leader, started).await;
     for _ in 0..100 {
-        let metrics = lab.admin(leader, "/metrics").await;
-        if metric_in(&metrics, "kevents_outbox_events") == 0 {
-            drained = true;
+        if after.outbox_events == 0 && after.status_outbox_events == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        after = sample(&lab, leader, started).await;
     }
-    assert!(drained, "the outbox gauge drains to 0");
-    let status: serde_json::Value =
-        serde_json::from_str(&lab.admin(leader, "/status").await).unwrap();
-    assert_eq!(status["sink"]["healthy"], true, "{status}");
+    println!("after the outage: {after:?}");
+    assert_eq!(after.outbox_events, 0, "{after:?}");
+    assert_eq!(after.status_outbox_events, 0, "{after:?}");
+    assert_eq!(after.healthy, true, "{after:?}");
+    // The retries stopped with the outage.
+    let settled = sample(&lab, leader, started).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sample(&lab, leader, started).await.send_retries,
+        settled.send_retries
+    );
     lab.stop().await;
 }
 

@@ -18,7 +18,7 @@ use kevents::{
     config::{AdxAuthConfig, AdxMode, Secret},
     emulator::adx::{AdxEmulatorConfig, AuthSettings},
     lab::adx::synthetic_batch,
-    sink::Sink as _,
+    sink::{OutgoingBatch, Sink as _},
 };
 
 #[tokio::test]
@@ -170,6 +170,107 @@ fn sink_of(
     cfg: &kevents::config::AdxConfig,
 ) -> (kevents::sink::AdxSink, kevents::telemetry::Metrics) {
     sink(cfg)
+}
+
+/// Sends `batch` until the sink confirms it, as the shipper does (at most `tries`).
+async fn send_until_confirmed(sink: &kevents::sink::AdxSink, batch: &OutgoingBatch, tries: u32) {
+    for attempt in 1..=tries {
+        match sink.send(batch).await {
+            Ok(()) => return,
+            Err(error) if error.is_retriable() && attempt < tries => {
+                println!("attempt {attempt}: {error}");
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_batch_whose_answer_was_lost_is_stored_once() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let mut cfg = config(&adx, AdxMode::Streaming);
+    cfg.streaming_max_bytes = 16 * 1024;
+    let (sink, metrics) = sink(&cfg);
+    // One request: ADX stores the rows, the gateway answers 504.
+    adx.state().lose_next_answers(1);
+    send_until_confirmed(&sink, &synthetic_batch("lost", 0, 50), 5).await;
+    assert_eq!(adx.state().row_count(DB, TABLE), 50, "stored once");
+    // A batch split into parts: the first part's answer is lost, the rest go through.
+    adx.state().lose_next_answers(1);
+    let large = synthetic_batch("lost", 50, 2000);
+    send_until_confirmed(&sink, &large, 5).await;
+    assert_eq!(adx.state().row_count(DB, TABLE), 2050, "every part once");
+    let stats = adx.state().stats();
+    assert!(stats.queries >= 2, "{stats:?}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_requests_total{operation=\"query\",outcome=\"success\"}"
+        ),
+        stats.queries
+    );
+    // A later batch goes straight through, without a lookup.
+    let queries = stats.queries;
+    sink.send(&synthetic_batch("lost", 2050, 10)).await.unwrap();
+    assert_eq!(adx.state().row_count(DB, TABLE), 2060);
+    assert_eq!(adx.state().stats().queries, queries);
+    adx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_recovered_batch_already_in_adx_is_not_sent_again_by_streaming_or_managed_mode() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    // Each mode its own records: the lookup is by Uid and ResourceVersion.
+    for (mode, prefix, first) in [
+        (AdxMode::Streaming, "rs", 0),
+        (AdxMode::Managed, "rm", 1000),
+    ] {
+        let mut cfg = config(&adx, mode);
+        cfg.ingest_by_tags = true;
+        let (sink, metrics) = sink(&cfg);
+        let before = adx.state().row_count(DB, TABLE);
+        let delivered = synthetic_batch(prefix, first, 30);
+        sink.send(&delivered).await.unwrap();
+        assert_eq!(adx.state().row_count(DB, TABLE), before + 30, "{mode:?}");
+        let streamed = adx.state().stats().streaming_requests;
+        // A new leader re-sends what the old one recorded: one batch ADX stored, one it never saw.
+        sink.resend(&delivered).await.unwrap();
+        let never_sent = synthetic_batch(prefix, first + 30, 20);
+        sink.resend(&never_sent).await.unwrap();
+        assert_eq!(
+            adx.wait_for_rows(DB, TABLE, before + 50, Duration::from_secs(20))
+                .await,
+            before + 50,
+            "{mode:?}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "kevents_adx_batches_total{stage=\"already_ingested\"}"
+            ),
+            1,
+            "{mode:?}"
+        );
+        let stats = adx.state().stats();
+        match mode {
+            // Streaming sends the missing batch by streaming.
+            AdxMode::Streaming => assert_eq!(stats.streaming_requests, streamed + 1),
+            // Managed mode sends it queued, where an earlier queued attempt would be dropped.
+            _ => {
+                assert_eq!(stats.streaming_requests, streamed);
+                assert_eq!(
+                    metric(
+                        &metrics,
+                        "kevents_adx_managed_fallbacks_total{reason=\"resend\"}"
+                    ),
+                    1
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(adx.state().row_count(DB, TABLE), before + 50, "{mode:?}");
+    }
+    adx.shutdown().await;
 }
 
 #[tokio::test]

@@ -94,6 +94,31 @@ pub struct BenchOutcome {
     pub distinct: usize,
 }
 
+/// The rate queued ingestion must reach end to end, events/s (issue 4/7 acceptance).
+pub const TARGET_EVENTS_PER_SECOND: f64 = 10_000.0;
+
+impl BenchOutcome {
+    /// Events per second over `time`.
+    #[must_use]
+    #[expect(clippy::cast_precision_loss, reason = "a rate")]
+    pub fn rate(&self, time: Duration) -> f64 {
+        self.events as f64 / time.as_secs_f64()
+    }
+
+    /// Every event arrived once (plus the warm-up row).
+    #[must_use]
+    pub fn is_exact(&self) -> bool {
+        self.distinct == self.rows
+            && self.rows == usize::try_from(self.events + 1).unwrap_or(usize::MAX)
+    }
+
+    /// Exact, and ingested as rows at [`TARGET_EVENTS_PER_SECOND`] or faster.
+    #[must_use]
+    pub fn meets_target(&self) -> bool {
+        self.is_exact() && self.rate(self.ingest_time) >= TARGET_EVENTS_PER_SECOND
+    }
+}
+
 /// Runs the queued-ingestion benchmark against a fresh emulator (which starts Azurite).
 ///
 /// # Errors

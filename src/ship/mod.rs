@@ -102,7 +102,7 @@ impl Shipper {
         }
         for batch in inflight {
             cursor = cursor.max(batch.last + 1);
-            if matches!(self.deliver(&batch, &stop).await?, Delivery::Stopped) {
+            if matches!(self.deliver(&batch, &stop, true).await?, Delivery::Stopped) {
                 return Ok(());
             }
         }
@@ -140,7 +140,7 @@ impl Shipper {
             let batch = self.cut(&entries).await?;
             cursor = batch.last + 1;
             pending_since = None;
-            if matches!(self.deliver(&batch, &stop).await?, Delivery::Stopped) {
+            if matches!(self.deliver(&batch, &stop, false).await?, Delivery::Stopped) {
                 return Ok(());
             }
         }
@@ -168,8 +168,14 @@ impl Shipper {
     }
 
     /// Sends one recorded batch until the sink confirms it (then deletes it) or rejects it for
-    /// good (then moves it to `dead`).
-    async fn deliver(&self, batch: &BatchRecord, stop: &CancellationToken) -> Result<Delivery> {
+    /// good (then moves it to `dead`). A `recovered` batch was recorded by an earlier term, which
+    /// may have delivered it: it goes through [`Sink::resend`].
+    async fn deliver(
+        &self,
+        batch: &BatchRecord,
+        stop: &CancellationToken,
+        recovered: bool,
+    ) -> Result<Delivery> {
         let (first, last) = (batch.first, batch.last);
         let entries = self
             .blocking(move |store| {
@@ -202,7 +208,11 @@ impl Shipper {
             // leader re-sends it with the same id.
             let result = tokio::select! {
                 () = stop.cancelled() => return Ok(Delivery::Stopped),
-                result = self.sink.send(&outgoing) => result,
+                result = if recovered {
+                    self.sink.resend(&outgoing)
+                } else {
+                    self.sink.send(&outgoing)
+                } => result,
             };
             self.metrics
                 .batch_send_duration
@@ -259,6 +269,8 @@ impl Shipper {
                             "attempt": attempt,
                         }),
                     );
+                    // Capture goes on while the sink is down: keep the backlog figures current.
+                    self.publish_outbox().await;
                     tokio::select! {
                         () = stop.cancelled() => return Ok(Delivery::Stopped),
                         () = tokio::time::sleep(wait) => {}

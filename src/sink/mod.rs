@@ -88,6 +88,12 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Delivers the whole batch, or fails.
     fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a>;
+    /// Delivers a batch that a previous term recorded and may already have delivered (it died
+    /// or stopped before the answer was recorded). A sink whose destination cannot drop a repeat
+    /// by the batch id checks the destination first; by default this is [`Sink::send`].
+    fn resend<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        self.send(batch)
+    }
 }
 
 /// Writes batches to standard output. It cannot recognise a re-sent batch, so a batch re-sent

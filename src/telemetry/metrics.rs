@@ -29,14 +29,18 @@ pub const ADX_OPERATIONS: &[&str] = &[
     "blob_upload",
     "enqueue",
     "streaming",
+    "query",
     "failed_ingestions_poll",
 ];
 /// `outcome` values of `kevents_adx_requests_total`.
 pub const ADX_OUTCOMES: &[&str] = &["success", "throttled", "retriable_error", "permanent_error"];
 /// `stage` values of `kevents_adx_batches_total`: how a delivered batch reached ADX.
-pub const ADX_ROUTES: &[&str] = &["queued", "streaming"];
+/// `already_ingested`: a re-sent batch found already in the table, so not sent again.
+pub const ADX_ROUTES: &[&str] = &["queued", "streaming", "already_ingested"];
 /// `reason` values of `kevents_adx_managed_fallbacks_total`.
-pub const ADX_FALLBACK_REASONS: &[&str] = &["transient", "throttled", "too_large", "suspended"];
+/// `resend`: a batch that may have reached ADX goes queued, where `ingest-by` tags drop a repeat.
+pub const ADX_FALLBACK_REASONS: &[&str] =
+    &["transient", "throttled", "too_large", "suspended", "resend"];
 /// `reason` values of `kevents_adx_ingestion_failures_total` (the DM's `FailureStatus`).
 pub const ADX_FAILURE_STATUSES: &[&str] = &["permanent", "transient", "exhausted", "unknown"];
 

@@ -312,6 +312,96 @@ fn convert(value: Option<&Value>, kind: &str) -> Value {
     }
 }
 
+/// The one query shape the emulator answers: `T | where C == "v" and … | count` (the table and
+/// columns bare or as `['name']`), which the sink sends to check whether a batch is in a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountQuery {
+    /// The table.
+    pub table: String,
+    /// `(column, value)` pairs that must all hold.
+    pub conditions: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Name(String),
+    Text(String),
+    Equals,
+    Pipe,
+}
+
+fn tokens(query: &str) -> Option<Vec<Token>> {
+    let bytes = query.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &query[at..];
+        let c = bytes[at];
+        if c.is_ascii_whitespace() {
+            at += 1;
+        } else if c == b'|' {
+            out.push(Token::Pipe);
+            at += 1;
+        } else if rest.starts_with("==") {
+            out.push(Token::Equals);
+            at += 2;
+        } else if let Some(quoted) = rest.strip_prefix("['") {
+            let end = quoted.find("']")?;
+            out.push(Token::Name(quoted[..end].to_owned()));
+            at += 2 + end + 2;
+        } else if c == b'"' {
+            // A JSON-style string literal: find the closing quote, skipping escapes.
+            let mut end = at + 1;
+            while end < bytes.len() && bytes[end] != b'"' {
+                end += if bytes[end] == b'\\' { 2 } else { 1 };
+            }
+            let literal = query.get(at..=end)?;
+            out.push(Token::Text(serde_json::from_str(literal).ok()?));
+            at = end + 1;
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            let len = rest
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                .unwrap_or(rest.len());
+            out.push(Token::Name(rest[..len].to_owned()));
+            at += len;
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Parses a [`CountQuery`]; `None` for anything else.
+#[must_use]
+pub fn parse_count_query(query: &str) -> Option<CountQuery> {
+    let tokens = tokens(query)?;
+    let mut tokens = tokens.into_iter().peekable();
+    let Some(Token::Name(table)) = tokens.next() else {
+        return None;
+    };
+    if tokens.next()? != Token::Pipe || tokens.next()? != Token::Name("where".to_owned()) {
+        return None;
+    }
+    let mut conditions = Vec::new();
+    loop {
+        let (Token::Name(column), Token::Equals, Token::Text(value)) =
+            (tokens.next()?, tokens.next()?, tokens.next()?)
+        else {
+            return None;
+        };
+        conditions.push((column, value));
+        match tokens.next()? {
+            Token::Name(and) if and == "and" => {}
+            Token::Pipe => break,
+            _ => return None,
+        }
+    }
+    if tokens.next()? != Token::Name("count".to_owned()) || tokens.next().is_some() {
+        return None;
+    }
+    Some(CountQuery { table, conditions })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +436,31 @@ mod tests {
         assert!(table.columns.iter().any(|(c, _)| c == "Uid"));
         assert_eq!(table.mappings["KubeEventsFlatMapping"].columns.len(), 22);
         assert_eq!(table.mappings["FluentBitMappingEvents"].columns.len(), 20);
+    }
+
+    #[test]
+    fn the_count_query_the_sink_sends_parses_and_anything_else_does_not() {
+        let query =
+            r#"['KubeEvents'] | where ['Uid'] == "a\"b" and ResourceVersion == "12" | count"#;
+        assert_eq!(
+            parse_count_query(query),
+            Some(CountQuery {
+                table: "KubeEvents".to_owned(),
+                conditions: vec![
+                    ("Uid".to_owned(), "a\"b".to_owned()),
+                    ("ResourceVersion".to_owned(), "12".to_owned()),
+                ],
+            })
+        );
+        for other in [
+            "KubeEvents | count",
+            "KubeEvents | where Uid == \"a\" | take 1",
+            "KubeEvents | where Uid != \"a\" | count",
+            "KubeEvents | where Uid == \"a\" or Uid == \"b\" | count",
+            "KubeEvents | where Uid == \"a | count",
+        ] {
+            assert_eq!(parse_count_query(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ADX emulator's HTTP surface: the data management endpoint (`POST /v1/rest/mgmt`: `.get
 //! ingestion resources` with real Azurite SAS URLs, `.get kusto identity token`), the engine's
-//! streaming endpoint (`POST /v1/rest/ingest/{db}/{table}`), the AAD token endpoint
+//! streaming endpoint (`POST /v1/rest/ingest/{db}/{table}`), a query endpoint for row counts
+//! (`POST /v1/rest/query`), the AAD token endpoint
 //! (`POST /{tenant}/oauth2/v2.0/token`, client secret and client assertion), an IMDS-style token
 //! endpoint (`GET /metadata/identity/oauth2/token`), and the control API under `/emulator/`.
 //!
@@ -41,6 +42,7 @@ pub(super) fn router(app: AppState) -> Router {
     Router::new()
         .route("/v1/rest/mgmt", post(mgmt))
         .route("/v1/rest/ingest/{db}/{table}", post(streaming))
+        .route("/v1/rest/query", post(query))
         .route("/{tenant}/oauth2/v2.0/token", post(aad_token))
         .route("/metadata/identity/oauth2/token", get(imds_token))
         .route("/emulator/stats", get(stats))
@@ -116,6 +118,11 @@ async fn gate(app: &AppState, headers: &HeaderMap, streaming: bool) -> Option<Re
             ),
         });
     }
+    unauthorized(app, headers)
+}
+
+/// `Some(401)` when tokens are required and `headers` carry no valid one.
+fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     if app.state.auth().require_token {
         let token = headers
             .get("authorization")
@@ -238,6 +245,56 @@ async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Respo
 }
 
 #[derive(Deserialize)]
+struct QueryBody {
+    db: String,
+    csl: String,
+}
+
+/// `POST /v1/rest/query`: the engine's query endpoint, for the one shape the sink sends to check
+/// whether a batch is in a table (`T | where C == "v" and … | count`). Outages, latency and auth
+/// apply; count-based faults are left to management and streaming requests.
+async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let latency = app.state.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if app.state.in_outage() {
+        return kusto_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "Kusto.Common.Svc.Exceptions.ServiceUnavailableException",
+            "The service is unavailable (emulator fault).",
+            false,
+        );
+    }
+    if let Some(answer) = unauthorized(&app, &headers) {
+        return answer;
+    }
+    let parsed = serde_json::from_slice::<QueryBody>(&body)
+        .ok()
+        .and_then(|b| Some((kql::parse_count_query(&b.csl)?, b.db)));
+    let Some((count_query, db)) = parsed else {
+        return kusto_error(
+            StatusCode::BAD_REQUEST,
+            "General_BadRequest",
+            "Kusto.Data.Exceptions.SyntaxException",
+            "The emulator answers `T | where C == \"v\" and … | count` only.",
+            true,
+        );
+    };
+    let count = app
+        .state
+        .count_matching(&db, &count_query.table, &count_query.conditions);
+    app.state.count(|s| s.queries += 1);
+    Json(json!({"Tables": [{
+        "TableName": "Table_0",
+        "Columns": [{"ColumnName": "Count", "DataType": "Int64", "ColumnType": "long"}],
+        "Rows": [[count]],
+    }]}))
+    .into_response()
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StreamingQuery {
     stream_format: Option<String>,
@@ -307,6 +364,21 @@ async fn streaming_answer(
                 s.streaming_rows += count as u64;
                 s.bad_lines += bad_lines;
             });
+            let (delay, held) = app.state.hold_answer();
+            if !delay.is_zero() {
+                // Dropped with the request when the client goes away first.
+                tokio::time::sleep(delay).await;
+            }
+            drop(held);
+            if app.state.take_lost_answer() {
+                return kusto_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "GatewayTimeout",
+                    "Kusto.Common.Svc.Exceptions.GatewayTimeoutException",
+                    "The gateway timed out waiting for the engine (emulator fault).",
+                    false,
+                );
+            }
             Json(json!({"Tables": [{
                 "TableName": "Table_0",
                 "Columns": [

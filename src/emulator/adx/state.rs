@@ -41,6 +41,12 @@ pub struct FaultRequest {
     pub errors: Option<ErrorBurst>,
     /// Reject the next `count` streaming requests with a permanent 400 (`@permanent: true`).
     pub permanent: Option<u32>,
+    /// Store the rows of the next `count` streaming requests, then answer 504, as a gateway
+    /// that gave up while the engine committed: the client cannot tell that they landed.
+    pub lose_answers: Option<u32>,
+    /// Hold the answer of every streaming request this long after its rows are stored (0: no
+    /// delay), so that a client can die or stop between the commit and the answer.
+    pub answer_delay_ms: Option<u64>,
     /// Added to every management, streaming and token request.
     pub latency_ms: Option<u64>,
     /// Answer every management and streaming request 503 for this long from now.
@@ -89,6 +95,8 @@ struct Faults {
     throttle: Option<Throttle>,
     errors: Option<ErrorBurst>,
     permanent: u32,
+    lose_answers: u32,
+    answer_delay: Duration,
     latency: Duration,
     outage_until: Option<Instant>,
     token_lifetime: Duration,
@@ -122,8 +130,10 @@ pub struct AdxStats {
     pub tokens_issued: u64,
     /// Requests answered 401.
     pub unauthorized: u64,
-    /// Requests answered by a fault knob (429, 5xx, permanent 400, outage).
+    /// Requests answered by a fault knob (429, 5xx, permanent 400, outage, lost answer).
     pub faults_injected: u64,
+    /// Queries answered 200 (`POST /v1/rest/query`).
+    pub queries: u64,
 }
 
 /// One management or streaming request, as the emulator answered it.
@@ -158,6 +168,16 @@ pub struct AdxState {
     requests: Mutex<Vec<RequestRecord>>,
     handed_out: Mutex<Vec<String>>,
     paused: std::sync::atomic::AtomicBool,
+    held_answers: std::sync::atomic::AtomicUsize,
+}
+
+/// A streaming answer being held after its rows were stored; counted while it lives.
+pub(super) struct HeldAnswer<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for HeldAnswer<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,6 +204,8 @@ impl AdxState {
                 throttle: None,
                 errors: None,
                 permanent: 0,
+                lose_answers: 0,
+                answer_delay: Duration::ZERO,
                 latency: Duration::ZERO,
                 outage_until: None,
                 token_lifetime: Duration::from_secs(3599),
@@ -194,6 +216,7 @@ impl AdxState {
             requests: Mutex::new(Vec::new()),
             handed_out: Mutex::new(Vec::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
+            held_answers: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -250,6 +273,35 @@ impl AdxState {
         true
     }
 
+    /// How many rows of `database.table` have every `(column, value)` of `conditions` (values
+    /// compared as strings).
+    #[must_use]
+    pub fn count_matching(
+        &self,
+        database: &str,
+        table: &str,
+        conditions: &[(String, String)],
+    ) -> usize {
+        lock(&self.tables)
+            .get(&(database.to_owned(), table.to_owned()))
+            .map_or(0, |t| {
+                t.rows
+                    .iter()
+                    .filter(|row| {
+                        conditions
+                            .iter()
+                            .all(|(column, value)| match row.get(column) {
+                                Some(Value::String(text)) => text == value,
+                                Some(Value::Null) | None => false,
+                                Some(other) => {
+                                    serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other)
+                                }
+                            })
+                    })
+                    .count()
+            })
+    }
+
     // === auth ===
 
     /// Replaces the accepted credentials.
@@ -304,6 +356,12 @@ impl AdxState {
         if let Some(count) = request.permanent {
             faults.permanent = count;
         }
+        if let Some(count) = request.lose_answers {
+            faults.lose_answers = count;
+        }
+        if let Some(ms) = request.answer_delay_ms {
+            faults.answer_delay = Duration::from_millis(ms);
+        }
         if let Some(ms) = request.latency_ms {
             faults.latency = Duration::from_millis(ms);
         }
@@ -352,7 +410,48 @@ impl AdxState {
         });
     }
 
-    /// Every management and streaming request answers 503 for `period`.
+    /// The next `count` streaming requests store their rows but answer 504.
+    pub fn lose_next_answers(&self, count: u32) {
+        self.apply_faults(&FaultRequest {
+            lose_answers: Some(count),
+            ..FaultRequest::default()
+        });
+    }
+
+    /// Streaming answers are held `delay` after their rows are stored (zero: none are).
+    pub fn set_answer_delay(&self, delay: Duration) {
+        lock(&self.faults).answer_delay = delay;
+    }
+
+    /// How many streaming requests have stored their rows and are still waiting for their
+    /// answer to go out (their client has not heard that they landed).
+    #[must_use]
+    pub fn answers_held(&self) -> usize {
+        self.held_answers.load(Ordering::SeqCst)
+    }
+
+    /// The answer delay, and a guard counting this answer as held while it lives.
+    pub(super) fn hold_answer(&self) -> (Duration, HeldAnswer<'_>) {
+        self.held_answers.fetch_add(1, Ordering::SeqCst);
+        (
+            lock(&self.faults).answer_delay,
+            HeldAnswer(&self.held_answers),
+        )
+    }
+
+    /// Whether this streaming request, having stored its rows, loses its answer (consumes one).
+    pub(super) fn take_lost_answer(&self) -> bool {
+        let mut faults = lock(&self.faults);
+        if faults.lose_answers == 0 {
+            return false;
+        }
+        faults.lose_answers -= 1;
+        drop(faults);
+        lock(&self.stats).faults_injected += 1;
+        true
+    }
+
+    /// Every management, streaming and query request answers 503 for `period`.
     pub fn outage_for(&self, period: Duration) {
         self.apply_faults(&FaultRequest {
             outage_secs: Some(period.as_secs_f64()),

@@ -4,16 +4,18 @@
 //!
 //! Owns the HTTP conversation with ADX and its storage: AAD tokens (`auth`), ingestion resources
 //! and the identity token (`resources`), blob names, queue messages (`message`), streaming
-//! (`streaming`), the classification of every failure as retriable or permanent, and the optional
-//! failed-ingestions poller (`failures`). It must never log a token, a secret, an authorization
-//! context or a SAS signature: URLs are logged and put in errors without their query string, and
-//! reqwest errors are stripped of their URL.
+//! (`streaming`), the lookup of a streamed batch that may already be in the table before it is
+//! sent again (`verify`), the classification of every failure as retriable or permanent, and the
+//! optional failed-ingestions poller (`failures`). It must never log a token, a secret, an
+//! authorization context or a SAS signature: URLs are logged and put in errors without their
+//! query string, and reqwest errors are stripped of their URL.
 
 mod auth;
 mod failures;
 mod message;
 mod resources;
 mod streaming;
+mod verify;
 
 use std::{
     fmt,
@@ -67,6 +69,8 @@ pub enum Operation {
     Enqueue,
     /// A streaming ingestion request.
     Streaming,
+    /// A query to the engine (whether a batch is already in the table).
+    Query,
     /// Peek of the failed-ingestions queue.
     FailedIngestionsPoll,
 }
@@ -81,6 +85,7 @@ impl Operation {
             Self::BlobUpload => "blob_upload",
             Self::Enqueue => "enqueue",
             Self::Streaming => "streaming",
+            Self::Query => "query",
             Self::FailedIngestionsPoll => "failed_ingestions_poll",
         }
     }
@@ -94,6 +99,7 @@ impl fmt::Display for Operation {
             Self::BlobUpload => "blob upload",
             Self::Enqueue => "queue message",
             Self::Streaming => "streaming ingestion",
+            Self::Query => "query",
             Self::FailedIngestionsPoll => "failed-ingestions poll",
         })
     }
@@ -157,6 +163,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The engine's answer to a query was unusable.
+    #[error("the answer of {endpoint} to a query is unusable: {message}")]
+    Query {
+        /// The engine endpoint.
+        endpoint: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The queue message would exceed the 64 KiB limit.
     #[error("the queue message is {bytes} bytes encoded, above the 64 KiB limit")]
     MessageTooLarge {
@@ -195,6 +209,18 @@ impl Error {
                 ..
             } | Self::MessageTooLarge { .. }
         )
+    }
+
+    /// The request may have been carried out although no answer said so: the connection failed
+    /// after it was made (a timeout, a reset), or a gateway gave up (500, 502, 504). A refusal
+    /// (429, 503, 4xx) or a failed connect is not ambiguous.
+    #[must_use]
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Http { source, .. } => !source.is_connect(),
+            Self::Status { status, .. } => matches!(status, 500 | 502 | 504),
+            _ => false,
+        }
     }
 
     /// The request body was too large for streaming.
@@ -388,6 +414,7 @@ struct Inner {
     queue_cursor: AtomicUsize,
     streaming_suspended_until: Mutex<Option<Instant>>,
     recent: Arc<RecentIds>,
+    uncertain: verify::Uncertain,
 }
 
 impl fmt::Debug for AdxSink {
@@ -436,6 +463,7 @@ impl AdxSink {
             queue_cursor: AtomicUsize::new(0),
             streaming_suspended_until: Mutex::new(None),
             recent: Arc::new(RecentIds::default()),
+            uncertain: verify::Uncertain::default(),
         });
         let poller = (config.failed_ingestions.enabled && config.mode != AdxMode::Streaming)
             .then(|| tokio::spawn(failures::poll(Arc::clone(&inner))));
@@ -466,12 +494,29 @@ impl Sink for AdxSink {
     }
 
     fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
-        Box::pin(async move { self.inner.send(batch).await.map_err(Error::into_sink_error) })
+        Box::pin(async move {
+            self.inner
+                .send(batch, false)
+                .await
+                .map_err(Error::into_sink_error)
+        })
+    }
+
+    /// Queued ingestion relies on the blob name and `ingest-by` tags to drop a repeat; streaming
+    /// and managed mode first ask the engine whether the batch is already in the table.
+    fn resend<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.inner
+                .send(batch, true)
+                .await
+                .map_err(Error::into_sink_error)
+        })
     }
 }
 
 impl Inner {
-    async fn send(&self, batch: &OutgoingBatch) -> Result<()> {
+    /// Sends `batch`; `recovered` when an earlier term may have delivered it.
+    async fn send(&self, batch: &OutgoingBatch, recovered: bool) -> Result<()> {
         let payload = batch.payload.clone();
         let compressed = {
             let data = payload.clone();
@@ -482,17 +527,29 @@ impl Inner {
         };
         let compressed = Bytes::from(compressed);
         let metrics = &self.http.metrics;
-        let route = match self.config.mode {
-            AdxMode::Queued => {
-                self.send_queued(batch, &compressed, payload.len()).await?;
-                "queued"
-            }
+        let result = match self.config.mode {
+            AdxMode::Queued => self
+                .send_queued(batch, &compressed, payload.len())
+                .await
+                .map(|()| "queued"),
             AdxMode::Streaming => {
-                self.send_streaming_all(batch, &payload, &compressed)
-                    .await?;
-                "streaming"
+                self.send_streaming_all(batch, &payload, &compressed, recovered)
+                    .await
             }
-            AdxMode::Managed => self.send_managed(batch, &payload, &compressed).await?,
+            AdxMode::Managed => {
+                self.send_managed(batch, &payload, &compressed, recovered)
+                    .await
+            }
+        };
+        let route = match result {
+            Ok(route) => route,
+            Err(error) => {
+                if error.is_permanent() {
+                    // The batch goes to the dead tree: nothing more to settle about it.
+                    self.uncertain.settle(&batch.id);
+                }
+                return Err(error);
+            }
         };
         metrics.adx_batches.with_label_values(&[route]).inc();
         metrics.adx_raw_bytes.inc_by(payload.len() as u64);
@@ -509,15 +566,29 @@ impl Inner {
     }
 
     /// Managed mode: streaming unless the body is too large or streaming is paused; transient
-    /// errors and throttling fall back to queued, permanent errors fail the batch.
+    /// errors and throttling fall back to queued, permanent errors fail the batch. A batch that
+    /// may be in ADX already (`recovered`, or an earlier attempt without a clear answer) is
+    /// looked up first and, when absent, sent queued: an earlier queued attempt may still be on
+    /// its way, and its `ingest-by` tag drops the repeat.
     async fn send_managed(
         &self,
         batch: &OutgoingBatch,
         payload: &Bytes,
         compressed: &Bytes,
+        recovered: bool,
     ) -> Result<&'static str> {
         let metrics = &self.http.metrics.adx_managed_fallbacks;
-        let fallback_reason = if compressed.len() as u64 > self.config.streaming_max_bytes {
+        let fallback_reason = if recovered || self.uncertain.contains(&batch.id) {
+            if self.already_ingested(batch, payload).await? == Some(true) {
+                tracing::info!(
+                    batch_id = %batch.id,
+                    "The batch is in ADX already; not sending it again"
+                );
+                self.uncertain.settle(&batch.id);
+                return Ok("already_ingested");
+            }
+            Some("resend")
+        } else if compressed.len() as u64 > self.config.streaming_max_bytes {
             Some("too_large")
         } else if self.streaming_suspended() {
             Some("suspended")
@@ -525,6 +596,25 @@ impl Inner {
             match self.send_streaming(batch, compressed, 1).await {
                 Ok(()) => None,
                 Err(error) if error.is_permanent() => return Err(error),
+                Err(error) if error.is_ambiguous() => {
+                    // It may have landed: look before sending it another way.
+                    self.uncertain.mark(&batch.id);
+                    if self.already_ingested(batch, payload).await? == Some(true) {
+                        tracing::info!(
+                            batch_id = %batch.id,
+                            error = %error_chain(&error),
+                            "Streaming ingestion answered with an error but stored the batch"
+                        );
+                        self.uncertain.settle(&batch.id);
+                        return Ok("streaming");
+                    }
+                    tracing::info!(
+                        batch_id = %batch.id,
+                        error = %error_chain(&error),
+                        "Streaming ingestion failed and the batch is not in ADX; sending it queued"
+                    );
+                    Some("transient")
+                }
                 Err(error) => {
                     let reason = if error.is_throttled() {
                         self.suspend_streaming(THROTTLE_SUSPENSION);
@@ -552,6 +642,7 @@ impl Inner {
             Some(reason) => {
                 metrics.with_label_values(&[reason]).inc();
                 self.send_queued(batch, compressed, payload.len()).await?;
+                self.uncertain.settle(&batch.id);
                 Ok("queued")
             }
         }

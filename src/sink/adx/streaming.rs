@@ -4,8 +4,9 @@
 //!
 //! Owns the request and its request id. Errors are classified in `Http::send` by Kusto's rule
 //! (`@permanent`, 429 throttling, 5xx transient). Streaming cannot carry `ingest-by` tags, so a
-//! streaming re-send after a lost response can duplicate rows: ADX offers no dedupe there. It
-//! must never send a token anywhere but the configured engine.
+//! batch whose earlier attempt may have landed (a lost answer, a re-send after a failover) is
+//! looked up first (`verify`) and only its missing parts are sent. It must never send a token
+//! anywhere but the configured engine.
 
 use bytes::Bytes;
 
@@ -13,24 +14,86 @@ use super::{Error, Inner, Operation, Result, auth::endpoint_name, gzip, resource
 use crate::sink::OutgoingBatch;
 
 impl Inner {
-    /// Streaming mode: the whole batch, split into parts under the limit when needed.
+    /// Streaming mode: the whole batch, split into parts under the limit when needed. A batch
+    /// that may be in ADX already (`recovered`, or an earlier attempt without a clear answer)
+    /// has each part looked up first, and only the missing parts are sent. Returns the route
+    /// for the metrics: `already_ingested` when nothing had to be sent.
     pub(super) async fn send_streaming_all(
         &self,
         batch: &OutgoingBatch,
         payload: &Bytes,
         compressed: &Bytes,
-    ) -> Result<()> {
+        recovered: bool,
+    ) -> Result<&'static str> {
+        let check = recovered || self.uncertain.contains(&batch.id);
+        let mut sent = 0;
         if compressed.len() as u64 <= self.config.streaming_max_bytes {
-            return self.send_streaming(batch, compressed, 1).await;
+            sent += usize::from(
+                self.stream_part(batch, payload, compressed, 1, check)
+                    .await?,
+            );
+        } else {
+            let limit = usize::try_from(self.config.streaming_max_bytes).unwrap_or(usize::MAX);
+            let parts = split_lines(payload, limit);
+            tracing::debug!(batch_id = %batch.id, parts = parts.len(), "Splitting a large batch for streaming");
+            for (index, part) in parts.iter().enumerate() {
+                let body = Bytes::from(gzip(part).map_err(Error::Compress)?);
+                match self.stream_part(batch, part, &body, index + 1, check).await {
+                    Ok(was_sent) => sent += usize::from(was_sent),
+                    Err(error) => {
+                        // Earlier parts are in: a retry must not send them again.
+                        if index > 0 {
+                            self.uncertain.mark(&batch.id);
+                        }
+                        return Err(error);
+                    }
+                }
+            }
         }
-        let limit = usize::try_from(self.config.streaming_max_bytes).unwrap_or(usize::MAX);
-        let parts = split_lines(payload, limit);
-        tracing::debug!(batch_id = %batch.id, parts = parts.len(), "Splitting a large batch for streaming");
-        for (index, part) in parts.iter().enumerate() {
-            let body = Bytes::from(gzip(part).map_err(Error::Compress)?);
-            self.send_streaming(batch, &body, index + 1).await?;
+        self.uncertain.settle(&batch.id);
+        Ok(if sent == 0 {
+            "already_ingested"
+        } else {
+            "streaming"
+        })
+    }
+
+    /// One part; `check` looks it up first. An answer that leaves open whether it was stored
+    /// is resolved by looking it up; the batch stays uncertain until a send settles it.
+    /// Returns whether the part was sent (false: it was there already).
+    async fn stream_part(
+        &self,
+        batch: &OutgoingBatch,
+        part: &[u8],
+        body: &Bytes,
+        index: usize,
+        check: bool,
+    ) -> Result<bool> {
+        if check && self.already_ingested(batch, part).await? == Some(true) {
+            tracing::info!(
+                batch_id = %batch.id,
+                part = index,
+                "The batch is in ADX already; not sending it again"
+            );
+            return Ok(false);
         }
-        Ok(())
+        match self.send_streaming(batch, body, index).await {
+            Ok(()) => Ok(true),
+            Err(error) if error.is_ambiguous() => {
+                self.uncertain.mark(&batch.id);
+                if let Ok(Some(true)) = self.already_ingested(batch, part).await {
+                    tracing::info!(
+                        batch_id = %batch.id,
+                        part = index,
+                        error = %crate::telemetry::error_chain(&error),
+                        "Streaming ingestion answered with an error but stored the batch"
+                    );
+                    return Ok(true);
+                }
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// One streaming request with a gzip body.

@@ -227,7 +227,7 @@ async fn every_overlay_passes_a_server_side_dry_run_on_a_real_apiserver() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_side_dry_run_refuses_an_unknown_field_and_a_rule_without_an_expression() {
+async fn a_server_side_dry_run_refuses_unknown_fields_and_an_unnamed_rule_group() {
     let server = RealApiServer::start(RealApiServerOptions::default())
         .await
         .unwrap();
@@ -248,11 +248,23 @@ async fn a_server_side_dry_run_refuses_an_unknown_field_and_a_rule_without_an_ex
         "{stderr}"
     );
 
-    // The CRD fixture's schema is enforced: a rule needs `expr`.
+    // The CRD fixtures' schemas are enforced: an unknown rule field, an unnamed rule group.
     let no_expr = base.replacen("expr: ", "exp: ", 1);
     assert_ne!(no_expr, base);
     let out = dry_run(&kubeconfig, &no_expr);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a rule without expr passed");
-    assert!(stderr.contains("expr: Required value"), "{stderr}");
+    assert!(
+        stderr.contains("unknown field \"spec.groups[0].rules[0].exp\""),
+        "{stderr}"
+    );
+    let unnamed = base.replacen("- name: kevents.leadership", "- name: \"\"", 1);
+    assert_ne!(unnamed, base);
+    let out = dry_run(&kubeconfig, &unnamed);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unnamed rule group passed");
+    assert!(
+        stderr.contains("spec.groups[0].name") && stderr.contains("at least 1 chars long"),
+        "{stderr}"
+    );
 }

@@ -30,7 +30,9 @@ use kevents::{
     lab::{
         apiserver::{RealApiServer, RealApiServerOptions},
         backend::Backend,
-        demo::{LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready},
+        demo::{
+            LEASE_NAME, LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready,
+        },
         oracle::{self, Key, Report},
         replica::{ReplicaOptions, Replicas},
         writer::{EventWriter, Pace, RunningWriter, WriterConfig},
@@ -674,6 +676,18 @@ async fn kubectl_events_are_delivered(backend: Backend) {
             "json",
         ],
     );
+    // Each kubectl verb is its own field manager, on both backends.
+    let managers = |text: &str| -> Vec<String> {
+        let object: serde_json::Value = serde_json::from_str(text).unwrap();
+        object["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(managers(&created), vec!["kubectl-create"]);
+    assert_eq!(managers(&patched), vec!["kubectl-create", "kubectl-patch"]);
     let truth = vec![key_of_json(&created), key_of_json(&patched)];
     assert_eq!(truth[0].0, truth[1].0, "a PATCH keeps the uid");
     let report = lab.settle(&truth, Duration::from_secs(30)).await;
@@ -839,7 +853,17 @@ async fn kevents_runs_end_to_end_with_the_rbac_of_its_manifests_and_can_do_nothi
     };
     assert_eq!(can_i(&["watch", "events", "-A"]), "yes");
     assert_eq!(can_i(&["list", "events.events.k8s.io", "-A"]), "yes");
-    assert_eq!(can_i(&["update", "leases", "-n", &sa_namespace]), "yes");
+    // Its own Lease only: created by any name (create cannot be limited by name), then read,
+    // updated and watched by name; another Lease in its namespace is out of reach.
+    let own = format!("leases/{LEASE_NAME}");
+    assert_eq!(can_i(&["update", &own, "-n", &sa_namespace]), "yes");
+    assert_eq!(can_i(&["watch", &own, "-n", &sa_namespace]), "yes");
+    assert_eq!(can_i(&["create", "leases", "-n", &sa_namespace]), "yes");
+    assert_eq!(
+        can_i(&["update", "leases/someone-else", "-n", &sa_namespace]),
+        "no"
+    );
+    assert_eq!(can_i(&["patch", &own, "-n", &sa_namespace]), "no");
     assert_eq!(can_i(&["delete", "events", "-n", "default"]), "no");
     assert_eq!(can_i(&["get", "secrets", "-n", &sa_namespace]), "no");
     assert_eq!(can_i(&["update", "leases", "-n", "default"]), "no");

@@ -659,7 +659,10 @@ async fn kubectl_events_are_delivered(backend: Backend) {
     .unwrap();
     let file = manifest.to_str().unwrap();
     // kubectl's client-side validation reads /openapi/v3 on both backends.
-    let created = kubectl(&kubeconfig, &["create", "-f", file, "-o", "json"]);
+    let created = kubectl(
+        &kubeconfig,
+        &["create", "-f", file, "-o", "json", "--show-managed-fields"],
+    );
     let patched = kubectl(
         &kubeconfig,
         &[
@@ -674,6 +677,7 @@ async fn kubectl_events_are_delivered(backend: Backend) {
             r#"{"count":2,"lastTimestamp":"2026-01-01T00:00:10Z"}"#,
             "-o",
             "json",
+            "--show-managed-fields",
         ],
     );
     // Each kubectl verb is its own field manager, on both backends.

@@ -164,7 +164,8 @@ pub struct ApiError {
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
     /// `Status.metadata.continue` (the inconsistent continuation an expired token offers).
-    pub continue_token: Option<String>,
+    /// Boxed to keep the error small.
+    pub continue_token: Option<Box<str>>,
 }
 
 impl ApiError {
@@ -287,7 +288,7 @@ impl ApiError {
              modified, or deleted between the time the first chunk was returned and now may show \
              up in the list.",
         );
-        e.continue_token = Some(continue_token);
+        e.continue_token = Some(continue_token.into_boxed_str());
         e
     }
 
@@ -380,7 +381,7 @@ impl ApiError {
 
     fn metadata(&self) -> Value {
         match &self.continue_token {
-            Some(token) => json!({"continue": token}),
+            Some(token) => json!({"continue": &**token}),
             None => json!({}),
         }
     }

@@ -30,7 +30,9 @@ use kevents::{
     lab::{
         apiserver::{RealApiServer, RealApiServerOptions},
         backend::Backend,
-        demo::{LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready},
+        demo::{
+            LEASE_NAME, LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready,
+        },
         oracle::{self, Key, Report},
         replica::{ReplicaOptions, Replicas},
         writer::{EventWriter, Pace, RunningWriter, WriterConfig},
@@ -656,16 +658,11 @@ async fn kubectl_events_are_delivered(backend: Backend) {
     )
     .unwrap();
     let file = manifest.to_str().unwrap();
-    // The emulator serves no /openapi/v3, which kubectl's client-side validation needs
-    // (tests/kube-apiserver/FIDELITY.md); the real one validates the object.
-    let created = if lab.backend.is_real() {
-        kubectl(&kubeconfig, &["create", "-f", file, "-o", "json"])
-    } else {
-        kubectl(
-            &kubeconfig,
-            &["create", "--validate=false", "-f", file, "-o", "json"],
-        )
-    };
+    // kubectl's client-side validation reads /openapi/v3 on both backends.
+    let created = kubectl(
+        &kubeconfig,
+        &["create", "-f", file, "-o", "json", "--show-managed-fields"],
+    );
     let patched = kubectl(
         &kubeconfig,
         &[
@@ -680,8 +677,21 @@ async fn kubectl_events_are_delivered(backend: Backend) {
             r#"{"count":2,"lastTimestamp":"2026-01-01T00:00:10Z"}"#,
             "-o",
             "json",
+            "--show-managed-fields",
         ],
     );
+    // Each kubectl verb is its own field manager, on both backends.
+    let managers = |text: &str| -> Vec<String> {
+        let object: serde_json::Value = serde_json::from_str(text).unwrap();
+        object["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(managers(&created), vec!["kubectl-create"]);
+    assert_eq!(managers(&patched), vec!["kubectl-create", "kubectl-patch"]);
     let truth = vec![key_of_json(&created), key_of_json(&patched)];
     assert_eq!(truth[0].0, truth[1].0, "a PATCH keeps the uid");
     let report = lab.settle(&truth, Duration::from_secs(30)).await;
@@ -711,35 +721,51 @@ dual!(
 // ---------------------------------------------------------------------------------------------
 // RBAC: the ServiceAccount of the manifests runs kevents end to end, and can do nothing more.
 
-/// `manifests/base/rbac.yaml` once it exists; the fixture with the same rules until then.
-fn rbac_manifest() -> PathBuf {
+/// The identity and RBAC objects of the base kustomization, rendered by `kubectl kustomize` (which
+/// puts them in kevents' namespace) and written to `dir`: the `ServiceAccount` and the roles and
+/// bindings of `manifests/base/rbac.yaml`, nothing else. Returns the file and the
+/// `ServiceAccount`'s (namespace, name).
+fn rbac_of_the_manifests(dir: &Path) -> (PathBuf, String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let real = root.join("manifests/base/rbac.yaml");
-    if real.exists() {
-        real
-    } else {
-        root.join("tests/fixtures/rbac.yaml")
-    }
-}
-
-/// The (namespace, name) of the one `ServiceAccount` in `manifest`.
-fn service_account_in(manifest: &Path) -> (String, String) {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let mut found = Vec::new();
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root.join("manifests/base"))
+        .output()
+        .expect("kubectl is required by these tests (make tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut kept = Vec::new();
+    let mut accounts = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc).unwrap();
-        if value["kind"].as_str() == Some("ServiceAccount") {
-            found.push((
-                value["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or(LEASE_NAMESPACE)
-                    .to_owned(),
+        let kind = value["kind"].as_str().unwrap_or_default();
+        if kind == "ServiceAccount" {
+            accounts.push((
+                value["metadata"]["namespace"].as_str().unwrap().to_owned(),
                 value["metadata"]["name"].as_str().unwrap().to_owned(),
             ));
         }
+        if matches!(
+            kind,
+            "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+        ) {
+            kept.push(serde_yaml_ng::to_string(&value).unwrap());
+        }
     }
-    assert_eq!(found.len(), 1, "{}: {found:?}", manifest.display());
-    found.remove(0)
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(
+        kept.len(),
+        5,
+        "a ServiceAccount, two roles, two bindings: {kept:?}"
+    );
+    let file = dir.join("rbac.yaml");
+    std::fs::write(&file, kept.join("---\n")).unwrap();
+    let (namespace, name) = accounts.remove(0);
+    (file, namespace, name)
 }
 
 fn is_forbidden<T: std::fmt::Debug>(result: &Result<T, kube::Error>) -> bool {
@@ -752,20 +778,13 @@ async fn kevents_runs_end_to_end_with_the_rbac_of_its_manifests_and_can_do_nothi
         .await
         .unwrap();
     let server = backend.as_real().unwrap();
-    let manifest = rbac_manifest();
-    let (sa_namespace, sa_name) = service_account_in(&manifest);
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, sa_namespace, sa_name) = rbac_of_the_manifests(dir.path());
     server.ensure_namespace(&sa_namespace).await.unwrap();
     kubectl(
         server.kubeconfig(),
-        &[
-            "apply",
-            "-n",
-            &sa_namespace,
-            "-f",
-            manifest.to_str().unwrap(),
-        ],
+        &["apply", "-f", manifest.to_str().unwrap()],
     );
-    let dir = tempfile::tempdir().unwrap();
     let sa_kubeconfig = dir.path().join("kubeconfig-sa");
     server
         .write_service_account_kubeconfig(&sa_namespace, &sa_name, &sa_kubeconfig)
@@ -838,7 +857,17 @@ async fn kevents_runs_end_to_end_with_the_rbac_of_its_manifests_and_can_do_nothi
     };
     assert_eq!(can_i(&["watch", "events", "-A"]), "yes");
     assert_eq!(can_i(&["list", "events.events.k8s.io", "-A"]), "yes");
-    assert_eq!(can_i(&["update", "leases", "-n", &sa_namespace]), "yes");
+    // Its own Lease only: created by any name (create cannot be limited by name), then read,
+    // updated and watched by name; another Lease in its namespace is out of reach.
+    let own = format!("leases/{LEASE_NAME}");
+    assert_eq!(can_i(&["update", &own, "-n", &sa_namespace]), "yes");
+    assert_eq!(can_i(&["watch", &own, "-n", &sa_namespace]), "yes");
+    assert_eq!(can_i(&["create", "leases", "-n", &sa_namespace]), "yes");
+    assert_eq!(
+        can_i(&["update", "leases/someone-else", "-n", &sa_namespace]),
+        "no"
+    );
+    assert_eq!(can_i(&["patch", &own, "-n", &sa_namespace]), "no");
     assert_eq!(can_i(&["delete", "events", "-n", "default"]), "no");
     assert_eq!(can_i(&["get", "secrets", "-n", &sa_namespace]), "no");
     assert_eq!(can_i(&["update", "leases", "-n", "default"]), "no");

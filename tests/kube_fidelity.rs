@@ -227,26 +227,35 @@ async fn expired_positions(backend: Backend) {
         ),
         "{status}"
     );
-    if backend.is_real() {
-        // The real one offers an inconsistent continuation (kevents ignores it and relists); the
-        // emulator sends neither the token nor the second half of the message.
-        assert_eq!(
-            status["message"],
-            "The provided continue parameter is too old to display a consistent list result. You \
-             can start a new list without the continue parameter, or use the continue token in \
-             this response to retrieve the remainder of the results. Continuing with the provided \
-             token results in an inconsistent list - objects that were created, modified, or \
-             deleted between the time the first chunk was returned and now may show up in the \
-             list."
-        );
-        assert!(
-            !status["metadata"]["continue"]
-                .as_str()
-                .unwrap_or_default()
-                .is_empty(),
-            "{status}"
-        );
-    }
+    // The 410 offers an inconsistent continuation: the rest of the list at the current state
+    // (kevents ignores it and relists).
+    assert_eq!(
+        status["message"],
+        "The provided continue parameter is too old to display a consistent list result. You \
+         can start a new list without the continue parameter, or use the continue token in \
+         this response to retrieve the remainder of the results. Continuing with the provided \
+         token results in an inconsistent list - objects that were created, modified, or \
+         deleted between the time the first chunk was returned and now may show up in the \
+         list.",
+        "{}",
+        backend.name()
+    );
+    let offered = status["metadata"]["continue"].as_str().unwrap_or_default();
+    assert!(!offered.is_empty(), "{}: {status}", backend.name());
+    let rest = raw(
+        &backend,
+        "GET",
+        &format!("/api/v1/namespaces/pins/events?limit=1&continue={offered}"),
+        None,
+    )
+    .await;
+    assert_eq!(rest.code, 200, "{}: {}", backend.name(), rest.text);
+    let rest = rest.json();
+    assert_eq!(rest["items"][0]["metadata"]["name"], "gone-b", "{rest}");
+    assert!(
+        rv(&rest).parse::<u64>().unwrap() > listed_at.parse::<u64>().unwrap(),
+        "the continuation reads the current state: {rest}"
+    );
     backend.shutdown().await;
 }
 
@@ -452,15 +461,16 @@ async fn lease_conflicts(backend: Backend) {
         invalid["details"]["causes"][0]["reason"],
         "FieldValueInvalid"
     );
-    if backend.is_real() {
-        // The emulator says `Lease.coordination.k8s.io`, `kind: Lease` and `0x0` here.
-        assert_eq!(
-            invalid["message"],
-            "leases.coordination.k8s.io \"pin\" is invalid: metadata.resourceVersion: Invalid \
-             value: 0: must be specified for an update"
-        );
-        assert_eq!(invalid["details"]["kind"], "leases");
-    }
+    // The storage layer raises this one, so it names the resource, not the kind.
+    assert_eq!(
+        invalid["message"],
+        "leases.coordination.k8s.io \"pin\" is invalid: metadata.resourceVersion: Invalid \
+         value: 0: must be specified for an update",
+        "{}",
+        backend.name()
+    );
+    assert_eq!(invalid["details"]["kind"], "leases");
+    assert_eq!(invalid["details"]["group"], "coordination.k8s.io");
 
     // A PUT with a resourceVersion to a Lease that does not exist creates it.
     let mut absent = lease.clone();
@@ -488,16 +498,13 @@ dual!(
     lease_conflicts
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_micro_time_without_exactly_six_fractional_digits_is_refused_by_the_real_apiserver() {
-    let backend = Backend::real(RealApiServerOptions::default())
-        .await
-        .unwrap();
+async fn micro_times(backend: Backend) {
     backend.ensure_namespace(NS).await.unwrap();
-    for renew in [
-        "2026-01-01T00:00:00Z",
-        "2026-01-01T00:00:00.5Z",
-        "2026-01-01T00:00:00.1234567Z",
+    // Go's time.Parse with RFC3339Micro: exactly six fractional digits, then Z or an offset.
+    for (renew, rest, element) in [
+        ("2026-01-01T00:00:00Z", "Z", ".000000"),
+        ("2026-01-01T00:00:00.5Z", ".5Z", ".000000"),
+        ("2026-01-01T00:00:00.1234567Z", "7Z", "Z07:00"),
     ] {
         let lease = json!({"metadata": {"name": "micro"},
             "spec": {"holderIdentity": "a", "renewTime": renew}});
@@ -505,14 +512,35 @@ async fn a_micro_time_without_exactly_six_fractional_digits_is_refused_by_the_re
         assert_eq!(answer.code, 400, "{renew}: {}", answer.text);
         let status = answer.json();
         assert_eq!(status["reason"], "BadRequest");
-        let message = status["message"].as_str().unwrap();
-        assert!(
-            message
-                .starts_with("Lease in version \"v1\" cannot be handled as a Lease: parsing time")
-                && message.contains("as \"2006-01-02T15:04:05.000000Z07:00\""),
-            "{message}"
+        assert_eq!(
+            status["message"],
+            format!(
+                "Lease in version \"v1\" cannot be handled as a Lease: parsing time \"{renew}\" \
+                 as \"2006-01-02T15:04:05.000000Z07:00\": cannot parse \"{rest}\" as \"{element}\""
+            ),
+            "{}",
+            backend.name()
         );
     }
+    // An Event's eventTime is a MicroTime too.
+    let mut short = event("short-micro");
+    short["eventTime"] = json!("2026-01-01T00:00:00.123Z");
+    let answer = raw(
+        &backend,
+        "POST",
+        "/api/v1/namespaces/pins/events",
+        Some(("application/json", short)),
+    )
+    .await;
+    assert_eq!(answer.code, 400, "{}", answer.text);
+    assert_eq!(
+        answer.json()["message"],
+        "Event in version \"v1\" cannot be handled as a Event: parsing time \
+         \"2026-01-01T00:00:00.123Z\" as \"2006-01-02T15:04:05.000000Z07:00\": cannot parse \
+         \".123Z\" as \".000000\"",
+        "{}",
+        backend.name()
+    );
     // Six digits with an offset are fine, and normalised to Z.
     let offset = json!({"metadata": {"name": "micro"},
         "spec": {"holderIdentity": "a", "renewTime": "2026-01-01T01:00:00.500000+01:00"}});
@@ -544,6 +572,11 @@ async fn a_micro_time_without_exactly_six_fractional_digits_is_refused_by_the_re
     assert_eq!(answer.json()["firstTimestamp"], "2025-12-31T23:00:00Z");
     backend.shutdown().await;
 }
+
+dual!(
+    a_micro_time_without_exactly_six_fractional_digits_is_a_400,
+    micro_times
+);
 
 // ---------------------------------------------------------------------------------------------
 // Field selectors.
@@ -637,14 +670,13 @@ async fn field_selectors(backend: Backend) {
     )
     .await;
     assert_eq!(other.code, 400);
-    if backend.is_real() {
-        // The emulator says `field label not supported: spec.holderIdentity`.
-        assert_eq!(
-            other.json()["message"],
-            "\"spec.holderIdentity\" is not a known field selector: only \"metadata.name\", \
-             \"metadata.namespace\""
-        );
-    }
+    assert_eq!(
+        other.json()["message"],
+        "\"spec.holderIdentity\" is not a known field selector: only \"metadata.name\", \
+         \"metadata.namespace\"",
+        "{}",
+        backend.name()
+    );
     backend.shutdown().await;
 }
 
@@ -654,39 +686,91 @@ dual!(
 );
 
 // ---------------------------------------------------------------------------------------------
-// Real-only behaviour the emulator does not have yet (see FIDELITY.md).
+// Initial watches, managedFields, Status details, OpenAPI.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_apiserver_ends_an_initial_watch_with_a_bookmark_and_serves_openapi_v3() {
-    let backend = Backend::real(RealApiServerOptions::default())
-        .await
-        .unwrap();
+/// A BOOKMARK object without its resourceVersion (which is the server's current one).
+fn bookmark_without_version(line: &Value) -> Value {
+    let mut object = line["object"].clone();
+    let version = object["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    assert!(version.is_some(), "{line}");
+    object
+}
+
+async fn initial_watches(backend: Backend) {
     backend.ensure_namespace(NS).await.unwrap();
     let created = create_event(&backend, "initial").await;
-    // A watch from "0" with bookmarks allowed: the current objects as ADDED, then a BOOKMARK
-    // annotated as the end of the initial events (even without sendInitialEvents).
-    let started = Instant::now();
-    let watch = raw(
+    let end = json!({"kind": "Event", "apiVersion": "v1",
+        "metadata": {"annotations": {"k8s.io/initial-events-end": "true"}},
+        "involvedObject": {}, "source": {}, "firstTimestamp": null, "lastTimestamp": null,
+        "eventTime": null, "reportingComponent": "", "reportingInstance": ""});
+    // From "0" and from no resourceVersion at all, with bookmarks allowed: the current objects
+    // as ADDED, then a BOOKMARK annotated as the end of the initial events (even without
+    // sendInitialEvents), holding the kind's Go zero value.
+    for from in ["&resourceVersion=0", ""] {
+        let started = Instant::now();
+        let watch = raw(
+            &backend,
+            "GET",
+            &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true{from}"),
+            None,
+        )
+        .await;
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        let lines = watch_lines(&watch);
+        assert_eq!(lines.len(), 2, "{}: {lines:?}", backend.name());
+        assert_eq!(lines[0]["type"], "ADDED");
+        assert_eq!(
+            lines[0]["object"]["metadata"]["uid"],
+            created["metadata"]["uid"]
+        );
+        assert_eq!(lines[1]["type"], "BOOKMARK");
+        assert_eq!(
+            bookmark_without_version(&lines[1]),
+            end,
+            "{}",
+            backend.name()
+        );
+        assert!(
+            rv(&lines[1]["object"]).parse::<u64>().unwrap() >= rv(&created).parse::<u64>().unwrap()
+        );
+    }
+    // Through events.k8s.io/v1, and for Leases (none exists in `pins`).
+    let v1 = raw(
         &backend,
         "GET",
-        "/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true&resourceVersion=0",
+        "/apis/events.k8s.io/v1/namespaces/pins/events?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=0",
         None,
     )
     .await;
-    assert!(started.elapsed() >= Duration::from_secs(1));
-    let lines = watch_lines(&watch);
+    let lines = watch_lines(&v1);
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(lines[0]["type"], "ADDED");
     assert_eq!(
-        lines[0]["object"]["metadata"]["uid"],
-        created["metadata"]["uid"]
+        bookmark_without_version(&lines[1]),
+        json!({"kind": "Event", "apiVersion": "events.k8s.io/v1",
+            "metadata": {"annotations": {"k8s.io/initial-events-end": "true"}},
+            "eventTime": null, "regarding": {}, "deprecatedSource": {},
+            "deprecatedFirstTimestamp": null, "deprecatedLastTimestamp": null}),
+        "{}",
+        backend.name()
     );
-    assert_eq!(lines[1]["type"], "BOOKMARK");
-    assert_eq!(lines[1]["object"]["kind"], "Event");
-    assert_eq!(lines[1]["object"]["apiVersion"], "v1");
+    let leases = raw(
+        &backend,
+        "GET",
+        &format!("{LEASES}?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=0"),
+        None,
+    )
+    .await;
+    let lines = watch_lines(&leases);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(
-        lines[1]["object"]["metadata"]["annotations"],
-        json!({"k8s.io/initial-events-end": "true"})
+        bookmark_without_version(&lines[0]),
+        json!({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+            "metadata": {"annotations": {"k8s.io/initial-events-end": "true"}}, "spec": {}}),
+        "{}",
+        backend.name()
     );
     // Without allowWatchBookmarks: only the ADDED.
     let plain = raw(
@@ -697,15 +781,41 @@ async fn the_real_apiserver_ends_an_initial_watch_with_a_bookmark_and_serves_ope
     )
     .await;
     assert_eq!(watch_lines(&plain).len(), 1);
+    // From a resourceVersion: no initial events, no bookmark (Events get no periodic ones).
+    let from = raw(
+        &backend,
+        "GET",
+        &format!(
+            "/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion={}",
+            rv(&created)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(watch_lines(&from), Vec::<Value>::new());
 
-    // Objects carry managedFields (kevents' records drop them).
-    assert!(created["metadata"]["managedFields"].is_array(), "{created}");
-    // Status details of a core resource have no `group` (the emulator sends `"group": ""`).
+    // Status details of a core resource have no `group`.
     let missing = raw(&backend, "GET", "/api/v1/namespaces/pins/events/nope", None).await;
     assert_eq!(missing.code, 404);
     assert_eq!(
         missing.json()["details"],
-        json!({"name": "nope", "kind": "events"})
+        json!({"name": "nope", "kind": "events"}),
+        "{}",
+        backend.name()
+    );
+    let gone = raw(
+        &backend,
+        "DELETE",
+        "/api/v1/namespaces/pins/events/initial",
+        None,
+    )
+    .await;
+    assert_eq!(gone.code, 200, "{}", gone.text);
+    assert_eq!(
+        gone.json()["details"],
+        json!({"name": "initial", "kind": "events", "uid": created["metadata"]["uid"]}),
+        "{}",
+        backend.name()
     );
 
     // kubectl's client-side validation (`kubectl create -f`) reads /openapi/v3.
@@ -718,3 +828,285 @@ async fn the_real_apiserver_ends_an_initial_watch_with_a_bookmark_and_serves_ope
     );
     backend.shutdown().await;
 }
+
+dual!(
+    an_initial_watch_ends_with_a_bookmark_when_bookmarks_are_allowed,
+    initial_watches
+);
+
+/// The `fieldsV1` of `manager`'s entry in `object`'s managedFields.
+fn fields_of(object: &Value, manager: &str) -> Value {
+    let entries = object["metadata"]["managedFields"].as_array().unwrap();
+    let entry = entries
+        .iter()
+        .find(|e| e["manager"] == manager)
+        .unwrap_or_else(|| panic!("no entry of {manager}: {object}"));
+    assert_eq!(entry["operation"], "Update");
+    assert_eq!(entry["fieldsType"], "FieldsV1");
+    assert!(entry["time"].as_str().unwrap().ends_with('Z'), "{entry}");
+    entry["fieldsV1"].clone()
+}
+
+async fn managed_fields(backend: Backend) {
+    backend.ensure_namespace(NS).await.unwrap();
+    let mut body = event("managed");
+    body["metadata"]["labels"] = json!({"app": "web"});
+    let created = raw(
+        &backend,
+        "POST",
+        "/api/v1/namespaces/pins/events?fieldManager=writer",
+        Some(("application/json", body)),
+    )
+    .await;
+    assert_eq!(created.code, 201, "{}", created.text);
+    let created = created.json();
+    assert_eq!(
+        created["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(created["metadata"]["managedFields"][0]["apiVersion"], "v1");
+    // Every field the writer set and the zero object does not have; involvedObject is atomic.
+    assert_eq!(
+        fields_of(&created, "writer"),
+        json!({"f:count": {}, "f:involvedObject": {}, "f:message": {},
+            "f:metadata": {"f:labels": {".": {}, "f:app": {}}}, "f:reason": {},
+            "f:source": {"f:component": {}}, "f:type": {}}),
+        "{}",
+        backend.name()
+    );
+    // Another manager's patch takes over the fields it changes.
+    let patched = raw(
+        &backend,
+        "PATCH",
+        "/api/v1/namespaces/pins/events/managed?fieldManager=counter",
+        Some((
+            "application/merge-patch+json",
+            json!({"count": 2, "lastTimestamp": "2026-01-01T00:00:10Z"}),
+        )),
+    )
+    .await;
+    assert_eq!(patched.code, 200, "{}", patched.text);
+    let patched = patched.json();
+    assert_eq!(
+        fields_of(&patched, "counter"),
+        json!({"f:count": {}, "f:lastTimestamp": {}}),
+        "{}",
+        backend.name()
+    );
+    assert_eq!(
+        fields_of(&patched, "writer"),
+        json!({"f:involvedObject": {}, "f:message": {},
+            "f:metadata": {"f:labels": {".": {}, "f:app": {}}}, "f:reason": {},
+            "f:source": {"f:component": {}}, "f:type": {}}),
+        "{}",
+        backend.name()
+    );
+    // Without fieldManager, the User-Agent up to its first `/` names the manager.
+    let lease = json!({"metadata": {"name": "managed"}, "spec": {"holderIdentity": "a",
+        "leaseDurationSeconds": 10, "renewTime": "2026-01-01T00:00:00.000000Z"}});
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(LEASES)
+        .header("content-type", "application/json")
+        .header("user-agent", "kevents-pins/1.0 (linux)");
+    request = request.header("accept", "application/json");
+    let response = backend
+        .client()
+        .send(
+            request
+                .body(Body::from(serde_json::to_vec(&lease).unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let lease: Value =
+        serde_json::from_slice(&response.into_body().collect_bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        lease["metadata"]["managedFields"][0]["apiVersion"],
+        "coordination.k8s.io/v1"
+    );
+    assert_eq!(
+        fields_of(&lease, "kevents-pins"),
+        json!({"f:spec": {"f:holderIdentity": {}, "f:leaseDurationSeconds": {}, "f:renewTime": {}}}),
+        "{}",
+        backend.name()
+    );
+    backend.shutdown().await;
+}
+
+dual!(objects_carry_managed_fields_of_each_writer, managed_fields);
+
+// ---------------------------------------------------------------------------------------------
+// Status bodies kevents never provokes, pinned for the emulator's other users.
+
+async fn status_bodies(backend: Backend) {
+    backend.ensure_namespace(NS).await.unwrap();
+    create_event(&backend, "status").await;
+    let status_of = |answer: &Answer| {
+        let mut status = answer.json();
+        status.as_object_mut().unwrap().remove("apiVersion");
+        status.as_object_mut().unwrap().remove("kind");
+        status.as_object_mut().unwrap().remove("metadata");
+        status
+    };
+    // A resourceVersion that is not a number: 500 without a reason on a write and a watch, 400
+    // on a list.
+    let lease = json!({"metadata": {"name": "status"}, "spec": {"holderIdentity": "a"}});
+    let created = raw(
+        &backend,
+        "POST",
+        LEASES,
+        Some(("application/json", lease.clone())),
+    )
+    .await;
+    assert_eq!(created.code, 201, "{}", created.text);
+    let mut lease = lease;
+    lease["metadata"]["resourceVersion"] = json!("abc");
+    let put = raw(
+        &backend,
+        "PUT",
+        &format!("{LEASES}/status"),
+        Some(("application/json", lease.clone())),
+    )
+    .await;
+    assert_eq!(put.code, 500, "{}: {}", backend.name(), put.text);
+    assert_eq!(
+        status_of(&put),
+        json!({"status": "Failure", "message": "strconv.ParseUint: parsing \"abc\": invalid syntax",
+            "code": 500})
+    );
+    let mut event_put = event("status");
+    event_put["metadata"]["resourceVersion"] = json!("abc");
+    let put = raw(
+        &backend,
+        "PUT",
+        "/api/v1/namespaces/pins/events/status",
+        Some(("application/json", event_put)),
+    )
+    .await;
+    assert_eq!(put.code, 500, "{}", put.text);
+    let list = raw(
+        &backend,
+        "GET",
+        "/api/v1/namespaces/pins/events?resourceVersion=abc",
+        None,
+    )
+    .await;
+    assert_eq!(
+        status_of(&list),
+        json!({"status": "Failure", "reason": "BadRequest", "code": 400,
+            "message": "invalid resource version: resourceVersion: Invalid value: \"abc\": \
+                        strconv.ParseUint: parsing \"abc\": invalid syntax"}),
+        "{}",
+        backend.name()
+    );
+    let watch = raw(
+        &backend,
+        "GET",
+        "/api/v1/namespaces/pins/events?watch=true&resourceVersion=abc",
+        None,
+    )
+    .await;
+    assert_eq!(
+        status_of(&watch),
+        json!({"status": "Failure", "code": 500,
+            "message": "resourceVersion: Invalid value: \"abc\": strconv.ParseUint: parsing \
+                        \"abc\": invalid syntax"}),
+        "{}",
+        backend.name()
+    );
+
+    // A list at a resourceVersion the server has not reached: 504 at once, with one cause and no
+    // Retry-After (kube's default client would retry a 504 for minutes, so not through it).
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    backend.write_kubeconfig(&kubeconfig, NS).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.default_retry = false;
+    let once = kube::Client::try_from(config).unwrap();
+    let request = http::Request::builder()
+        .method("GET")
+        .uri("/api/v1/namespaces/pins/events?resourceVersion=99999999")
+        .header("accept", "application/json");
+    let started = Instant::now();
+    let response = once
+        .send(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{}: {:?}",
+        backend.name(),
+        started.elapsed()
+    );
+    assert_eq!(response.status().as_u16(), 504);
+    assert!(response.headers().get("retry-after").is_none());
+    let status: Value =
+        serde_json::from_slice(&response.into_body().collect_bytes().await.unwrap()).unwrap();
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Timeout: Too large resource version: 99999999, current: "),
+        "{status}"
+    );
+    assert_eq!(status["reason"], "Timeout");
+    assert_eq!(
+        status["details"],
+        json!({"causes": [{"reason": "ResourceVersionTooLarge",
+            "message": "Too large resource version"}]}),
+        "{}",
+        backend.name()
+    );
+
+    // A new-style event (eventTime set) without its reporting fields.
+    let mut incomplete = event("incomplete");
+    incomplete["eventTime"] = json!("2026-01-01T00:00:00.123456Z");
+    let answer = raw(
+        &backend,
+        "POST",
+        "/api/v1/namespaces/pins/events",
+        Some(("application/json", incomplete)),
+    )
+    .await;
+    assert_eq!(answer.code, 422, "{}", answer.text);
+    let status = answer.json();
+    let qualified = "name part must consist of alphanumeric characters, '-', '_' or '.', and \
+                     must start and end with an alphanumeric character (e.g. 'MyName',  or \
+                     'my.name',  or '123-abc', regex used for validation is \
+                     '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+    assert_eq!(
+        status["details"],
+        json!({"name": "incomplete", "kind": "Event", "causes": [
+            {"reason": "FieldValueRequired", "message": "Required value", "field": "reportingComponent"},
+            {"reason": "FieldValueInvalid", "message": "Invalid value: \"\": name part must be non-empty", "field": "reportingComponent"},
+            {"reason": "FieldValueInvalid", "message": format!("Invalid value: \"\": {qualified}"), "field": "reportingComponent"},
+            {"reason": "FieldValueRequired", "message": "Required value", "field": "reportingInstance"},
+            {"reason": "FieldValueRequired", "message": "Required value", "field": "action"},
+        ]}),
+        "{}",
+        backend.name()
+    );
+    assert_eq!(
+        status["message"],
+        format!(
+            "Event \"incomplete\" is invalid: [reportingComponent: Required value, \
+             reportingComponent: Invalid value: \"\": name part must be non-empty, \
+             reportingComponent: Invalid value: \"\": {qualified}, reportingInstance: Required \
+             value, action: Required value]"
+        )
+    );
+    backend.shutdown().await;
+}
+
+dual!(
+    status_bodies_name_the_resource_version_and_validation_errors_as_the_real_server_does,
+    status_bodies
+);

@@ -40,6 +40,7 @@ mod control;
 mod discovery;
 mod faults;
 mod generator;
+mod managed;
 mod namespaces;
 mod patch;
 mod resources;

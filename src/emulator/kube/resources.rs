@@ -429,6 +429,14 @@ pub(crate) fn decode_value(view: View, value: Value) -> Result<Object, ApiError>
             view.kind()
         ))
     };
+    strict_micro_times(view, &value).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            view.kind(),
+            view.api_version().rsplit('/').next().unwrap_or("v1"),
+            view.kind()
+        ))
+    })?;
     let mut obj = match view {
         View::CoreEvents => Object::Event(Box::new(serde_json::from_value(value).map_err(cannot)?)),
         View::EventsV1 => {
@@ -439,6 +447,78 @@ pub(crate) fn decode_value(view: View, value: Value) -> Result<Object, ApiError>
     };
     obj.normalize();
     Ok(obj)
+}
+
+/// The Go layout of a `metav1.MicroTime` on the wire (`RFC3339Micro`).
+const MICRO_LAYOUT: &str = "2006-01-02T15:04:05.000000Z07:00";
+
+/// The real apiserver decodes a `MicroTime` with `time.Parse(RFC3339Micro, …)`, which demands
+/// exactly six fractional digits (k8s-openapi and the emulator's own decoding accept any RFC 3339
+/// time). Checks the `MicroTime` fields of `view` and answers Go's error text for the first bad
+/// one.
+fn strict_micro_times(view: View, value: &Value) -> Result<(), String> {
+    let paths: &[&[&str]] = match view {
+        View::CoreEvents | View::EventsV1 => &[&["eventTime"], &["series", "lastObservedTime"]],
+        View::Leases => &[&["spec", "acquireTime"], &["spec", "renewTime"]],
+    };
+    for path in paths {
+        let field = path.iter().try_fold(value, |v, k| v.get(*k));
+        if let Some(Value::String(text)) = field {
+            check_micro_time(text).map_err(|e| {
+                format!(
+                    "parsing time {}{e}",
+                    serde_json::to_string(text).unwrap_or_default()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The tail of Go's `time.ParseError` for `text` against [`MICRO_LAYOUT`] (` as "…": cannot
+/// parse "…" as "…"` or `: extra text: "…"`), or `Ok` when Go accepts it. The date and clock part
+/// is left to the typed decoding; only the fraction and the zone are Go-exact.
+fn check_micro_time(text: &str) -> Result<(), String> {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let bad = |rest: &str, elem: &str| {
+        Err(format!(
+            " as {}: cannot parse {} as {}",
+            quote(MICRO_LAYOUT),
+            quote(rest),
+            quote(elem)
+        ))
+    };
+    let Some(rest) = text.get(19..) else {
+        return Ok(());
+    };
+    // `.000000` needs seven bytes, a dot (or comma) and six digits.
+    let frac = rest.as_bytes();
+    if frac.len() < 7
+        || !matches!(frac[0], b'.' | b',')
+        || !frac[1..7].iter().all(u8::is_ascii_digit)
+    {
+        return bad(rest, ".000000");
+    }
+    let zone = &rest[7..];
+    let tail = if let Some(tail) = zone.strip_prefix('Z') {
+        tail
+    } else {
+        let z = zone.as_bytes();
+        let ok = z.len() >= 6
+            && matches!(z[0], b'+' | b'-')
+            && z[1..3].iter().all(u8::is_ascii_digit)
+            && z[3] == b':'
+            && z[4..6].iter().all(u8::is_ascii_digit);
+        if !ok {
+            return bad(zone, "Z07:00");
+        }
+        &zone[6..]
+    };
+    if tail.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(": extra text: {}", quote(tail)))
+    }
 }
 
 /// One immutable stored version of an object, with its serialised forms cached lazily.

@@ -66,11 +66,15 @@ fn map_label(view: View, label: &str) -> Result<String, ApiError> {
     let unsupported = || ApiError::bad_request(format!("field label not supported: {label}"));
     let meta = ["metadata.name", "metadata.namespace"];
     match view {
+        // Leases have no field-label conversion of their own; the generic check answers.
         View::Leases => {
             if meta.contains(&label) {
                 Ok(label.to_owned())
             } else {
-                Err(unsupported())
+                Err(ApiError::bad_request(format!(
+                    "{} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+                    serde_json::to_string(label).unwrap_or_default()
+                )))
             }
         }
         View::CoreEvents => {

@@ -23,20 +23,19 @@ use serde_json::{Value, json};
 use super::control;
 use super::discovery;
 use super::faults::{self, ClientIds, ConnHandle};
+use super::managed;
 use super::namespaces;
 use super::patch::PatchType;
 use super::resources::{Object, Stored, View, decode};
 use super::selectors::{FieldSelector, Filter, LabelSelector};
 use super::state::{KubeState, Preconditions};
-use super::status::ApiError;
+use super::status::{self, ApiError};
 use super::store::{PageQuery, Store};
 use super::table::{TableListMeta, TableRequest, table};
 use super::watch::{self, WatchSpec, WatchStart};
 
 /// Largest request body the apiserver accepts (3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
-
-const EXPIRED_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
 
 /// Router state.
 #[derive(Clone)]
@@ -183,6 +182,16 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The field manager of a write (`managedFields`).
+    fn manager(&self) -> String {
+        managed::manager(
+            self.q("fieldManager"),
+            self.headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
     fn q(&self, k: &str) -> Option<&str> {
         self.query
             .get(k)
@@ -287,7 +296,7 @@ fn collection(
         }
         (&Method::POST, Some(ns)) => {
             let obj = decode_strict(view, body, ctx)?;
-            let stored = state.create(view, &ns, obj)?;
+            let stored = state.create(view, &ns, obj, &ctx.manager())?;
             Ok(object_response(StatusCode::CREATED, view, &stored, ctx))
         }
         (&Method::POST, None) => Err(ApiError::method_not_allowed(
@@ -324,7 +333,7 @@ fn item(
         }
         Method::PUT => {
             let obj = decode_strict(view, body, ctx)?;
-            let (stored, created) = state.replace(view, namespace, name, obj)?;
+            let (stored, created) = state.replace(view, namespace, name, obj, &ctx.manager())?;
             let status = if created {
                 StatusCode::CREATED
             } else {
@@ -339,15 +348,17 @@ fn item(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             let kind = PatchType::from_content_type(ct)?;
-            let stored = state.patch(view, namespace, name, kind, body)?;
+            let stored = state.patch(view, namespace, name, kind, body, &ctx.manager())?;
             Ok(object_response(StatusCode::OK, view, &stored, ctx))
         }
         Method::DELETE => {
             let pre = preconditions(body)?;
             let gone = state.delete(view, namespace, name, &pre)?;
+            let mut details = status::details(name, view.group(), view.plural());
+            details["uid"] = gone.object.uid().into();
             let status = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": name, "group": view.group(), "kind": view.plural(), "uid": gone.object.uid()}
+                "details": details
             });
             Ok(json_response(
                 StatusCode::OK,
@@ -508,14 +519,16 @@ fn watch(
             send_initial: false,
         },
         (Some(rv), _) => {
-            let n = parse_u64(rv, "resource version")?;
+            let n: u64 = rv.parse().map_err(|_| {
+                ApiError::unclassified(format!(
+                    "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+                ))
+            })?;
             let current = state.lock().rv();
-            // The watch cache waits for the position, then gives up (HA: a lagging cache).
+            // A watch from a position the server has not reached (a lagging cache in HA, or
+            // data restored from a backup) fails as a LIST there does.
             if n > current {
-                return Err(ApiError::timeout(
-                    format!("Too large resource version: {n}, current: {current}"),
-                    1,
-                ));
+                return Err(ApiError::too_large_resource_version(n, current));
             }
             WatchStart::From(n)
         }
@@ -535,7 +548,11 @@ fn watch(
         namespace,
         filter,
         start,
-        end_bookmark: send_initial == Some(true) && allow_bookmarks,
+        // The real server ends the initial events with this bookmark whenever it sends them and
+        // bookmarks are allowed, with or without sendInitialEvents.
+        end_bookmark: allow_bookmarks
+            && ctx.table.is_none()
+            && start == WatchStart::Current { send_initial: true },
         bookmarks: allow_bookmarks
             && ctx.table.is_none()
             && (view == View::Leases || settings.event_bookmarks),
@@ -629,11 +646,14 @@ fn list_position(store: &Store, ctx: &Ctx, paged: bool) -> Result<(u64, Option<S
                 "specifying resource version is not allowed when using continue",
             ));
         }
-        let (snap, start) = decode_continue(token)?;
-        if snap < store.compacted() {
-            return Err(ApiError::expired(EXPIRED_CONTINUE));
-        }
-        return Ok((snap, Some(start)));
+        return match decode_continue(token)? {
+            // The inconsistent continuation an expired token offered: the rest at the current state.
+            (None, start) => Ok((store.rv(), Some(start))),
+            (Some(snap), start) if snap < store.compacted() => {
+                Err(ApiError::expired_continue(encode_continue_raw(-1, &start)))
+            }
+            (Some(snap), start) => Ok((snap, Some(start))),
+        };
     }
     if rv_match.is_some() && rv.is_none() {
         return Err(ApiError::bad_request(
@@ -657,12 +677,14 @@ fn list_position(store: &Store, ctx: &Ctx, paged: bool) -> Result<(u64, Option<S
         )),
         None | Some("0") => Ok((current, None)),
         Some(r) => {
-            let n = parse_u64(r, "resource version")?;
+            let n = r.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid resource version: resourceVersion: Invalid value: {r:?}: \
+                     strconv.ParseUint: parsing {r:?}: invalid syntax"
+                ))
+            })?;
             if n > current {
-                return Err(ApiError::timeout(
-                    format!("Too large resource version: {n}, current: {current}"),
-                    1,
-                ));
+                return Err(ApiError::too_large_resource_version(n, current));
             }
             if !exact {
                 return Ok((current, None));
@@ -681,11 +703,17 @@ fn list_position(store: &Store, ctx: &Ctx, paged: bool) -> Result<(u64, Option<S
 // Continue tokens: base64url(JSON {"v":"meta.k8s.io/v1","rv":N,"start":"<key>"}) like etcd3.
 
 fn encode_continue(rv: u64, start: &str) -> String {
+    encode_continue_raw(i64::try_from(rv).unwrap_or(i64::MAX), start)
+}
+
+/// `rv` -1 marks an inconsistent continuation (read at the current state).
+fn encode_continue_raw(rv: i64, start: &str) -> String {
     let raw = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": start});
     base64url_encode(&serde_json::to_vec(&raw).unwrap_or_default())
 }
 
-fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
+/// The snapshot (`None` for an inconsistent continuation, rv -1) and the first key.
+fn decode_continue(token: &str) -> Result<(Option<u64>, String), ApiError> {
     let bad = || {
         ApiError::bad_request(
             "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
@@ -693,7 +721,11 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     };
     let raw = base64url_decode(token).ok_or_else(bad)?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let rv = v["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(bad)?;
+    let rv = match v["rv"].as_i64() {
+        Some(-1) => None,
+        Some(rv) if rv > 0 => Some(rv.unsigned_abs()),
+        _ => return Err(bad()),
+    };
     let start = v["start"].as_str().ok_or_else(bad)?.to_owned();
     Ok((rv, start))
 }
@@ -747,7 +779,7 @@ mod tests {
     fn continue_tokens_round_trip() {
         for key in ["ns-0/web-1.17f3a9b2c4d5e6f7", "a", "ab", "abc"] {
             let t = encode_continue(42, key);
-            assert_eq!(decode_continue(&t).unwrap(), (42, key.to_owned()));
+            assert_eq!(decode_continue(&t).unwrap(), (Some(42), key.to_owned()));
         }
         assert_eq!(decode_continue("!!").unwrap_err().code, 400);
     }

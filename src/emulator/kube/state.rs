@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::Error;
 use super::faults::{ClientIds, FaultSummary, Faults};
 use super::generator::GeneratorConfig;
+use super::managed;
 use super::patch::{self, PatchType};
 use super::resources::{Object, Resource, Stored, View, decode_value};
 use super::status::{ApiError, FieldError, OPTIMISTIC_LOCK_MSG};
@@ -180,6 +181,9 @@ impl Drop for OpenWatch {
     }
 }
 
+/// The field manager (`managedFields`) of writes made in-process through [`KubeState`].
+const IN_PROCESS_MANAGER: &str = "kevents-emulator";
+
 /// Copies the fields the server owns from the stored object into an update (`BeforeUpdate`).
 fn carry_system_fields(obj: &mut Object, old: &Object) {
     let old_meta = old.meta();
@@ -256,9 +260,20 @@ fn set_namespace(obj: &mut Object, ns: &str) -> Result<(), ApiError> {
 fn parse_rv(rv: Option<&str>) -> Result<u64, ApiError> {
     match rv {
         None | Some("") => Ok(0),
-        Some(s) => s
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}"))),
+        Some(s) => s.parse().map_err(|e| {
+            ApiError::unclassified(format!(
+                "strconv.ParseUint: parsing {s:?}: {}",
+                go_num_error(&e)
+            ))
+        }),
+    }
+}
+
+/// Go's `strconv.NumError` text for a failed `ParseUint`.
+fn go_num_error(e: &std::num::ParseIntError) -> &'static str {
+    match e.kind() {
+        std::num::IntErrorKind::PosOverflow => "value out of range",
+        _ => "invalid syntax",
     }
 }
 
@@ -314,6 +329,7 @@ impl KubeState {
         view: View,
         ns: &str,
         mut obj: Object,
+        manager: &str,
     ) -> Result<Arc<Stored>, ApiError> {
         set_namespace(&mut obj, ns)?;
         let meta = obj.meta_mut();
@@ -327,6 +343,7 @@ impl KubeState {
         if !errs.is_empty() {
             return Err(ApiError::invalid(view.group_kind(), obj.name(), &errs));
         }
+        managed::track(&mut obj, None, view, manager);
         let name = obj.name().to_owned();
         let resource = view.resource();
         let ttl = self.ttl_for(resource);
@@ -350,6 +367,7 @@ impl KubeState {
         ns: &str,
         name: &str,
         mut obj: Object,
+        manager: &str,
     ) -> Result<(Arc<Stored>, bool), ApiError> {
         if obj.name() != name {
             return Err(ApiError::bad_request(format!(
@@ -372,22 +390,23 @@ impl KubeState {
                     if !errs.is_empty() {
                         return Err(ApiError::invalid(view.group_kind(), name, &errs));
                     }
+                    managed::track(&mut obj, None, view, manager);
                     created = true;
                     return Ok(WriteOp::Put(obj));
                 };
                 // Events allow unconditional updates; Leases do not.
                 if new_rv == 0 && resource == Resource::Leases {
-                    return Err(ApiError::invalid(
-                        view.group_kind(),
+                    return Err(ApiError::invalid_resource(
+                        view.group_resource(),
                         name,
                         &[FieldError::invalid(
                             "metadata.resourceVersion",
-                            "0x0",
+                            "0",
                             "must be specified for an update",
                         )],
                     ));
                 }
-                Self::finish_update(view, name, obj, cur, new_rv)
+                Self::finish_update(view, name, obj, cur, new_rv, manager)
             })?;
         if out.change.is_some() {
             self.notify(out.object.rv);
@@ -403,6 +422,7 @@ impl KubeState {
         mut obj: Object,
         cur: &Arc<Stored>,
         new_rv: u64,
+        manager: &str,
     ) -> Result<WriteOp, ApiError> {
         if new_rv != 0 && new_rv != cur.rv {
             return Err(ApiError::conflict(
@@ -416,6 +436,7 @@ impl KubeState {
         if !errs.is_empty() {
             return Err(ApiError::invalid(view.group_kind(), name, &errs));
         }
+        managed::track(&mut obj, Some(&cur.object), view, manager);
         if unchanged(&mut obj, &cur.object) {
             Ok(WriteOp::Noop)
         } else {
@@ -431,6 +452,7 @@ impl KubeState {
         name: &str,
         kind: PatchType,
         body: &[u8],
+        manager: &str,
     ) -> Result<Arc<Stored>, ApiError> {
         let resource = view.resource();
         let ttl = self.ttl_for(resource);
@@ -447,7 +469,7 @@ impl KubeState {
                     )));
                 }
                 let new_rv = parse_rv(obj.meta().resource_version.as_deref())?;
-                Self::finish_update(view, name, obj, cur, new_rv)
+                Self::finish_update(view, name, obj, cur, new_rv, manager)
             })?;
         if out.change.is_some() {
             self.notify(out.object.rv);
@@ -528,7 +550,7 @@ impl KubeState {
         let mut obj = Object::Event(Box::new(event));
         obj.normalize();
         let ns = obj.namespace().to_owned();
-        let stored = self.create(View::CoreEvents, &ns, obj)?;
+        let stored = self.create(View::CoreEvents, &ns, obj, IN_PROCESS_MANAGER)?;
         Ok(to_event(&stored))
     }
 
@@ -538,7 +560,7 @@ impl KubeState {
         let mut obj = Object::Event(Box::new(event));
         obj.normalize();
         let (ns, name) = (obj.namespace().to_owned(), obj.name().to_owned());
-        let (stored, _) = self.replace(View::CoreEvents, &ns, &name, obj)?;
+        let (stored, _) = self.replace(View::CoreEvents, &ns, &name, obj, IN_PROCESS_MANAGER)?;
         Ok(to_event(&stored))
     }
 

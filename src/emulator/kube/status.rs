@@ -134,6 +134,16 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// `Status.details` naming an object: Go omits an empty `group` (core resources), so no
+/// `"group": ""` here either.
+pub(crate) fn details(name: &str, group: &str, kind: &str) -> Value {
+    if group.is_empty() {
+        json!({"name": name, "kind": kind})
+    } else {
+        json!({"name": name, "group": group, "kind": kind})
+    }
+}
+
 /// Renders a string the way Go's `%q` / `%#v` shows it inside field errors.
 pub(crate) fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
@@ -153,6 +163,9 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// `Status.metadata.continue` (the inconsistent continuation an expired token offers).
+    /// Boxed to keep the error small.
+    pub continue_token: Option<Box<str>>,
 }
 
 impl ApiError {
@@ -163,6 +176,7 @@ impl ApiError {
             message,
             details: None,
             retry_after: None,
+            continue_token: None,
         }
     }
 
@@ -173,7 +187,7 @@ impl ApiError {
 
     pub(crate) fn not_found(gr: GroupResource, name: &str) -> Self {
         Self::new(404, "NotFound", format!("{gr} {} not found", quoted(name)))
-            .with_details(json!({"name": name, "group": gr.group, "kind": gr.resource}))
+            .with_details(details(name, gr.group, gr.resource))
     }
 
     /// 404 for a path the API does not serve.
@@ -192,7 +206,7 @@ impl ApiError {
             "AlreadyExists",
             format!("{gr} {} already exists", quoted(name)),
         )
-        .with_details(json!({"name": name, "group": gr.group, "kind": gr.resource}))
+        .with_details(details(name, gr.group, gr.resource))
     }
 
     pub(crate) fn conflict(gr: GroupResource, name: &str, detail: &str) -> Self {
@@ -204,10 +218,27 @@ impl ApiError {
                 quoted(name)
             ),
         )
-        .with_details(json!({"name": name, "group": gr.group, "kind": gr.resource}))
+        .with_details(details(name, gr.group, gr.resource))
     }
 
     pub(crate) fn invalid(gk: GroupKind, name: &str, errors: &[FieldError]) -> Self {
+        Self::invalid_as(&gk.to_string(), gk.group, gk.kind, name, errors)
+    }
+
+    /// 422 raised by the storage layer rather than the strategy (e.g. an update without a
+    /// resourceVersion): it names the group *resource* (`leases.coordination.k8s.io`,
+    /// `details.kind: "leases"`) where validation names the kind.
+    pub(crate) fn invalid_resource(gr: GroupResource, name: &str, errors: &[FieldError]) -> Self {
+        Self::invalid_as(&gr.to_string(), gr.group, gr.resource, name, errors)
+    }
+
+    fn invalid_as(
+        qualified: &str,
+        group: &str,
+        kind: &str,
+        name: &str,
+        errors: &[FieldError],
+    ) -> Self {
         let aggregate = match errors {
             [one] => one.to_string(),
             many => format!(
@@ -225,9 +256,13 @@ impl ApiError {
         Self::new(
             422,
             "Invalid",
-            format!("{gk} {} is invalid: {aggregate}", quoted(name)),
+            format!("{qualified} {} is invalid: {aggregate}", quoted(name)),
         )
-        .with_details(json!({"name": name, "group": gk.group, "kind": gk.kind, "causes": causes}))
+        .with_details({
+            let mut d = details(name, group, kind);
+            d["causes"] = Value::Array(causes);
+            d
+        })
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -242,6 +277,21 @@ impl ApiError {
         Self::new(410, "Expired", message.into())
     }
 
+    /// 410 for a continue token whose snapshot is compacted, offering `continue_token`: the rest
+    /// of the list at the current state (`handleCompactedErrorForPaginatedList`).
+    pub(crate) fn expired_continue(continue_token: String) -> Self {
+        let mut e = Self::expired(
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter, or use the continue token \
+             in this response to retrieve the remainder of the results. Continuing with the \
+             provided token results in an inconsistent list - objects that were created, \
+             modified, or deleted between the time the first chunk was returned and now may show \
+             up in the list.",
+        );
+        e.continue_token = Some(continue_token.into_boxed_str());
+        e
+    }
+
     pub(crate) fn method_not_allowed(gr: GroupResource, action: &str) -> Self {
         Self::new(
             405,
@@ -251,7 +301,13 @@ impl ApiError {
                 quoted(&gr.to_string())
             ),
         )
-        .with_details(json!({"group": gr.group, "kind": gr.resource}))
+        .with_details({
+            let mut d = details("", gr.group, gr.resource);
+            if let Some(m) = d.as_object_mut() {
+                m.remove("name");
+            }
+            d
+        })
     }
 
     pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
@@ -266,11 +322,23 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn timeout(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(504, "Timeout", message.into())
-            .with_details(json!({"retryAfterSeconds": retry_after}));
-        e.retry_after = Some(retry_after);
-        e
+    /// 504 for a LIST at a resourceVersion the server has not reached within its wait
+    /// (`storage.NewTooLargeResourceVersionError`): no `Retry-After`, one cause.
+    pub(crate) fn too_large_resource_version(wanted: u64, current: u64) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+        )
+        .with_details(json!({"causes": [
+            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+        ]}))
+    }
+
+    /// 500 for an error the apiserver does not classify (Go's `InternalError` without a
+    /// reason), e.g. a resourceVersion that is not a number: `strconv.ParseUint: …`.
+    pub(crate) fn unclassified(message: impl Into<String>) -> Self {
+        Self::new(500, "", message.into())
     }
 
     /// The answer for an injected fault with status `code`.
@@ -298,15 +366,24 @@ impl ApiError {
         let mut m = Map::new();
         m.insert("kind".into(), "Status".into());
         m.insert("apiVersion".into(), "v1".into());
-        m.insert("metadata".into(), json!({}));
+        m.insert("metadata".into(), self.metadata());
         m.insert("status".into(), "Failure".into());
         m.insert("message".into(), self.message.clone().into());
-        m.insert("reason".into(), self.reason.clone().into());
+        if !self.reason.is_empty() {
+            m.insert("reason".into(), self.reason.clone().into());
+        }
         if let Some(d) = &self.details {
             m.insert("details".into(), d.clone());
         }
         m.insert("code".into(), self.code.into());
         Value::Object(m)
+    }
+
+    fn metadata(&self) -> Value {
+        match &self.continue_token {
+            Some(token) => json!({"continue": &**token}),
+            None => json!({}),
+        }
     }
 
     /// One watch-stream line `{"type":"ERROR","object":<Status>}\n`.
@@ -323,10 +400,14 @@ impl ApiError {
     pub fn status_bytes(&self) -> Vec<u8> {
         let quote = |v: &str| serde_json::to_string(v).unwrap_or_default();
         let mut out = format!(
-            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\"message\":{},\"reason\":{}",
+            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":{}",
+            self.metadata(),
             quote(&self.message),
-            quote(&self.reason)
         );
+        // Go's `reason` is `omitempty`.
+        if !self.reason.is_empty() {
+            let _ = write!(out, ",\"reason\":{}", quote(&self.reason));
+        }
         if let Some(d) = &self.details {
             out.push_str(",\"details\":");
             out.push_str(&serde_json::to_string(d).unwrap_or_default());
@@ -372,13 +453,13 @@ mod tests {
             "l1",
             &[FieldError::invalid(
                 "metadata.resourceVersion",
-                "0x0",
+                "0",
                 "must be specified for an update",
             )],
         );
         assert_eq!(
             e.message,
-            "Lease.coordination.k8s.io \"l1\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+            "Lease.coordination.k8s.io \"l1\" is invalid: metadata.resourceVersion: Invalid value: 0: must be specified for an update"
         );
         assert_eq!(e.code, 422);
     }

@@ -12,6 +12,8 @@ use super::status::{FieldError, quoted};
 
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
+const QUALIFIED_NAME_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
 /// Is `s` a DNS-1123 subdomain (≤ 253 chars)?
 pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty()
@@ -127,14 +129,22 @@ fn legacy_event(e: &Event) -> Vec<FieldError> {
         if io_ns.is_empty() && ns != "default" && ns != "kube-system" {
             errs.push(mismatch());
         }
+        // The field path is the core/v1 name (`reportingComponent`), and an empty value fails
+        // `ValidateQualifiedName` twice more after `Required`.
         let rc = e.reporting_component.as_deref().unwrap_or_default();
         if rc.is_empty() {
-            errs.push(FieldError::required("reportingController", ""));
-        } else if !is_qualified_name(rc) {
+            errs.push(FieldError::required("reportingComponent", ""));
             errs.push(FieldError::invalid(
-                "reportingController",
+                "reportingComponent",
                 quoted(rc),
-                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                "name part must be non-empty",
+            ));
+        }
+        if !is_qualified_name(rc) {
+            errs.push(FieldError::invalid(
+                "reportingComponent",
+                quoted(rc),
+                QUALIFIED_NAME_MSG,
             ));
         }
         let ri = e.reporting_instance.as_deref().unwrap_or_default();

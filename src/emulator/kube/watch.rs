@@ -224,8 +224,19 @@ impl Encoder {
         } else {
             ""
         };
+        // The object is the Go zero value of the kind with only a resourceVersion (and the
+        // annotation): Go writes its non-`omitempty` fields.
+        let zero = match self.view {
+            View::CoreEvents => {
+                ",\"involvedObject\":{},\"source\":{},\"firstTimestamp\":null,\"lastTimestamp\":null,\"eventTime\":null,\"reportingComponent\":\"\",\"reportingInstance\":\"\""
+            }
+            View::EventsV1 => {
+                ",\"eventTime\":null,\"regarding\":{},\"deprecatedSource\":{},\"deprecatedFirstTimestamp\":null,\"deprecatedLastTimestamp\":null"
+            }
+            View::Leases => ",\"spec\":{}",
+        };
         format!(
-            "{{\"type\":\"BOOKMARK\",\"object\":{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\",\"creationTimestamp\":null{annotations}}}}}}}\n",
+            "{{\"type\":\"BOOKMARK\",\"object\":{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"{annotations}}}{zero}}}}}\n",
             self.view.kind(),
             self.view.api_version()
         )

@@ -178,6 +178,17 @@ fn run_serves_admin_endpoints_and_exits_cleanly_on_sigterm() {
     assert_eq!(code, 200);
     assert!(status.contains("\"version\""), "{status}");
     assert_eq!(http_get(&addr, "/readyz").unwrap().0, 200);
+    // The glibc build re-executes itself (same pid) with flat-memory malloc settings.
+    if cfg!(target_env = "gnu") {
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        for setting in ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=262144"] {
+            assert!(
+                environ.split('\0').any(|v| v == setting),
+                "{setting} not in {environ:?}"
+            );
+        }
+    }
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),

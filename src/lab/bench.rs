@@ -137,11 +137,7 @@ pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
     .context("starting the Kubernetes API emulator")?;
     let kubeconfig = options.workdir.join("kubeconfig");
     emulator.write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)?;
-    let pipeline = lab_pipeline_yaml_with(
-        &options.workdir,
-        "1s",
-        "  max_commit_events: 5000\n  max_outbox_bytes: 4GiB\n",
-    );
+    let pipeline = lab_pipeline_yaml_with(&options.workdir, "1s", "  max_outbox_bytes: 4GiB\n");
     let mut replicas = Replicas::start(
         ReplicaOptions {
             kevents: options.kevents.clone(),

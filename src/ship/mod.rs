@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     sink::{OutgoingBatch, Sink},
-    store::{self, BatchRecord, EventStore, Guard, OutboxEntry},
+    store::{self, BatchRecord, EventStore, Guard, OutboxSpan},
     telemetry::error_chain,
     telemetry::{Metrics, StatusBoard},
 };
@@ -112,11 +112,12 @@ impl Shipper {
                 return Ok(());
             }
             let (max_events, max_bytes) = (self.options.max_events, self.options.max_bytes);
-            let entries = self
-                .blocking(move |store| store.outbox_from(cursor, max_events, max_bytes))
+            // Sizes only: the records are read once, when the batch is sent.
+            let span = self
+                .blocking(move |store| store.outbox_span(cursor, max_events, max_bytes))
                 .await?;
             self.publish_outbox().await;
-            if entries.is_empty() {
+            if span.events == 0 {
                 pending_since = None;
                 tokio::select! {
                     () = stop.cancelled() => return Ok(()),
@@ -126,8 +127,8 @@ impl Shipper {
                 }
             }
             let since = *pending_since.get_or_insert_with(Instant::now);
-            let full = entries.len() >= self.options.max_events
-                || batch_bytes(&entries) + 4096 >= self.options.max_bytes;
+            let full = span.events >= self.options.max_events as u64
+                || span.bytes + 4096 >= self.options.max_bytes;
             let due = since + self.options.max_age;
             if !full && Instant::now() < due {
                 tokio::select! {
@@ -137,7 +138,7 @@ impl Shipper {
                 }
                 continue;
             }
-            let batch = self.cut(&entries).await?;
+            let batch = self.cut(span).await?;
             cursor = batch.last + 1;
             pending_since = None;
             if matches!(self.deliver(&batch, &stop, false).await?, Delivery::Stopped) {
@@ -146,17 +147,15 @@ impl Shipper {
         }
     }
 
-    /// Records a batch for `entries` (fenced) and returns it.
-    async fn cut(&self, entries: &[OutboxEntry]) -> Result<BatchRecord> {
-        let first = entries.first().map_or(0, |e| e.seq);
-        let last = entries.last().map_or(0, |e| e.seq);
+    /// Records a batch for `span` (fenced) and returns it.
+    async fn cut(&self, span: OutboxSpan) -> Result<BatchRecord> {
         let meta = self.blocking(|store| store.meta()).await?;
         let batch = BatchRecord {
-            id: BatchRecord::id_for(&meta.store_id, first, last),
-            first,
-            last,
-            events: entries.len() as u64,
-            bytes: batch_bytes(entries),
+            id: BatchRecord::id_for(&meta.store_id, span.first, span.last),
+            first: span.first,
+            last: span.last,
+            events: span.events,
+            bytes: span.bytes,
             epoch: self.guard.epoch(),
             created_ms: jiff::Timestamp::now().as_millisecond(),
         };
@@ -177,21 +176,14 @@ impl Shipper {
         recovered: bool,
     ) -> Result<Delivery> {
         let (first, last) = (batch.first, batch.last);
-        let entries = self
-            .blocking(move |store| {
-                store.outbox_from(
-                    first,
-                    usize::try_from(last - first + 1).unwrap_or(usize::MAX),
-                    u64::MAX,
-                )
-            })
+        let capacity = usize::try_from(batch.bytes).unwrap_or(0);
+        let (payload, events) = self
+            .blocking(move |store| store.outbox_payload(first, last, capacity))
             .await?;
-        let entries: Vec<OutboxEntry> = entries.into_iter().filter(|e| e.seq <= last).collect();
-        // The records live on in the payload only.
         let outgoing = OutgoingBatch {
             id: batch.id.clone(),
-            payload: payload(&entries).into(),
-            events: entries.len() as u64,
+            payload: payload.into(),
+            events,
         };
         let mut delay = self.options.retry_initial;
         let mut attempt = 0u32;
@@ -334,19 +326,6 @@ impl Shipper {
         let store = Arc::clone(&self.store);
         Ok(tokio::task::spawn_blocking(move || op(store.as_ref())).await??)
     }
-}
-
-fn batch_bytes(entries: &[OutboxEntry]) -> u64 {
-    entries.iter().map(|e| e.record.len() as u64 + 1).sum()
-}
-
-fn payload(entries: &[OutboxEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(usize::try_from(batch_bytes(entries)).unwrap_or(0));
-    for entry in entries {
-        out.extend_from_slice(&entry.record);
-        out.push(b'\n');
-    }
-    out
 }
 
 #[cfg(test)]

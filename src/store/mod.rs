@@ -140,6 +140,19 @@ pub struct OutboxEntry {
     pub record: Vec<u8>,
 }
 
+/// A run of outbox records: their sequence numbers, count and payload size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxSpan {
+    /// First sequence number.
+    pub first: u64,
+    /// Last sequence number (inclusive).
+    pub last: u64,
+    /// Records (0: the outbox holds nothing from there on).
+    pub events: u64,
+    /// Payload bytes (records plus newlines).
+    pub bytes: u64,
+}
+
 /// A batch recorded before it is sent, so a new leader re-sends it with the same id.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BatchRecord {
@@ -205,6 +218,11 @@ pub trait EventStore: Send + Sync {
         max_events: usize,
         max_bytes: u64,
     ) -> Result<Vec<OutboxEntry>>;
+    /// What [`EventStore::outbox_from`] would return, without copying the records.
+    fn outbox_span(&self, from_seq: u64, max_events: usize, max_bytes: u64) -> Result<OutboxSpan>;
+    /// The records `first..=last` as one newline-delimited payload (allocated with `capacity`),
+    /// and how many there are.
+    fn outbox_payload(&self, first: u64, last: u64, capacity: usize) -> Result<(Vec<u8>, u64)>;
     /// Records a batch as in flight (before it is sent).
     fn record_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()>;
     /// Batches recorded but not yet acknowledged, oldest first.

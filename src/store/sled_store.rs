@@ -20,7 +20,7 @@ use sled::{
 
 use super::{
     BatchRecord, CaptureItem, CaptureOutcome, DeadBatch, Error, EventStore, Guard, Meta,
-    OutboxEntry, Result, SCHEMA_VERSION,
+    OutboxEntry, OutboxSpan, Result, SCHEMA_VERSION,
 };
 
 const K_SCHEMA: &[u8] = b"schema_version";
@@ -507,6 +507,39 @@ impl EventStore for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn outbox_span(&self, from_seq: u64, max_events: usize, max_bytes: u64) -> Result<OutboxSpan> {
+        let mut span = OutboxSpan::default();
+        for entry in self.outbox.range(from_seq.to_be_bytes()..) {
+            let (key, value) = entry.map_err(Error::Engine)?;
+            let seq = decode_u64(&key).ok_or_else(|| malformed(b"outbox key"))?;
+            let size = value.len() as u64 + 1;
+            if span.events > 0
+                && (span.events >= max_events as u64 || span.bytes + size > max_bytes)
+            {
+                break;
+            }
+            if span.events == 0 {
+                span.first = seq;
+            }
+            span.last = seq;
+            span.events += 1;
+            span.bytes += size;
+        }
+        Ok(span)
+    }
+
+    fn outbox_payload(&self, first: u64, last: u64, capacity: usize) -> Result<(Vec<u8>, u64)> {
+        let mut payload = Vec::with_capacity(capacity);
+        let mut events = 0u64;
+        for entry in self.outbox.range(first.to_be_bytes()..=last.to_be_bytes()) {
+            let (_, value) = entry.map_err(Error::Engine)?;
+            payload.extend_from_slice(&value);
+            payload.push(b'\n');
+            events += 1;
+        }
+        Ok((payload, events))
     }
 
     fn record_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()> {

@@ -272,6 +272,32 @@ fn outbox_reads_respect_the_byte_limit_but_always_return_one_record() {
     assert_eq!(store.outbox_from(0, 100, size * 2).unwrap().len(), 2);
     assert_eq!(store.outbox_from(0, 100, 1).unwrap().len(), 1);
     assert_eq!(store.outbox_from(3, 100, u64::MAX).unwrap().len(), 2);
+    // The span is what a read would return, without the records.
+    for (from, max_events, max_bytes) in [
+        (0, 100, size * 2),
+        (0, 100, 1),
+        (3, 100, u64::MAX),
+        (1, 3, u64::MAX),
+        (9, 5, u64::MAX),
+    ] {
+        let read = store.outbox_from(from, max_events, max_bytes).unwrap();
+        let span = store.outbox_span(from, max_events, max_bytes).unwrap();
+        assert_eq!(span.events, read.len() as u64);
+        assert_eq!(
+            span.bytes,
+            read.iter().map(|e| e.record.len() as u64 + 1).sum::<u64>()
+        );
+        if let (Some(first), Some(last)) = (read.first(), read.last()) {
+            assert_eq!((span.first, span.last), (first.seq, last.seq));
+            let (payload, events) = store.outbox_payload(span.first, span.last, 0).unwrap();
+            assert_eq!(events, span.events);
+            let expected: Vec<u8> = read
+                .iter()
+                .flat_map(|e| [e.record.as_slice(), b"\n"].concat())
+                .collect();
+            assert_eq!(payload, expected);
+        }
+    }
 }
 
 #[test]

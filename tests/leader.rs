@@ -482,3 +482,38 @@ async fn api_errors_never_stop_the_elector_and_it_backs_off_instead_of_hot_loopi
     }
     emulator.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_not_ready_from_the_moment_its_leadership_is_visible() {
+    use kevents::{
+        pipeline::READY_CONDITION,
+        telemetry::{Metrics, StatusBoard},
+    };
+    let emulator = emulator().await;
+    let board = Arc::new(StatusBoard::new());
+    // A follower is ready.
+    board.set_ready(READY_CONDITION);
+    assert!(board.readiness().is_ok());
+    let candidate =
+        elector(&emulator, "ready", 3_000).with_telemetry(Metrics::new().unwrap(), board.clone());
+    let mut leadership = candidate.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(candidate.run(stop.clone()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        leadership.wait_for(Option::is_some),
+    )
+    .await
+    .expect("no leadership")
+    .unwrap();
+    let not_ready = board
+        .readiness()
+        .expect_err("ready while the pipeline has not started");
+    assert!(
+        not_ready.iter().any(|r| r.contains(READY_CONDITION)),
+        "{not_ready:?}"
+    );
+    assert_eq!(board.snapshot()["leader"]["role"], "leader");
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -547,6 +547,11 @@ impl Elector {
             last_renew_start: start,
             failing_since: None,
         });
+        // Not ready before anyone can see this replica lead: the pipeline marks itself ready
+        // once it has listed or resumed.
+        if let Some(board) = &self.board {
+            board.set_not_ready(crate::pipeline::READY_CONDITION, "leader pipeline starting");
+        }
         self.tx.send_replace(Some(Leadership {
             holder: self.config.identity.clone(),
             epoch,

@@ -73,15 +73,51 @@ impl BenchReport {
             self.leader_rss_mib, self.leader_peak_rss_mib, self.follower_rss_mib
         );
         println!(
-            "  leader CPU per 1,000 events: {:.3}s at ~10k retained, {:.3}s at ~{}k retained",
+            "  leader CPU per 1,000 events while capturing: {:.3}s with ~10k retained, {:.3}s with ~{}k retained ({:.2}x)",
             self.cpu_per_1000_early,
             self.cpu_per_1000_late,
-            self.captured / 1000
+            self.captured / 1000,
+            self.cpu_per_1000_late / self.cpu_per_1000_early
         );
     }
 }
 
 /// Reads `metric` (a counter without labels) from Prometheus text.
+/// CPU seconds per 1,000 events captured between two capture counts.
+struct CpuWindow {
+    from: f64,
+    to: f64,
+    start: Option<(f64, f64)>,
+    done: bool,
+}
+
+impl CpuWindow {
+    fn new(from: f64, to: f64) -> Self {
+        Self {
+            from,
+            to,
+            start: None,
+            done: false,
+        }
+    }
+
+    /// Feeds one sample; returns the cost once the window is complete.
+    fn sample(&mut self, captured: f64, cpu: f64) -> Option<f64> {
+        if self.done {
+            return None;
+        }
+        match self.start {
+            None if captured >= self.from => self.start = Some((captured, cpu)),
+            Some((at, cpu_at)) if captured >= self.to && captured > at => {
+                self.done = true;
+                return Some((cpu - cpu_at) / (captured - at) * 1000.0);
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
 fn metric_value(text: &str, metric: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(metric) && line[metric.len()..].starts_with(' '))
@@ -175,9 +211,13 @@ pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut last = (Instant::now(), 0.0f64);
     let mut first_capture: Option<Instant> = None;
     let mut last_capture = Instant::now();
-    let mut early: Option<(f64, f64)> = None;
-    let mut early_done = false;
-    let mut late_start: Option<(f64, f64)> = None;
+    #[expect(clippy::cast_precision_loss, reason = "event counts far below 2^52")]
+    let target = options.events as f64;
+    // Two equal windows of steady capture while the generator runs: one with ~10 k events
+    // retained, one near the end with nearly all of them retained.
+    let width = (target / 10.0).max(10_000.0);
+    let mut early = CpuWindow::new(10_000.0, 10_000.0 + width);
+    let mut late = CpuWindow::new(target - 10_000.0 - width, target - 10_000.0);
     let mut generating = true;
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
@@ -198,19 +238,11 @@ pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
         last = (now, captured);
         report.leader_peak_rss_mib = report.leader_peak_rss_mib.max(rss_mib(leader_pid));
         let cpu = cpu_seconds(leader_pid);
-        if early.is_none() && captured >= 10_000.0 {
-            early = Some((captured, cpu));
-        } else if let Some((at, cpu_at)) = early
-            && !early_done
-            && captured >= at + 10_000.0
-        {
-            report.cpu_per_1000_early = (cpu - cpu_at) / (captured - at) * 1000.0;
-            early_done = true;
+        if let Some(cost) = early.sample(captured, cpu) {
+            report.cpu_per_1000_early = cost;
         }
-        #[expect(clippy::cast_precision_loss, reason = "event counts far below 2^52")]
-        let target = options.events as f64;
-        if late_start.is_none() && captured >= target * 0.9 {
-            late_start = Some((captured, cpu));
+        if let Some(cost) = late.sample(captured, cpu) {
+            report.cpu_per_1000_late = cost;
         }
         let stored = emulator.state().stats().ground_truth_versions as u64;
         if generating && stored >= options.events {
@@ -220,11 +252,6 @@ pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
         #[expect(clippy::cast_precision_loss, reason = "event counts far below 2^52")]
         let all_stored = stored as f64;
         if !generating && captured >= all_stored && shipped >= all_stored {
-            if let Some((at, cpu_at)) = late_start
-                && captured > at
-            {
-                report.cpu_per_1000_late = (cpu - cpu_at) / (captured - at) * 1000.0;
-            }
             #[expect(
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,

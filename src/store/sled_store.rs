@@ -1,7 +1,9 @@
 //! The sled 0.34 implementation of [`EventStore`].
 //!
 //! Trees: `meta` (checkpoint, epoch, counters, schema version, store id), `seen` (uid → last
-//! resourceVersion and time), `seen_time` (time + uid index for pruning), `outbox` (sequence →
+//! resourceVersion and time, for versions the checkpoint does not cover: a version at or below the
+//! stored checkpoint is a replay by resourceVersion order, so covered versions need no entry and
+//! the tree stays small), `seen_time` (time + uid index for pruning), `outbox` (sequence →
 //! record), `batches` (in-flight batches), `dead` (batches the sink rejected for good). Owns the
 //! byte encodings. It must never run a write without the fence check, never flush per event (group
 //! commit: one flush per transaction), and never delete a store it cannot read (quarantine).

@@ -1110,3 +1110,42 @@ dual!(
     status_bodies_name_the_resource_version_and_validation_errors_as_the_real_server_does,
     status_bodies
 );
+
+/// A watch from a resourceVersion the server has not reached (restored data, or a lagging cache)
+/// is accepted and stays quiet until its timeout: no error, no event, no bookmark. kevents
+/// notices by asking for the server's resourceVersion after such a session.
+async fn future_watch(backend: Backend) {
+    backend.ensure_namespace(NS).await.unwrap();
+    let created = create_event(&backend, "future-a").await;
+    let ahead = rv(&created).parse::<u64>().unwrap() + 1_000_000;
+    let started = Instant::now();
+    let watch = raw(
+        &backend,
+        "GET",
+        &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true&resourceVersion={ahead}"),
+        None,
+    )
+    .await;
+    assert_eq!(watch.code, 200, "{}", watch.text);
+    assert!(watch_lines(&watch).is_empty(), "{}", watch.text);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let list = raw(
+        &backend,
+        "GET",
+        "/api/v1/namespaces/pins/events?limit=1",
+        None,
+    )
+    .await;
+    let current: u64 = list.json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(current < ahead, "{current} {ahead}");
+}
+
+dual!(a_watch_from_a_future_resource_version, future_watch);

@@ -305,7 +305,14 @@ impl kevents::store::Guard for EditGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_behind_the_checkpoint_is_relisted_and_nothing_is_dropped() {
     use kevents::store::{EventStore as _, OpenOptions, SledStore};
-    let mut lab = TestLab::start(KubeEmulatorConfig::default(), 1, "").await;
+    // As a real API server does, the emulator accepts a watch from a position it has not
+    // reached and keeps it open and quiet: short watches make the collector ask sooner.
+    let mut lab = TestLab::start(
+        KubeEmulatorConfig::default(),
+        1,
+        "source:\n  watch_timeout: 2s\n",
+    )
+    .await;
     lab.leader_ready().await;
     lab.replicas.signal(0, Signal::SIGTERM).unwrap();
     assert!(lab.replicas.wait_exit(0, Duration::from_secs(15)).is_some());
@@ -331,6 +338,18 @@ async fn an_api_server_behind_the_checkpoint_is_relisted_and_nothing_is_dropped(
     assert!(while_down > 50, "{while_down}");
     lab.replicas.restart(0).unwrap();
     lab.leader_ready().await;
+    // Its first watch session moves nothing; it asks where the server is, and relists.
+    wait_until(
+        "a relist of the restored server",
+        Duration::from_secs(30),
+        || {
+            lab.logs().contains("Listed events resource_version")
+                && lab.logs().contains("went backwards")
+        },
+    )
+    .await;
+    let before = event_lists(&lab.emulator);
+    assert!(before >= 2, "{before}");
     lab.emulator.state().set_generator(generator(100.0, 0.3));
     tokio::time::sleep(Duration::from_secs(2)).await;
     lab.emulator.state().set_generator(None);

@@ -249,7 +249,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 emulator.write_kubeconfig(&path, "default")?;
                 println!("kubeconfig written to {}", path.display());
             }
-            tokio::signal::ctrl_c().await?;
+            interrupted().await?;
             emulator.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -294,7 +294,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "  rows:           {url}/emulator/tables/<db>/KubeEvents   stats: {url}/emulator/stats"
             );
             println!("  faults:         POST {url}/emulator/faults  e.g. {{\"outage_secs\": 120}}");
-            tokio::signal::ctrl_c().await?;
+            interrupted().await?;
             emulator.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -374,7 +374,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 server.write_kubeconfig(&path, "default")?;
                 println!("kubeconfig written to {}", path.display());
             }
-            tokio::signal::ctrl_c().await?;
+            interrupted().await?;
             drop(server);
             Ok(ExitCode::SUCCESS)
         }
@@ -490,6 +490,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM, so servers started here (etcd, kube-apiserver, Azurite) are
+/// stopped on either.
+async fn interrupted() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = term.recv() => Ok(()),
     }
 }
 

@@ -201,6 +201,22 @@ impl Source {
             if delivered > 0 || started.elapsed() >= HEALTHY_PERIOD {
                 backoff = Self::backoff();
             }
+            // A server behind our position (restored data, or a lagging replica) accepts the
+            // watch and stays quiet: after a session that moved nothing, ask where it is.
+            if delivered == 0
+                && matches!(end, WatchEnd::Closed | WatchEnd::Stalled)
+                && position.as_deref() == Some(from.as_str())
+                && self.server_behind(&from).await
+            {
+                self.restart(if matches!(end, WatchEnd::Closed) {
+                    "closed"
+                } else {
+                    "stalled"
+                });
+                tracing::warn!(resource_version = %from, "The API server is behind the checkpoint; relisting");
+                position = None;
+                continue;
+            }
             match end {
                 WatchEnd::Closed => {
                     self.restart("closed");
@@ -254,6 +270,29 @@ impl Source {
             .watch_restarts
             .with_label_values(&[reason])
             .inc();
+    }
+
+    /// True when a consistent one-item LIST shows the API server's resourceVersion below
+    /// `position` (both numbers). Errors answer false: the watch loop retries as usual.
+    async fn server_behind(&self, position: &str) -> bool {
+        let Ok(position) = position.parse::<u64>() else {
+            return false;
+        };
+        let Ok(http) = Request::new(self.collection_path()).list(&ListParams::default().limit(1))
+        else {
+            return false;
+        };
+        match self.client.request::<Value>(http).await {
+            Ok(page) => page
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|rv| rv.parse::<u64>().ok())
+                .is_some_and(|current| current < position),
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "Probing the API server's resourceVersion failed");
+                false
+            }
+        }
     }
 
     /// A paged LIST: sends every kept item, then the list's resourceVersion as checkpoint.

@@ -524,12 +524,8 @@ fn watch(
                     "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
                 ))
             })?;
-            let current = state.lock().rv();
-            // A watch from a position the server has not reached (a lagging cache in HA, or
-            // data restored from a backup) fails as a LIST there does.
-            if n > current {
-                return Err(ApiError::too_large_resource_version(n, current));
-            }
+            // A position the server has not reached (a lagging cache in HA, or data restored
+            // from a backup) is accepted: the watch stays open, quiet, until its timeout.
             WatchStart::From(n)
         }
     };

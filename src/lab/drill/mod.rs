@@ -358,6 +358,12 @@ impl Lab {
             .await
             .context("no replica became a ready leader")?;
         lab.generate(lab.options.events_per_second, lab.spec.update_ratio);
+        // Warm up: the first fault must find a leader that is capturing.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lab.captures.log().captures.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         Ok(lab)
     }
 
@@ -547,6 +553,18 @@ impl Lab {
         self.captures.stop();
         let first_seen = self.deliveries.first_seen();
         let captures = self.captures.log();
+        // For a post-mortem: who captured when, and the faults.
+        let mut timeline: Vec<String> = captures
+            .captures
+            .iter()
+            .map(|(ms, who)| format!("{ms} capture {who}"))
+            .chain(self.faults.iter().map(|ms| format!("{ms} fault")))
+            .collect();
+        timeline.sort();
+        let _ = std::fs::write(
+            self.options.workdir.join("timeline.txt"),
+            timeline.join("\n") + "\n",
+        );
         let latency = self
             .emulator
             .state()

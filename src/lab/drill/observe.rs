@@ -216,20 +216,15 @@ pub struct CaptureLog {
 
 impl CaptureLog {
     /// The failover gap around a fault at `fault_ms`: the longest silence between consecutive
-    /// captures (by any replica) that ends at or after the fault and starts before `until_ms` —
-    /// the last capture of the old leader before it to the first capture of the new one after it.
+    /// captures (by any replica) that ends after the fault and starts before `until_ms` (the
+    /// next fault) — the last capture of the old leader to the first capture of the new one.
     #[must_use]
     pub fn gap(&self, fault_ms: i64, until_ms: i64) -> Option<Duration> {
-        let mut times: Vec<i64> = self
-            .captures
-            .iter()
-            .map(|(ms, _)| *ms)
-            .filter(|ms| *ms >= fault_ms - 5_000 && *ms <= until_ms)
-            .collect();
+        let mut times: Vec<i64> = self.captures.iter().map(|(ms, _)| *ms).collect();
         times.sort_unstable();
         times
             .windows(2)
-            .filter(|w| w[1] >= fault_ms)
+            .filter(|w| w[1] > fault_ms && w[0] <= until_ms)
             .map(|w| w[1] - w[0])
             .max()
             .and_then(|ms| u64::try_from(ms).ok())
@@ -367,8 +362,9 @@ mod tests {
             ..CaptureLog::default()
         };
         assert_eq!(log.gap(1_300, 5_000), Some(Duration::from_millis(3_000)));
-        assert_eq!(log.gap(4_450, 5_000), Some(Duration::from_millis(100)));
-        assert_eq!(log.gap(5_000, 5_000), None);
+        assert_eq!(log.gap(4_450, 5_000), Some(Duration::from_millis(4_500)));
+        assert_eq!(log.gap(4_450, 4_460), Some(Duration::from_millis(100)));
+        assert_eq!(log.gap(9_000, 10_000), None);
     }
 
     #[test]

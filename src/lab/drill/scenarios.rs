@@ -51,9 +51,9 @@ pub(super) async fn handover(options: DrillOptions) -> anyhow::Result<DrillRepor
                 report.abrupt.push(took);
             }
             lab.restart(slot).await?;
+            // Let the new leader capture before the next fault, so each gap is its own.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        // Let the new leader settle before the next fault.
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (graceful, abrupt) = (report.graceful.clone(), report.abrupt.clone());
     report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
@@ -91,8 +91,9 @@ pub(super) async fn rolling(options: DrillOptions) -> anyhow::Result<DrillReport
                 }
             }
             lab.restart(slot).await?;
+            // The rollout waits for the new pod before it replaces the next one.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let graceful = report.graceful.clone();
     report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
@@ -250,7 +251,7 @@ pub(super) async fn apiserver_down(options: DrillOptions) -> anyhow::Result<Dril
 pub(super) async fn compaction(options: DrillOptions) -> anyhow::Result<DrillReport> {
     let mut report = DrillReport::new(
         "compaction",
-        "the leader dies (SIGTERM / kill -9, alternating) and the API server compacts to its newest resourceVersion at once: the new leader relists (410) and captures every version still held; nothing lost, nothing duplicated (creates only from 2s before the fault until the new leader is ready: a superseded version behind the compaction point is held by nobody)".to_owned(),
+        "the leader's watch lags (stalled 1.5s), the API server compacts past its checkpoint, and the leader dies (SIGTERM / kill -9, alternating): the new leader's resume gets 410, it relists (410) and captures every version still held; nothing lost, nothing duplicated (creates only from 2s before the fault until the new leader is ready: a superseded version behind the compaction point is held by nobody)".to_owned(),
         options.runs,
     );
     let mut lab = Lab::start(options.clone()).await?;
@@ -265,9 +266,16 @@ pub(super) async fn compaction(options: DrillOptions) -> anyhow::Result<DrillRep
             Signal::SIGTERM
         };
         lab.fault();
+        // Hold the leader's watch back (its checkpoint stops) while events keep coming, compact
+        // past its checkpoint, then stop it: the new leader's resume is behind the compaction.
+        lab.emulator
+            .state()
+            .faults()
+            .stall_watches(Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.emulator.state().compact_now();
         let signalled = Instant::now();
         lab.replicas.signal(slot, signal)?;
-        lab.emulator.state().compact_now();
         match lab.next_leader(&holder, signalled).await {
             Some(took) if signal == Signal::SIGTERM => report.graceful.push(took),
             Some(took) => report.abrupt.push(took),

@@ -361,7 +361,7 @@ mod tests {
                 .collect(),
             ..CaptureLog::default()
         };
-        assert_eq!(log.gap(1_300, 5_000), Some(Duration::from_millis(3_000)));
+        assert_eq!(log.gap(1_300, 5_000), Some(Duration::from_secs(3)));
         assert_eq!(log.gap(4_450, 5_000), Some(Duration::from_millis(4_500)));
         assert_eq!(log.gap(4_450, 4_460), Some(Duration::from_millis(100)));
         assert_eq!(log.gap(9_000, 10_000), None);

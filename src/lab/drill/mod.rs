@@ -86,8 +86,8 @@ pub struct DrillReport {
     pub graceful: Vec<Duration>,
     /// Failover times after a crash, pause or partition.
     pub abrupt: Vec<Duration>,
-    /// Failover gaps: last capture before a fault → first capture after it.
-    pub gaps: Vec<Duration>,
+    /// Failover gaps by fault kind: last capture before a fault → first capture after it.
+    pub gaps: Vec<(&'static str, Duration)>,
     /// End-to-end latency of each delivered version: stored by the API server → in the sink.
     pub latency: Vec<Duration>,
     /// Other figures, one line each.
@@ -145,8 +145,18 @@ impl DrillReport {
         if !self.abrupt.is_empty() {
             println!("  abrupt failover:   {}", summary(&self.abrupt));
         }
-        if !self.gaps.is_empty() {
-            println!("  failover gap:      {}", summary(&self.gaps));
+        let mut kinds: Vec<&str> = self.gaps.iter().map(|(kind, _)| *kind).collect();
+        kinds.dedup();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for kind in kinds {
+            let gaps: Vec<Duration> = self
+                .gaps
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, gap)| *gap)
+                .collect();
+            println!("  failover gap ({kind}): {}", summary(&gaps));
         }
         if !self.latency.is_empty() {
             println!("  end-to-end latency: {}", summary(&self.latency));
@@ -240,8 +250,8 @@ pub struct Finish {
     pub delivery: Report,
     /// End-to-end latencies.
     pub latency: Vec<Duration>,
-    /// Failover gaps, one per [`Lab::fault`].
-    pub gaps: Vec<Duration>,
+    /// Failover gaps, one per [`Lab::fault`], with its kind.
+    pub gaps: Vec<(&'static str, Duration)>,
     /// Generator stop → nothing missing.
     pub drain: Duration,
     /// Captures seen.
@@ -263,7 +273,7 @@ pub struct Lab {
     sink: SinkView,
     deliveries: Deliveries,
     captures: Captures,
-    faults: Vec<i64>,
+    faults: Vec<(i64, &'static str)>,
 }
 
 impl Lab {
@@ -403,9 +413,9 @@ impl Lab {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = targets;
     }
 
-    /// Marks a fault now: a failover gap is measured around it.
-    pub fn fault(&mut self) {
-        self.faults.push(now_ms());
+    /// Marks a fault of `kind` now: a failover gap is measured around it.
+    pub fn fault(&mut self, kind: &'static str) {
+        self.faults.push((now_ms(), kind));
     }
 
     /// The store directory all replicas share.
@@ -558,7 +568,11 @@ impl Lab {
             .captures
             .iter()
             .map(|(ms, who)| format!("{ms} capture {who}"))
-            .chain(self.faults.iter().map(|ms| format!("{ms} fault")))
+            .chain(
+                self.faults
+                    .iter()
+                    .map(|(ms, kind)| format!("{ms} fault {kind}")),
+            )
             .collect();
         timeline.sort();
         let _ = std::fs::write(
@@ -581,9 +595,9 @@ impl Lab {
             .faults
             .iter()
             .enumerate()
-            .filter_map(|(i, fault)| {
-                let until = self.faults.get(i + 1).copied().unwrap_or(end_ms);
-                captures.gap(*fault, until)
+            .filter_map(|(i, (fault, kind))| {
+                let until = self.faults.get(i + 1).map_or(end_ms, |(ms, _)| *ms);
+                captures.gap(*fault, until).map(|gap| (*kind, gap))
             })
             .collect();
         self.replicas.stop_all(Duration::from_secs(15));

@@ -216,15 +216,17 @@ pub struct CaptureLog {
 
 impl CaptureLog {
     /// The failover gap around a fault at `fault_ms`: the longest silence between consecutive
-    /// captures (by any replica) that ends after the fault and starts before `until_ms` (the
-    /// next fault) — the last capture of the old leader to the first capture of the new one.
+    /// captures (by any replica) after the fault and before `until_ms` (the next fault), where
+    /// the silence that the first capture after the fault ends always counts — the last capture
+    /// of the old leader to the first capture of the new one.
     #[must_use]
     pub fn gap(&self, fault_ms: i64, until_ms: i64) -> Option<Duration> {
         let mut times: Vec<i64> = self.captures.iter().map(|(ms, _)| *ms).collect();
         times.sort_unstable();
+        let first_after = times.iter().copied().find(|ms| *ms > fault_ms);
         times
             .windows(2)
-            .filter(|w| w[1] > fault_ms && w[0] <= until_ms)
+            .filter(|w| w[1] > fault_ms && (w[1] <= until_ms || Some(w[1]) == first_after))
             .map(|w| w[1] - w[0])
             .max()
             .and_then(|ms| u64::try_from(ms).ok())
@@ -362,8 +364,12 @@ mod tests {
             ..CaptureLog::default()
         };
         assert_eq!(log.gap(1_300, 5_000), Some(Duration::from_secs(3)));
-        assert_eq!(log.gap(4_450, 5_000), Some(Duration::from_millis(4_500)));
-        assert_eq!(log.gap(4_450, 4_460), Some(Duration::from_millis(100)));
+        // The next fault's silence is not this one's.
+        assert_eq!(log.gap(1_300, 4_450), Some(Duration::from_secs(3)));
+        assert_eq!(log.gap(4_450, 5_000), Some(Duration::from_millis(100)));
+        assert_eq!(log.gap(4_450, 10_000), Some(Duration::from_millis(4_500)));
+        // A fault right before the next: the silence that ends after both still counts.
+        assert_eq!(log.gap(1_450, 1_460), Some(Duration::from_secs(3)));
         assert_eq!(log.gap(9_000, 10_000), None);
     }
 

@@ -36,7 +36,11 @@ pub(super) async fn handover(options: DrillOptions) -> anyhow::Result<DrillRepor
     for run in 0..options.runs {
         for signal in [Signal::SIGTERM, Signal::SIGKILL] {
             let (slot, holder) = lab.leader()?;
-            lab.fault();
+            lab.fault(if signal == Signal::SIGTERM {
+                "SIGTERM"
+            } else {
+                "kill -9"
+            });
             let signalled = Instant::now();
             lab.replicas.signal(slot, signal)?;
             let Some(took) = lab.next_leader(&holder, signalled).await else {
@@ -79,7 +83,7 @@ pub(super) async fn rolling(options: DrillOptions) -> anyhow::Result<DrillReport
             let (leader_slot, holder) = lab.leader()?;
             let signalled = Instant::now();
             if slot == leader_slot {
-                lab.fault();
+                lab.fault("SIGTERM");
             }
             lab.replicas.signal(slot, Signal::SIGTERM)?;
             if slot == leader_slot {
@@ -112,7 +116,7 @@ pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> 
     let mut lab = Lab::start(options.clone()).await?;
     for run in 0..options.runs {
         let (slot, holder) = lab.leader()?;
-        lab.fault();
+        lab.fault("SIGSTOP");
         let stopped = Instant::now();
         lab.replicas.signal(slot, Signal::SIGSTOP)?;
         match lab.next_leader(&holder, stopped).await {
@@ -171,7 +175,7 @@ pub(super) async fn partition(options: DrillOptions) -> anyhow::Result<DrillRepo
     let mut lab = Lab::start(options.clone()).await?;
     for run in 0..options.runs {
         let (slot, holder) = lab.leader()?;
-        lab.fault();
+        lab.fault("partition");
         let cut = Instant::now();
         let cut_ms = now_ms();
         lab.emulator.state().faults().partition(&holder, None);
@@ -224,7 +228,7 @@ pub(super) async fn apiserver_down(options: DrillOptions) -> anyhow::Result<Dril
     let mut recovery = Vec::new();
     for run in 0..options.runs {
         lab.leader()?;
-        lab.fault();
+        lab.fault("API server down");
         lab.emulator.state().faults().partition("", None);
         tokio::time::sleep(outage).await;
         lab.emulator.state().faults().heal(None);
@@ -265,7 +269,11 @@ pub(super) async fn compaction(options: DrillOptions) -> anyhow::Result<DrillRep
         } else {
             Signal::SIGTERM
         };
-        lab.fault();
+        lab.fault(if signal == Signal::SIGTERM {
+            "SIGTERM"
+        } else {
+            "kill -9"
+        });
         // Hold the leader's watch back (its checkpoint stops) while events keep coming, compact
         // past its checkpoint, then stop it: the new leader's resume is behind the compaction.
         lab.emulator
@@ -349,7 +357,7 @@ pub(super) async fn long_outage(options: DrillOptions) -> anyhow::Result<DrillRe
         lab.generate_creates_only();
         tokio::time::sleep(Duration::from_secs(2)).await;
         lab.leader()?;
-        lab.fault();
+        lab.fault("all replicas down");
         let stopped_rv = lab.emulator.state().resource_version();
         for slot in 0..lab.replicas.replicas.len() {
             let _ = lab.replicas.signal(slot, Signal::SIGTERM);
@@ -420,7 +428,7 @@ pub(super) async fn read_only_store(options: DrillOptions) -> anyhow::Result<Dri
     let mut revived = 0;
     for run in 0..options.runs {
         let (_, holder) = lab.leader()?;
-        lab.fault();
+        lab.fault("store read-only");
         let store = lab.store_dir();
         faults::set_immutable(&store, true)?;
         tokio::time::sleep(read_only).await;
@@ -595,7 +603,7 @@ pub(super) async fn adx_outage(options: DrillOptions) -> anyhow::Result<DrillRep
         let started = Instant::now();
         tokio::time::sleep(outage / 2).await;
         let (slot, holder) = lab.leader()?;
-        lab.fault();
+        lab.fault("SIGTERM");
         let signalled = Instant::now();
         lab.replicas.signal(slot, Signal::SIGTERM)?;
         match lab.next_leader(&holder, signalled).await {

@@ -1,8 +1,11 @@
 //! `kevents-lab drill <scenario>`: failover drills with real `kevents run` processes against the
 //! Kubernetes API emulator, each stating its property first and printing PASS/FAIL with figures.
 //!
-//! Owns the scenarios and their pass criteria. Every scenario ends with the oracle: every event
-//! version the API server stored is delivered exactly once. It never weakens a property to pass.
+//! Owns the lab a drill runs in (the API server emulator, the ADX emulator when asked, the
+//! replicas, the generator and the observers), the report and the dispatch; `scenarios` owns the
+//! faults and their bounds, `observe` the latency and failover-gap figures, `faults` the faults
+//! made outside the emulators. Every scenario ends with the oracle: every event version the API
+//! server stored is delivered exactly once. It never weakens a property to pass.
 
 use std::{
     net::SocketAddr,

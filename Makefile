@@ -4,8 +4,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Process-level tests spawn API servers and kevents replicas; two at a time suits 2 cores.
 TEST_THREADS ?= 2
-# Drills: fault repetitions per scenario (the README figures use 20).
-DRILL_RUNS ?= 20
+# Drills: fault repetitions per scenario in `make drill` (CI, under 10 minutes on 2 cores) and
+# in `make drill-long` (the README figures use 20).
+DRILL_RUNS ?= 2
+DRILL_LONG_RUNS ?= 20
+DRILL_SHORT := handover pause partition rolling apiserver-down compaction adx-429 read-only-store long-outage
 # Tag for `make image` (needs a Docker engine; this project's CI has none).
 IMAGE ?= kevents:dev
 # Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static).
@@ -78,8 +81,14 @@ demo: release ## The main job on an embedded default (see README)
 	./target/release/kevents-lab demo
 
 .PHONY: drill
-drill: release ## Failover drills (short scenarios, DRILL_RUNS each)
-	./target/release/kevents-lab drill all --runs $(DRILL_RUNS)
+drill: release azurite ## Failover drills: every short scenario, DRILL_RUNS each, one storm (CI)
+	./target/release/kevents-lab drill $(DRILL_SHORT) --runs $(DRILL_RUNS)
+	./target/release/kevents-lab drill storm --runs 1
+
+.PHONY: drill-long
+drill-long: release azurite ## The 10-minute ADX outage, and every short drill DRILL_LONG_RUNS times
+	./target/release/kevents-lab drill all --runs $(DRILL_LONG_RUNS) --workdir target/drills-long
+	./target/release/kevents-lab drill long --runs 1 --workdir target/drills-long
 
 .PHONY: bench
 bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU) and ADX queued ingestion

@@ -123,10 +123,8 @@ async fn open_store(
         cache_capacity: config.store.cache_capacity,
         lock_timeout: config.store.lock_timeout,
     };
-    let opening = tokio::task::spawn_blocking(move || SledStore::open(&options));
-    let opened = tokio::select! {
-        () = stop.cancelled() => return Ok(None),
-        opened = opening => opened??,
+    let Some(opened) = open_until_stopped(&options, stop).await? else {
+        return Ok(None);
     };
     if let Some((moved_to, reason)) = &opened.quarantined {
         metrics.store_quarantined.inc();
@@ -138,6 +136,39 @@ async fn open_store(
         );
     }
     Ok(Some(Arc::new(opened.store)))
+}
+
+/// Opens the store, retrying for up to `options.lock_timeout` while another process holds its
+/// lock — one attempt per blocking task, so that a stop ends the wait at once and leaves nothing
+/// behind. (A blocking task that kept retrying held a terminating process back from exiting until
+/// the lock timeout: the runtime waits for blocking tasks when it shuts down.)
+async fn open_until_stopped(
+    options: &OpenOptions,
+    stop: &CancellationToken,
+) -> Result<Option<store::Opened>, Error> {
+    let deadline = tokio::time::Instant::now() + options.lock_timeout;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let attempt = OpenOptions {
+            lock_timeout: Duration::ZERO,
+            ..options.clone()
+        };
+        let opening = tokio::task::spawn_blocking(move || SledStore::open(&attempt));
+        let opened = tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            opened = opening => opened?,
+        };
+        match opened {
+            Err(store::Error::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            opened => return Ok(Some(opened?)),
+        }
+    }
 }
 
 #[expect(
@@ -405,4 +436,64 @@ fn is_fence_error(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_store_open_leaves_no_blocking_task_that_holds_the_process_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            path: dir.path().join("store"),
+            cache_capacity: 1 << 20,
+            lock_timeout: Duration::from_secs(10),
+        };
+        // Another holder of the lock (sled's lock is per open file, so this process counts).
+        let _held = SledStore::open(&options).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stop = CancellationToken::new();
+        let opened = runtime.block_on(async {
+            let cancel = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cancel.cancel();
+            });
+            open_until_stopped(&options, &stop).await
+        });
+        assert!(matches!(opened, Ok(None)));
+        // Dropping a runtime waits for its blocking tasks, as a process exit does.
+        let dropping = std::time::Instant::now();
+        drop(runtime);
+        assert!(
+            dropping.elapsed() < Duration::from_secs(2),
+            "a blocking open kept retrying for {:?} after the stop",
+            dropping.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_store_open_waits_for_the_lock_and_gives_up_after_the_lock_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            path: dir.path().join("store"),
+            cache_capacity: 1 << 20,
+            lock_timeout: Duration::from_millis(300),
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let stop = CancellationToken::new();
+        let held = SledStore::open(&options).unwrap();
+        let locked = runtime.block_on(open_until_stopped(&options, &stop));
+        assert!(
+            matches!(locked, Err(Error::Store(store::Error::Locked { .. }))),
+            "{locked:?}"
+        );
+        drop(held);
+        let opened = runtime.block_on(open_until_stopped(&options, &stop));
+        assert!(matches!(opened, Ok(Some(_))));
+    }
 }

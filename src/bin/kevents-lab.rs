@@ -137,7 +137,8 @@ enum Command {
     },
     /// Failover drills against real kevents processes; prints PASS/FAIL with figures.
     Drill {
-        /// Scenarios (`all` for every short one).
+        /// Scenarios: handover, pause, partition, rolling, apiserver-down, compaction, adx-429,
+        /// read-only-store, long-outage, storm (`all`: every one of these), adx-outage (`long`).
         #[arg(required = true)]
         scenarios: Vec<String>,
         /// Repetitions of the fault per scenario.
@@ -462,11 +463,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             workdir,
         } => {
             let kevents = kevents_binary()?;
-            let names: Vec<String> = if scenarios.iter().any(|s| s == "all") {
-                drill::SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
-            } else {
-                scenarios
-            };
+            let names: Vec<String> = scenarios
+                .iter()
+                .flat_map(|s| match s.as_str() {
+                    "all" => drill::SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+                    "long" => drill::LONG_SCENARIOS
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .collect(),
+                    other => vec![other.to_owned()],
+                })
+                .collect();
             let mut failed = Vec::new();
             for name in &names {
                 let mut options = DrillOptions::new(workdir.join(name), kevents.clone());
@@ -476,11 +483,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 options.lease_duration = lease_duration;
                 options.renew_deadline = renew_deadline;
                 options.retry_period = retry_period;
-                let report = drill::run(name, options).await?;
-                report.print();
-                if !report.passed() {
-                    failed.push(name.clone());
+                let started = std::time::Instant::now();
+                match drill::run(name, options).await {
+                    Ok(report) => {
+                        report.print();
+                        if !report.passed() {
+                            failed.push(name.clone());
+                        }
+                    }
+                    Err(e) => {
+                        println!("drill {name}: could not run: {e:#}\n  FAIL");
+                        failed.push(name.clone());
+                    }
                 }
+                println!("  took {:.0}s", started.elapsed().as_secs_f64());
             }
             if failed.is_empty() {
                 println!("all drills passed: {}", names.join(", "));

@@ -176,6 +176,20 @@ impl Replicas {
         }
     }
 
+    /// The slots whose process exited on its own (reaped; `pid` is `None` afterwards).
+    pub fn exited(&mut self) -> Vec<usize> {
+        let mut slots = Vec::new();
+        for replica in &mut self.replicas {
+            if let Some(child) = replica.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                replica.child = None;
+                slots.push(replica.index);
+            }
+        }
+        slots
+    }
+
     /// Starts the slot again as a new process (a new identity), as a Deployment would.
     ///
     /// # Errors

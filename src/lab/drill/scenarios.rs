@@ -1,0 +1,646 @@
+//! The drill scenarios. Each states its property, injects its fault `runs` times into one lab,
+//! and ends with the oracle (nothing missing, nothing duplicated under (uid, resourceVersion)).
+//!
+//! Owns the fault sequences and their bounds. A scenario never relaxes a bound to pass; where the
+//! workload is shaped (creates only while no replica can watch and history is destroyed), the
+//! property says so, because a superseded version the API server no longer holds cannot be
+//! recovered by any client.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::{DrillOptions, DrillReport, Lab, LabSink, LabSpec, admin_get, faults, now_ms, summary};
+use crate::emulator::kube::KubeEmulatorConfig;
+
+/// Graceful handover bound (SIGTERM of the leader → another leads).
+const GRACEFUL_BOUND: Duration = Duration::from_secs(3);
+
+fn kill_bound(options: &DrillOptions) -> Duration {
+    options.lease_duration + options.retry_period * 2
+}
+
+/// SIGTERM the leader, then kill -9 the next one, `runs` times each.
+pub(super) async fn handover(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let kill_bound = kill_bound(&options);
+    let mut report = DrillReport::new(
+        "handover",
+        format!(
+            "SIGTERM of the leader: another leads within {}s (p99); kill -9: within lease_duration + 2 x retry_period = {}s (p99); nothing lost, nothing duplicated",
+            GRACEFUL_BOUND.as_secs(),
+            kill_bound.as_secs()
+        ),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    for run in 0..options.runs {
+        for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+            let (slot, holder) = lab.leader()?;
+            lab.fault(if signal == Signal::SIGTERM {
+                "SIGTERM"
+            } else {
+                "kill -9"
+            });
+            let signalled = Instant::now();
+            lab.replicas.signal(slot, signal)?;
+            let Some(took) = lab.next_leader(&holder, signalled).await else {
+                report
+                    .violations
+                    .push(format!("run {run}: no new leader after {signal:?}"));
+                continue;
+            };
+            if signal == Signal::SIGTERM {
+                report.graceful.push(took);
+            } else {
+                report.abrupt.push(took);
+            }
+            lab.restart(slot).await?;
+            // Let the new leader capture before the next fault, so each gap is its own.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let (graceful, abrupt) = (report.graceful.clone(), report.abrupt.clone());
+    report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
+    report.bound_p99("kill -9 failover", &abrupt, kill_bound);
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// A rolling restart: SIGTERM each replica in turn and start it again, as a Deployment rollout
+/// does; every handover is graceful.
+pub(super) async fn rolling(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let mut report = DrillReport::new(
+        "rolling",
+        format!(
+            "rolling restart (SIGTERM each replica in turn, start it again before the next): every leader handover within {}s (p99); nothing lost, nothing duplicated",
+            GRACEFUL_BOUND.as_secs()
+        ),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    for run in 0..options.runs {
+        for slot in 0..lab.replicas.replicas.len() {
+            let (leader_slot, holder) = lab.leader()?;
+            let signalled = Instant::now();
+            if slot == leader_slot {
+                lab.fault("SIGTERM");
+            }
+            lab.replicas.signal(slot, Signal::SIGTERM)?;
+            if slot == leader_slot {
+                match lab.next_leader(&holder, signalled).await {
+                    Some(took) => report.graceful.push(took),
+                    None => report.violations.push(format!(
+                        "run {run}: no new leader after SIGTERM of {holder}"
+                    )),
+                }
+            }
+            lab.restart(slot).await?;
+            // The rollout waits for the new pod before it replaces the next one.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let graceful = report.graceful.clone();
+    report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// SIGSTOP the leader longer than the lease, then SIGCONT: it must write nothing after waking
+/// and must demote.
+pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let mut report = DrillReport::new(
+        "pause",
+        "a leader paused (SIGSTOP) longer than its lease performs no write after SIGCONT and demotes; another replica leads; nothing lost, nothing duplicated".to_owned(),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    for run in 0..options.runs {
+        let (slot, holder) = lab.leader()?;
+        lab.fault("SIGSTOP");
+        let stopped = Instant::now();
+        lab.replicas.signal(slot, Signal::SIGSTOP)?;
+        match lab.next_leader(&holder, stopped).await {
+            Some(took) => report.abrupt.push(took),
+            None => report.violations.push(format!(
+                "run {run}: nobody took over from the paused leader"
+            )),
+        }
+        // Stay paused past the lease, so the wake-up finds the term long gone.
+        tokio::time::sleep_until(
+            (stopped + options.lease_duration + Duration::from_secs(2)).into(),
+        )
+        .await;
+        let woke_ms = now_ms();
+        lab.replicas.signal(slot, Signal::SIGCONT)?;
+        // Give it time to notice and to (not) write.
+        let admin = lab.replicas.replicas[slot].admin;
+        let deadline = Instant::now() + options.renew_deadline + Duration::from_secs(5);
+        let mut demoted = false;
+        while Instant::now() < deadline {
+            if let Some(status) = admin_get(admin, "/status").await
+                && status.contains("\"role\":\"follower\"")
+            {
+                demoted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let writes = lab.fence_writes_after(&holder, woke_ms);
+        if writes > 0 {
+            report.violations.push(format!(
+                "run {run}: {holder} wrote {writes} time(s) after waking"
+            ));
+        }
+        if !demoted {
+            report
+                .violations
+                .push(format!("run {run}: {holder} did not demote after waking"));
+        }
+        lab.replicas.signal(slot, Signal::SIGTERM)?;
+        lab.restart(slot).await?;
+    }
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// Cut the leader off from the API server: within the renew deadline it stops writing; nobody
+/// else leads before the lease ran out; after healing it follows.
+pub(super) async fn partition(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let mut report = DrillReport::new(
+        "partition",
+        "a leader cut off from the API server stops writing within renew_deadline; no other replica leads before lease_duration - retry_period after the cut; nothing lost, nothing duplicated".to_owned(),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    for run in 0..options.runs {
+        let (slot, holder) = lab.leader()?;
+        lab.fault("partition");
+        let cut = Instant::now();
+        let cut_ms = now_ms();
+        lab.emulator.state().faults().partition(&holder, None);
+        match lab.next_leader(&holder, cut).await {
+            Some(took) => {
+                report.abrupt.push(took);
+                let earliest = options.lease_duration.saturating_sub(options.retry_period);
+                if took < earliest {
+                    report.violations.push(format!(
+                        "run {run}: a new leader after {took:?}, before {earliest:?}"
+                    ));
+                }
+            }
+            None => report.violations.push(format!(
+                "run {run}: nobody took over from the cut-off leader"
+            )),
+        }
+        // The fence must have stopped the old leader's writes by the renew deadline.
+        let stop_by = cut_ms
+            + i64::try_from((options.renew_deadline + Duration::from_millis(200)).as_millis())
+                .unwrap_or(i64::MAX);
+        let late = lab.fence_writes_after(&holder, stop_by);
+        if late > 0 {
+            report.violations.push(format!(
+                "run {run}: {holder} wrote {late} time(s) after its renew deadline"
+            ));
+        }
+        lab.emulator.state().faults().heal(Some(&holder));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.replicas.signal(slot, Signal::SIGTERM)?;
+        lab.restart(slot).await?;
+    }
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// The API server goes away for 30 s (every connection of every replica dies, new ones too),
+/// then comes back; the generator keeps writing (as controllers would queue and retry).
+pub(super) async fn apiserver_down(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let outage = Duration::from_secs(30);
+    let mut report = DrillReport::new(
+        "apiserver-down",
+        format!(
+            "the API server is unreachable for {}s (all clients), then back: a leader is ready again and resumes from its checkpoint; nothing lost, nothing duplicated",
+            outage.as_secs()
+        ),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    let mut recovery = Vec::new();
+    for run in 0..options.runs {
+        lab.leader()?;
+        lab.fault("API server down");
+        lab.emulator.state().faults().partition("", None);
+        tokio::time::sleep(outage).await;
+        lab.emulator.state().faults().heal(None);
+        let back = Instant::now();
+        match lab.ready_leader(back, Duration::from_secs(60)).await {
+            Some(took) => recovery.push(took),
+            None => report.violations.push(format!(
+                "run {run}: no ready leader within 60s of the API server's return"
+            )),
+        }
+        lab.revive().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report.figures.push(format!(
+        "API server back → ready leader: {}",
+        summary(&recovery)
+    ));
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// The leader dies (kill -9 or SIGTERM, alternating) and the API server compacts its history
+/// past the leader's checkpoint at that moment: the new leader's resume gets 410 and must relist.
+pub(super) async fn compaction(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let mut report = DrillReport::new(
+        "compaction",
+        "the leader's watch lags (stalled 1.5s), the API server compacts past its checkpoint, and the leader dies (SIGTERM / kill -9, alternating): the new leader's resume gets 410, it relists (410) and captures every version still held; nothing lost, nothing duplicated (creates only from 2s before the fault until the new leader is ready: a superseded version behind the compaction point is held by nobody)".to_owned(),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    let mut new_leaders = Vec::new();
+    for run in 0..options.runs {
+        lab.generate_creates_only();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (slot, holder) = lab.leader()?;
+        let signal = if run % 2 == 0 {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        lab.fault(if signal == Signal::SIGTERM {
+            "SIGTERM"
+        } else {
+            "kill -9"
+        });
+        // Hold the leader's watch back (its checkpoint stops) while events keep coming, compact
+        // past its checkpoint, then stop it: the new leader's resume is behind the compaction.
+        lab.emulator
+            .state()
+            .faults()
+            .stall_watches(Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.emulator.state().compact_now();
+        let signalled = Instant::now();
+        lab.replicas.signal(slot, signal)?;
+        match lab.next_leader(&holder, signalled).await {
+            Some(took) if signal == Signal::SIGTERM => report.graceful.push(took),
+            Some(took) => report.abrupt.push(took),
+            None => report
+                .violations
+                .push(format!("run {run}: no new leader after {signal:?}")),
+        }
+        if lab
+            .ready_leader(Instant::now(), Duration::from_secs(60))
+            .await
+            .is_none()
+        {
+            report
+                .violations
+                .push(format!("run {run}: the new leader never became ready"));
+        }
+        if let Ok((_, leader)) = lab.leader() {
+            new_leaders.push(leader);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.generate_normally();
+        lab.restart(slot).await?;
+    }
+    let (graceful, abrupt) = (report.graceful.clone(), report.abrupt.clone());
+    report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
+    report.bound_p99("kill -9 failover", &abrupt, kill_bound(&options));
+    let finish = lab.finish().await?;
+    let relisted = new_leaders
+        .iter()
+        .filter(|id| finish.captures.relists.get(*id).is_some_and(|n| *n > 0))
+        .count();
+    report.figures.push(format!(
+        "new leaders that relisted after 410: {relisted} of {}",
+        new_leaders.len()
+    ));
+    if relisted < new_leaders.len() {
+        report
+            .violations
+            .push("a new leader resumed without the relist the compaction forces".to_owned());
+    }
+    report.record(finish);
+    Ok(report)
+}
+
+/// Every replica is down for longer than the API server's watch history (compaction every 5 s
+/// here, like the 5 min of a real one) but far shorter than the event TTL.
+pub(super) async fn long_outage(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let compaction = Duration::from_secs(5);
+    let down = compaction * 4;
+    let mut report = DrillReport::new(
+        "long-outage",
+        format!(
+            "every replica is down {}s, longer than the watch history ({}s compaction period; scaled from 5 min) and shorter than the event TTL (10 min here): the next leader relists and captures every version still held; nothing lost, nothing duplicated (creates only while nobody watches: a superseded version behind the compaction point is held by nobody)",
+            down.as_secs(),
+            compaction.as_secs()
+        ),
+        options.runs,
+    );
+    let spec = LabSpec {
+        emulator: KubeEmulatorConfig {
+            event_ttl: Duration::from_secs(600),
+            compaction_interval: Some(compaction),
+            ..KubeEmulatorConfig::default()
+        },
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::start_with(options.clone(), spec).await?;
+    let mut recovery = Vec::new();
+    let mut new_leaders = Vec::new();
+    for run in 0..options.runs {
+        lab.generate_creates_only();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lab.leader()?;
+        lab.fault("all replicas down");
+        let stopped_rv = lab.emulator.state().resource_version();
+        for slot in 0..lab.replicas.replicas.len() {
+            let _ = lab.replicas.signal(slot, Signal::SIGTERM);
+        }
+        for slot in 0..lab.replicas.replicas.len() {
+            let _ = lab.replicas.wait_exit(slot, Duration::from_secs(20));
+        }
+        tokio::time::sleep(down).await;
+        let compacted = lab.emulator.state().compacted_resource_version();
+        if compacted <= stopped_rv {
+            report.violations.push(format!(
+                "run {run}: history not compacted past the outage ({compacted} <= {stopped_rv}); the drill proves nothing"
+            ));
+        }
+        let back = Instant::now();
+        for slot in 0..lab.replicas.replicas.len() {
+            lab.restart(slot).await?;
+        }
+        match lab.ready_leader(back, Duration::from_secs(60)).await {
+            Some(took) => recovery.push(took),
+            None => report
+                .violations
+                .push(format!("run {run}: no ready leader after the restart")),
+        }
+        if let Ok((_, leader)) = lab.leader() {
+            new_leaders.push(leader);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.generate_normally();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report.figures.push(format!(
+        "replicas started → ready leader: {}",
+        summary(&recovery)
+    ));
+    let finish = lab.finish().await?;
+    let relisted = new_leaders
+        .iter()
+        .filter(|id| finish.captures.relists.get(*id).is_some_and(|n| *n > 0))
+        .count();
+    report.figures.push(format!(
+        "leaders that relisted after the outage: {relisted} of {}",
+        new_leaders.len()
+    ));
+    if relisted < new_leaders.len() {
+        report
+            .violations
+            .push("a leader resumed without the relist the lost history forces".to_owned());
+    }
+    report.record(finish);
+    Ok(report)
+}
+
+/// The store directory turns read-only under the leader for 10 s, then writable again.
+pub(super) async fn read_only_store(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let read_only = Duration::from_secs(10);
+    let mut report = DrillReport::new(
+        "read-only-store",
+        format!(
+            "the shared store directory refuses every write (chattr +i: EPERM even for root) for {}s, then is writable again: the leader may step down or fail, but a ready leader returns and nothing is lost or duplicated",
+            read_only.as_secs()
+        ),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    let mut recovery = Vec::new();
+    let mut changed = 0;
+    let mut revived = 0;
+    for run in 0..options.runs {
+        let (_, holder) = lab.leader()?;
+        lab.fault("store read-only");
+        let store = lab.store_dir();
+        faults::set_immutable(&store, true)?;
+        tokio::time::sleep(read_only).await;
+        faults::set_immutable(&store, false)?;
+        let back = Instant::now();
+        revived += lab.revive().await?;
+        match lab.ready_leader(back, Duration::from_secs(60)).await {
+            Some(took) => recovery.push(took),
+            None => report.violations.push(format!(
+                "run {run}: no ready leader within 60s of the store becoming writable"
+            )),
+        }
+        if lab.leader().is_ok_and(|(_, now)| now != holder) {
+            changed += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        revived += lab.revive().await?;
+    }
+    report.figures.push(format!(
+        "store writable → ready leader: {}",
+        summary(&recovery)
+    ));
+    report.figures.push(format!(
+        "leadership changed in {changed} of {} run(s); replicas that exited and were restarted: {revived}",
+        options.runs
+    ));
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// 5,000 events/s for 60 s (a quarter of them count++ updates), then the normal rate.
+pub(super) async fn storm(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let rate = 5_000.0;
+    let length = Duration::from_secs(60);
+    let mut report = DrillReport::new(
+        "storm",
+        format!(
+            "an event storm of {rate} events/s for {}s: nothing lost, nothing duplicated; the backlog drain time (storm end → every version delivered) is reported",
+            length.as_secs()
+        ),
+        options.runs,
+    );
+    let spec = LabSpec {
+        drain_timeout: Duration::from_secs(600),
+        ..LabSpec::default()
+    };
+    let lab = Lab::start_with(options.clone(), spec).await?;
+    let mut drains = Vec::new();
+    for run in 0..options.runs {
+        let before = lab.emulator.state().resource_version();
+        lab.generate(rate, 0.3);
+        tokio::time::sleep(length).await;
+        lab.emulator.state().set_generator(None);
+        let written = lab.emulator.state().resource_version() - before;
+        let ended = Instant::now();
+        match lab.wait_delivered(Duration::from_secs(600)).await {
+            Some(()) => drains.push(ended.elapsed()),
+            None => report
+                .violations
+                .push(format!("run {run}: the backlog did not drain within 600s")),
+        }
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "an event count, for a rate figure"
+        )]
+        let achieved = written as f64 / length.as_secs_f64();
+        report.figures.push(format!(
+            "run {run}: {written} writes in the storm ({achieved:.0}/s achieved by the generator)"
+        ));
+        lab.generate_normally();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report
+        .figures
+        .push(format!("backlog drain time: {}", summary(&drains)));
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// A storm of 429s from ADX (streaming ingestion), each with `Retry-After: 2`.
+pub(super) async fn adx_throttle(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let retry_after = Duration::from_secs(2);
+    let burst = 6;
+    let mut report = DrillReport::new(
+        "adx-429",
+        format!(
+            "ADX answers {burst} consecutive requests 429 with Retry-After {}s (streaming sink), per run: no request follows a 429 sooner than its Retry-After; every version lands in the ADX table exactly once",
+            retry_after.as_secs()
+        ),
+        options.runs,
+    );
+    let spec = LabSpec {
+        sink: LabSink::AdxStreaming,
+        ..LabSpec::default()
+    };
+    let lab = Lab::start_with(options.clone(), spec).await?;
+    let Some(adx) = lab.adx.as_ref().map(|a| a.state().clone()) else {
+        anyhow::bail!("the ADX lab has no ADX emulator");
+    };
+    let mut throttled = 0;
+    for run in 0..options.runs {
+        let before = adx.stats().faults_injected;
+        adx.throttle_next(burst, retry_after);
+        let deadline = Instant::now() + retry_after * (burst + 10);
+        while adx.stats().faults_injected < before + u64::from(burst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = adx.stats().faults_injected - before;
+        throttled += got;
+        if got < u64::from(burst) {
+            report.violations.push(format!(
+                "run {run}: only {got} of {burst} requests were throttled before the deadline"
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut requests = adx.requests();
+    requests.sort_by_key(|r| r.at);
+    let mut after_429 = Vec::new();
+    for pair in requests.windows(2) {
+        if pair[0].status == 429 {
+            after_429.push(pair[1].at.duration_since(pair[0].at));
+        }
+    }
+    let early = after_429
+        .iter()
+        .filter(|d| **d + Duration::from_millis(50) < retry_after)
+        .count();
+    report.figures.push(format!(
+        "429s answered: {throttled}; next request after a 429: min {:.2}s, {}",
+        after_429
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64(),
+        summary(&after_429)
+    ));
+    if early > 0 {
+        report.violations.push(format!(
+            "{early} request(s) came sooner than Retry-After {}s after a 429",
+            retry_after.as_secs()
+        ));
+    }
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// ADX is down (503 to everything) for 10 minutes; halfway through, the leader is rolled.
+pub(super) async fn adx_outage(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let outage = Duration::from_secs(600);
+    let mut report = DrillReport::new(
+        "adx-outage",
+        format!(
+            "ADX answers 503 to everything for {}s (streaming sink) and the leader is SIGTERMed halfway: events keep being captured into the outbox, and after the outage every version lands exactly once; the drain time is reported",
+            outage.as_secs()
+        ),
+        options.runs,
+    );
+    let spec = LabSpec {
+        sink: LabSink::AdxStreaming,
+        drain_timeout: Duration::from_secs(600),
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::start_with(options.clone(), spec).await?;
+    let Some(adx) = lab.adx.as_ref().map(|a| a.state().clone()) else {
+        anyhow::bail!("the ADX lab has no ADX emulator");
+    };
+    let mut drains = Vec::new();
+    for run in 0..options.runs {
+        adx.outage_for(outage);
+        let started = Instant::now();
+        tokio::time::sleep(outage / 2).await;
+        let (slot, holder) = lab.leader()?;
+        lab.fault("SIGTERM");
+        let signalled = Instant::now();
+        lab.replicas.signal(slot, Signal::SIGTERM)?;
+        match lab.next_leader(&holder, signalled).await {
+            Some(took) => report.graceful.push(took),
+            None => report
+                .violations
+                .push(format!("run {run}: no new leader after SIGTERM")),
+        }
+        lab.restart(slot).await?;
+        tokio::time::sleep_until((started + outage).into()).await;
+        let ended = Instant::now();
+        match lab.wait_delivered(Duration::from_secs(600)).await {
+            Some(()) => drains.push(ended.elapsed()),
+            None => report.violations.push(format!(
+                "run {run}: the outbox did not drain within 600s of the outage"
+            )),
+        }
+    }
+    report.figures.push(format!(
+        "outage end → every version in ADX: {}",
+        summary(&drains)
+    ));
+    let graceful = report.graceful.clone();
+    report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::drill::percentile;
+
+    #[test]
+    fn the_kill_bound_is_lease_duration_plus_two_retry_periods() {
+        let options = DrillOptions::new("w".into(), "k".into());
+        assert_eq!(kill_bound(&options), Duration::from_secs(8));
+        assert!(percentile(&[], 0.99).is_zero());
+    }
+}

@@ -231,6 +231,17 @@ impl AdxState {
             .unwrap_or_default()
     }
 
+    /// The rows of `database.table` from index `start` on (rows are only ever appended, so a
+    /// reader that keeps its position copies each row once instead of the whole table).
+    #[must_use]
+    pub fn rows_from(&self, database: &str, table: &str, start: usize) -> Vec<Map<String, Value>> {
+        lock(&self.tables)
+            .get(&(database.to_owned(), table.to_owned()))
+            .and_then(|t| t.rows.get(start..))
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// How many rows `database.table` holds.
     #[must_use]
     pub fn row_count(&self, database: &str, table: &str) -> usize {

@@ -165,11 +165,10 @@ impl Tail {
                 database,
                 table,
             } => {
-                let rows = state.rows(database, table);
-                let new = rows.get(self.rows..).unwrap_or_default();
-                self.rows = rows.len();
-                new.iter()
-                    .filter_map(|row| oracle::key_of(&serde_json::Value::Object(row.clone())))
+                let new = state.rows_from(database, table, self.rows);
+                self.rows += new.len();
+                new.into_iter()
+                    .filter_map(|row| oracle::key_of(&serde_json::Value::Object(row)))
                     .collect()
             }
         }

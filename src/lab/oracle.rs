@@ -40,6 +40,19 @@ impl Report {
     pub fn is_exact(&self) -> bool {
         self.missing == 0 && self.duplicated == 0 && self.unexpected == 0 && self.unkeyed == 0
     }
+
+    /// Adds the counts of `other` (a separate comparison, such as another lab's) to these.
+    pub fn add(&mut self, other: Self) {
+        self.stored += other.stored;
+        self.delivered += other.delivered;
+        self.missing += other.missing;
+        self.duplicated += other.duplicated;
+        self.unexpected += other.unexpected;
+        self.unkeyed += other.unkeyed;
+        let room = 5usize.saturating_sub(self.missing_sample.len());
+        self.missing_sample
+            .extend(other.missing_sample.into_iter().take(room));
+    }
 }
 
 /// Compares delivered keys with stored keys.
@@ -224,6 +237,18 @@ mod tests {
         assert_eq!(report.unexpected, 1);
         assert!(!report.is_exact());
         assert!(compare(&stored, &stored, 0).is_exact());
+    }
+
+    #[test]
+    fn reports_of_separate_labs_add_up() {
+        let stored: Vec<Key> = (0..8).map(|n| k("a", &n.to_string())).collect();
+        let mut total = compare(&stored, &stored, 0);
+        total.add(compare(&stored, &stored[..4], 1));
+        total.add(compare(&stored, &stored[..6], 0));
+        assert_eq!((total.stored, total.delivered), (24, 18));
+        assert_eq!((total.missing, total.unkeyed, total.duplicated), (6, 1, 0));
+        assert_eq!(total.missing_sample.len(), 5, "the sample stays small");
+        assert!(!total.is_exact());
     }
 
     #[test]

@@ -619,11 +619,11 @@ impl Lab {
 }
 
 impl DrillReport {
-    /// Takes the figures of a finished lab.
+    /// Adds the figures of a finished lab (a scenario may run several labs one after another).
     pub fn record(&mut self, finish: Finish) {
-        self.delivery = finish.delivery;
-        self.latency = finish.latency;
-        self.gaps = finish.gaps;
+        self.delivery.add(finish.delivery);
+        self.latency.extend(finish.latency);
+        self.gaps.extend(finish.gaps);
     }
 }
 

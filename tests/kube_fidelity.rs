@@ -11,6 +11,9 @@
     reason = "test code"
 )]
 
+#[macro_use]
+mod dual;
+
 use std::time::{Duration, Instant};
 
 use kevents::{
@@ -21,27 +24,6 @@ use kevents::{
 };
 use kube::client::Body;
 use serde_json::{Value, json};
-
-macro_rules! dual {
-    ($name:ident, $body:ident, emulator: $emu:expr, real: $real:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn emulator() {
-                $body(Backend::emulator($emu).await.unwrap()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn real_apiserver() {
-                $body(Backend::real($real).await.unwrap()).await;
-            }
-        }
-    };
-    ($name:ident, $body:ident) => {
-        dual!($name, $body, emulator: KubeEmulatorConfig::default(), real: RealApiServerOptions::default());
-    };
-}
 
 /// Every object these pins write goes here: a real kube-apiserver writes Events of its own
 /// into `default`.

@@ -597,7 +597,14 @@ async fn lease_optimistic_concurrency_matches_the_apiserver() {
     let api: Api<Lease> = Api::namespaced(emu.client(), "kube-system");
 
     // PUT to a missing name creates it (201).
-    let resp = send_json(&emu, "PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/created-by-put", serde_json::to_vec(&json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "created-by-put"}, "spec": {"holderIdentity": "x"}})).unwrap().as_slice()).await;
+    let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "created-by-put"}, "spec": {"holderIdentity": "x"}});
+    let resp = send_json(
+        &emu,
+        "PUT",
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/created-by-put",
+        &serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
     assert_eq!(resp.status, 201);
     assert!(api.get("created-by-put").await.is_ok());
 
@@ -926,12 +933,19 @@ async fn event_creation_is_validated_like_the_apiserver() {
     );
 
     // Timestamps are normalised to Z.
-    let resp = send_json(&emu, "POST", "/api/v1/namespaces/ns/events", br#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"tz"},"involvedObject":{"kind":"Node","name":"n1"},"firstTimestamp":"2025-01-01T02:00:00+02:00"}"#).await;
+    let node_event = br#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"tz"},"involvedObject":{"kind":"Node","name":"n1"},"firstTimestamp":"2025-01-01T02:00:00+02:00"}"#;
+    let resp = send_json(&emu, "POST", "/api/v1/namespaces/ns/events", node_event).await;
     assert_eq!(
         resp.status, 422,
         "legacy Node events belong in the default namespace"
     );
-    let resp = send_json(&emu, "POST", "/api/v1/namespaces/default/events", br#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"tz"},"involvedObject":{"kind":"Node","name":"n1"},"firstTimestamp":"2025-01-01T02:00:00+02:00"}"#).await;
+    let resp = send_json(
+        &emu,
+        "POST",
+        "/api/v1/namespaces/default/events",
+        node_event,
+    )
+    .await;
     assert_eq!(resp.status, 201);
     assert_eq!(resp.json()["firstTimestamp"], "2025-01-01T00:00:00Z");
 }

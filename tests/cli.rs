@@ -8,15 +8,15 @@
     reason = "test code"
 )]
 
+mod support;
+
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-const KEVENTS: &str = env!("CARGO_BIN_EXE_kevents");
+use support::{KEVENTS, http_get, start_follower};
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -109,53 +109,10 @@ fn check_config_names_a_missing_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kevents.yaml"));
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((code, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn run_serves_admin_endpoints_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write(
-        dir.path(),
-        "kubeconfig",
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n    namespace: default\ncurrent-context: c\nusers:\n- name: u\n  user: {}\n",
-    );
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = write(
-        dir.path(),
-        "kevents.yaml",
-        &format!(
-            "cluster:\n  name: test\nsink:\n  type: stdout\nadmin:\n  listen: {addr}\nshutdown:\n  grace_period: 5s\n"
-        ),
-    );
-    let mut child = Command::new(KEVENTS)
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, addr) = start_follower(dir.path());
     let deadline = Instant::now() + Duration::from_secs(20);
     let livez = loop {
         if let Some(answer) = http_get(&addr, "/livez") {

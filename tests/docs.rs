@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde_yaml_ng::Value;
-use support::{KEVENTS, at, duration, repo, str_at};
+use support::{KEVENTS, at, duration, repo, stdout_of, str_at};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -48,21 +48,16 @@ fn effective(text: &str, env: &[(&str, &str)]) -> BTreeMap<String, Value> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kevents.yaml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(KEVENTS)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("CLUSTER", "docs")
-        .env("POD_NAME", "kevents-0")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new(KEVENTS)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_clear()
+            .env("CLUSTER", "docs")
+            .env("POD_NAME", "kevents-0")
+            .envs(env.iter().copied()),
     );
-    let value: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    let value: Value = serde_yaml_ng::from_slice(&out).unwrap();
     let mut keys = BTreeMap::new();
     leaves(&value, "", &mut keys);
     keys
@@ -198,24 +193,15 @@ fn every_effective_config_key_is_documented_with_its_default() {
         "cluster:\n  name: docs\nsink:\n  type: file\n  file:\n    path: /var/lib/kevents/events.ndjson\n",
     )
     .unwrap();
-    let out = Command::new(KEVENTS)
-        .args(["check-config", "--config"])
-        .arg(&minimal)
-        .env_clear()
-        .env("POD_NAME", "kevents-0")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new(KEVENTS)
+            .args(["check-config", "--config"])
+            .arg(&minimal)
+            .env_clear()
+            .env("POD_NAME", "kevents-0"),
     );
     let mut defaults = BTreeMap::new();
-    leaves(
-        &serde_yaml_ng::from_slice(&out.stdout).unwrap(),
-        "",
-        &mut defaults,
-    );
+    leaves(&serde_yaml_ng::from_slice(&out).unwrap(), "", &mut defaults);
     for (key, value) in &example {
         if key.starts_with("cluster.") || key == "leader.identity" {
             continue;

@@ -12,14 +12,16 @@
     reason = "test code"
 )]
 
+#[macro_use]
+mod dual;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::future::join_all;
+use dual::{assert_no_overlap, race_once, release, winners};
 use k8s_openapi::api::{
     coordination::v1::{Lease, LeaseSpec},
     core::v1::{Event, Secret},
@@ -44,29 +46,6 @@ use kube::{
     api::{DeleteParams, ListParams, ObjectMeta, PostParams},
 };
 use nix::sys::signal::Signal;
-use tokio::sync::Barrier;
-
-/// Runs `$body(backend)` as two tests, `$name::emulator` and `$name::real_apiserver`.
-macro_rules! dual {
-    ($name:ident, $body:ident, emulator: $emu:expr, real: $real:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn emulator() {
-                $body(Backend::emulator($emu).await.unwrap()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn real_apiserver() {
-                $body(Backend::real($real).await.unwrap()).await;
-            }
-        }
-    };
-    ($name:ident, $body:ident) => {
-        dual!($name, $body, emulator: KubeEmulatorConfig::default(), real: RealApiServerOptions::default());
-    };
-}
 
 /// Namespaces the writer writes to.
 const APP_NAMESPACES: [&str; 3] = ["shop", "payments", "batch"];
@@ -232,6 +211,19 @@ impl Lab {
         }
     }
 
+    /// Settles (see `settle`) and fails unless every version in `truth` was delivered exactly once.
+    async fn assert_delivered_exactly_once(&self, truth: &[Key], timeout: Duration) -> Report {
+        let report = self.settle(truth, timeout).await;
+        assert_exact(
+            self.backend.name(),
+            &report,
+            truth,
+            &self.sink(),
+            self.dir.path(),
+        );
+        report
+    }
+
     fn logs(&self) -> String {
         let mut text = String::new();
         for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
@@ -285,13 +277,6 @@ fn assert_exact(backend: &str, report: &Report, truth: &[Key], sink: &Path, logs
 
 // ---------------------------------------------------------------------------------------------
 // The lease race.
-
-/// `[became_leader, end]` of one term, on this process's monotonic clock.
-#[derive(Debug, Clone, Copy)]
-struct Term {
-    start: Instant,
-    end: Instant,
-}
 
 fn race_config(identity: &str) -> LeaderConfig {
     LeaderConfig {
@@ -348,19 +333,8 @@ async fn ten_candidates_race_for_a_released_lease(backend: Backend) {
                 )
             })
             .collect();
-        let barrier = Arc::new(Barrier::new(10));
-        let outcomes = join_all(candidates.iter_mut().map(|c| {
-            let barrier = Arc::clone(&barrier);
-            async move {
-                barrier.wait().await;
-                let outcome = c.try_acquire_once().await;
-                (outcome, Instant::now())
-            }
-        }))
-        .await;
-        let winners: Vec<usize> = (0..outcomes.len())
-            .filter(|i| outcomes[*i].0 == Attempt::Acquired)
-            .collect();
+        let outcomes = race_once(&mut candidates).await;
+        let winners = winners(&outcomes);
         assert_eq!(
             winners.len(),
             1,
@@ -373,24 +347,11 @@ async fn ten_candidates_race_for_a_released_lease(backend: Backend) {
             backend.name()
         );
         let winner = &mut candidates[winners[0]];
-        let leadership = winner.subscribe().borrow().clone().unwrap();
         let holder = backend.lease_holder_of("default", "race").await.unwrap();
         assert_eq!(holder.as_deref(), Some(winner.identity()));
-        let start = outcomes[winners[0]].1;
-        let released_at = Instant::now();
-        assert!(winner.release().await);
-        terms.push(Term {
-            start,
-            end: leadership.valid_until.min(released_at),
-        });
+        terms.push(release(winner, outcomes[winners[0]].1).await);
     }
-    terms.sort_by_key(|t| t.start);
-    for pair in terms.windows(2) {
-        assert!(
-            pair[0].end <= pair[1].start,
-            "two leaders at once: {pair:?}"
-        );
-    }
+    assert_no_overlap(&mut terms);
     backend.shutdown().await;
 }
 
@@ -466,14 +427,9 @@ async fn handover_under_writes(backend: Backend) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let truth = stop_writer(writer).await;
-    let report = lab.settle(&truth, Duration::from_secs(40)).await;
-    assert_exact(
-        lab.backend.name(),
-        &report,
-        &truth,
-        &lab.sink(),
-        lab.dir.path(),
-    );
+    let report = lab
+        .assert_delivered_exactly_once(&truth, Duration::from_secs(40))
+        .await;
     assert!(report.stored > 150, "{}: {report:?}", lab.backend.name());
     println!(
         "{}: SIGTERM handover {graceful:?}, kill -9 handover {abrupt:?}, {report:?}",
@@ -511,19 +467,14 @@ async fn resume_without_relist(backend: Backend) {
     lab.leader_ready().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let truth = stop_writer(writer).await;
-    let report = lab.settle(&truth, Duration::from_secs(30)).await;
+    let report = lab
+        .assert_delivered_exactly_once(&truth, Duration::from_secs(30))
+        .await;
     assert_eq!(
         lab.backend.event_lists().await.unwrap(),
         1,
         "{}: a resume must watch from the checkpoint, not relist",
         lab.backend.name()
-    );
-    assert_exact(
-        lab.backend.name(),
-        &report,
-        &truth,
-        &lab.sink(),
-        lab.dir.path(),
     );
     assert!(report.stored > 250, "{}: {report:?}", lab.backend.name());
     lab.stop().await;
@@ -582,14 +533,8 @@ async fn relist_after_410(backend: Backend) {
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let truth = stop_writer(writer).await;
-    let report = lab.settle(&truth, Duration::from_secs(30)).await;
-    assert_exact(
-        lab.backend.name(),
-        &report,
-        &truth,
-        &lab.sink(),
-        lab.dir.path(),
-    );
+    lab.assert_delivered_exactly_once(&truth, Duration::from_secs(30))
+        .await;
     assert!(
         lab.logs().contains("410 Gone"),
         "{}: the relist must be logged",
@@ -694,14 +639,8 @@ async fn kubectl_events_are_delivered(backend: Backend) {
     assert_eq!(managers(&patched), vec!["kubectl-create", "kubectl-patch"]);
     let truth = vec![key_of_json(&created), key_of_json(&patched)];
     assert_eq!(truth[0].0, truth[1].0, "a PATCH keeps the uid");
-    let report = lab.settle(&truth, Duration::from_secs(30)).await;
-    assert_exact(
-        lab.backend.name(),
-        &report,
-        &truth,
-        &lab.sink(),
-        lab.dir.path(),
-    );
+    lab.assert_delivered_exactly_once(&truth, Duration::from_secs(30))
+        .await;
     let rows = std::fs::read_to_string(lab.sink()).unwrap();
     let counts: Vec<String> = rows
         .lines()
@@ -888,14 +827,8 @@ async fn kevents_runs_end_to_end_with_the_rbac_of_its_manifests_and_can_do_nothi
         probe.metadata.uid.unwrap(),
         probe.metadata.resource_version.unwrap(),
     ));
-    let report = lab.settle(&truth, Duration::from_secs(30)).await;
-    assert_exact(
-        "kube-apiserver",
-        &report,
-        &truth,
-        &lab.sink(),
-        lab.dir.path(),
-    );
+    lab.assert_delivered_exactly_once(&truth, Duration::from_secs(30))
+        .await;
     assert!(
         !lab.logs().contains("403"),
         "kevents hit a 403 with its own ServiceAccount: {}",

@@ -23,13 +23,13 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::events::v1::Event as V1Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kevents::emulator::kube::{ErrorFault, GeneratorConfig, KubeEmulatorConfig};
+use kevents::emulator::kube::{ErrorFault, GeneratorConfig, KubeEmulator, KubeEmulatorConfig};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube_support::{
-    Next, RawWatch, client_with_id, client_without_retry, eventually, legacy_event, raw, start,
-    start_with,
+    Next, RawResponse, RawWatch, client_with_id, client_without_retry, eventually, legacy_event,
+    raw, start, start_with,
 };
 use serde_json::json;
 
@@ -44,7 +44,7 @@ fn api_error(e: kube::Error) -> Box<kube::core::Status> {
 
 /// Calls a control endpoint and returns its JSON answer (which must be 200).
 async fn control(
-    emu: &kevents::emulator::kube::KubeEmulator,
+    emu: &KubeEmulator,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
@@ -66,6 +66,69 @@ async fn control(
         String::from_utf8_lossy(&resp.body)
     );
     resp.json()
+}
+
+/// `GET path` on a fresh connection; the test fails if nothing answers.
+async fn get(emu: &KubeEmulator, path: &str) -> RawResponse {
+    raw(emu.addr(), "GET", path, &[], None).await.unwrap()
+}
+
+/// `method path` with a JSON body on a fresh connection; the test fails if nothing answers.
+async fn send_json(emu: &KubeEmulator, method: &str, path: &str, body: &[u8]) -> RawResponse {
+    raw(
+        emu.addr(),
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
+    .await
+    .unwrap()
+}
+
+/// A raw watch of every Event from resourceVersion 1.
+async fn watch_all_events(emu: &KubeEmulator) -> RawWatch {
+    RawWatch::open(
+        emu.addr(),
+        "/api/v1/events?watch=true&resourceVersion=1",
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
+/// A fault answering `status` to every request until cleared.
+fn error_fault(status: u16) -> ErrorFault {
+    ErrorFault {
+        status,
+        count: None,
+        seconds: None,
+        retry_after_seconds: None,
+        path_contains: None,
+    }
+}
+
+/// The names of the Events `api` lists with `params`.
+async fn names_listed(api: &Api<Event>, params: &ListParams) -> Vec<String> {
+    api.list(params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.metadata.name.unwrap())
+        .collect()
+}
+
+/// The next change on a kube watch stream, which must come within 5 s.
+async fn next_change<S, K>(stream: &mut S) -> WatchEvent<K>
+where
+    S: futures::Stream<Item = Result<WatchEvent<K>, kube::Error>> + Unpin,
+{
+    tokio::time::timeout(5 * SECOND, stream.try_next())
+        .await
+        .expect("a watch event in time")
+        .unwrap()
+        .unwrap()
 }
 
 fn rv_of(meta: &ObjectMeta) -> u64 {
@@ -188,9 +251,7 @@ async fn an_expired_continue_token_gives_http_410_expired() {
 async fn list_items_omit_kind_and_api_version_like_the_apiserver() {
     let emu = start().await;
     emu.state().create_event(legacy_event("ns", "e1")).unwrap();
-    let resp = raw(emu.addr(), "GET", "/api/v1/namespaces/ns/events", &[], None)
-        .await
-        .unwrap();
+    let resp = get(&emu, "/api/v1/namespaces/ns/events").await;
     assert_eq!(resp.status, 200);
     let body = resp.json();
     assert_eq!(body["kind"], "EventList");
@@ -203,16 +264,7 @@ async fn list_items_omit_kind_and_api_version_like_the_apiserver() {
         "Go zero values are serialised"
     );
     // GET of one object carries them.
-    let one = raw(
-        emu.addr(),
-        "GET",
-        "/api/v1/namespaces/ns/events/e1",
-        &[],
-        None,
-    )
-    .await
-    .unwrap()
-    .json();
+    let one = get(&emu, "/api/v1/namespaces/ns/events/e1").await.json();
     assert_eq!(one["kind"], "Event");
     assert_eq!(one["apiVersion"], "v1");
 }
@@ -229,50 +281,36 @@ async fn field_and_label_selectors_filter_lists_and_unknown_field_labels_are_bad
     st.create_event(legacy_event("ns", "normal")).unwrap();
     st.create_event(legacy_event("other", "elsewhere")).unwrap();
     let api: Api<Event> = Api::all(emu.client());
-    let names = |l: kube::core::ObjectList<Event>| {
-        l.items
-            .into_iter()
-            .map(|e| e.metadata.name.unwrap())
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        names(
-            api.list(&ListParams::default().fields("type=Warning"))
-                .await
-                .unwrap()
-        ),
+        names_listed(&api, &ListParams::default().fields("type=Warning")).await,
         ["warn"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().fields("type!=Warning,metadata.namespace==ns"))
-                .await
-                .unwrap()
-        ),
+        names_listed(
+            &api,
+            &ListParams::default().fields("type!=Warning,metadata.namespace==ns")
+        )
+        .await,
         ["normal"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().fields("involvedObject.name=elsewhere-pod"))
-                .await
-                .unwrap()
-        ),
+        names_listed(
+            &api,
+            &ListParams::default().fields("involvedObject.name=elsewhere-pod")
+        )
+        .await,
         ["elsewhere"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().fields("source=kubelet,reason=BackOff"))
-                .await
-                .unwrap()
-        ),
+        names_listed(
+            &api,
+            &ListParams::default().fields("source=kubelet,reason=BackOff")
+        )
+        .await,
         ["warn"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("tier=web"))
-                .await
-                .unwrap()
-        ),
+        names_listed(&api, &ListParams::default().labels("tier=web")).await,
         ["warn"]
     );
     let err = api_error(
@@ -344,11 +382,7 @@ async fn a_watch_from_a_resource_version_delivers_exactly_the_later_changes_in_o
 
     let mut got = Vec::new();
     while got.len() < expected.len() {
-        let ev = tokio::time::timeout(5 * SECOND, stream.try_next())
-            .await
-            .expect("watch event in time")
-            .unwrap()
-            .unwrap();
+        let ev = next_change(&mut stream).await;
         let (kind, e) = match ev {
             WatchEvent::Added(e) => ("ADDED", e),
             WatchEvent::Modified(e) => ("MODIFIED", e),
@@ -518,13 +552,7 @@ async fn a_watch_streams_tens_of_thousands_of_events_per_second() {
             .unwrap();
     }
     let t = Instant::now();
-    let mut w = RawWatch::open(
-        emu.addr(),
-        "/api/v1/events?watch=true&resourceVersion=1",
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut w = watch_all_events(&emu).await;
     let mut count = 0;
     while count < n {
         match w.next(10 * SECOND).await {
@@ -569,15 +597,14 @@ async fn lease_optimistic_concurrency_matches_the_apiserver() {
     let api: Api<Lease> = Api::namespaced(emu.client(), "kube-system");
 
     // PUT to a missing name creates it (201).
-    let resp = raw(
-        emu.addr(),
+    let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "created-by-put"}, "spec": {"holderIdentity": "x"}});
+    let resp = send_json(
+        &emu,
         "PUT",
         "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/created-by-put",
-        &[("Content-Type", "application/json")],
-        Some(serde_json::to_vec(&json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "created-by-put"}, "spec": {"holderIdentity": "x"}})).unwrap().as_slice()),
+        &serde_json::to_vec(&body).unwrap(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status, 201);
     assert!(api.get("created-by-put").await.is_ok());
 
@@ -744,15 +771,11 @@ async fn lease_validation_rejects_bad_specs_and_keeps_unmanaged_fields() {
     )
     .await
     .unwrap();
-    let got = raw(
-        emu.addr(),
-        "GET",
+    let got = get(
+        &emu,
         "/apis/coordination.k8s.io/v1/namespaces/ns/leases/full",
-        &[],
-        None,
     )
     .await
-    .unwrap()
     .json();
     assert_eq!(got["spec"]["strategy"], "OldestEmulationVersion");
     assert_eq!(got["spec"]["preferredHolder"], "b");
@@ -834,16 +857,9 @@ async fn both_event_views_show_the_same_uid_and_resource_version_with_converted_
         Some("example.com/controller")
     );
     assert_eq!(as_core.involved_object.kind.as_deref(), Some("Deployment"));
-    let wire = raw(
-        emu.addr(),
-        "GET",
-        "/api/v1/namespaces/ns/events/new-style",
-        &[],
-        None,
-    )
-    .await
-    .unwrap()
-    .json();
+    let wire = get(&emu, "/api/v1/namespaces/ns/events/new-style")
+        .await
+        .json();
     assert_eq!(wire["eventTime"], "2025-01-02T03:04:05.678901Z");
     assert_eq!(wire["firstTimestamp"], serde_json::Value::Null);
 
@@ -917,28 +933,19 @@ async fn event_creation_is_validated_like_the_apiserver() {
     );
 
     // Timestamps are normalised to Z.
-    let resp = raw(
-        emu.addr(),
-        "POST",
-        "/api/v1/namespaces/ns/events",
-        &[("Content-Type", "application/json")],
-        Some(br#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"tz"},"involvedObject":{"kind":"Node","name":"n1"},"firstTimestamp":"2025-01-01T02:00:00+02:00"}"#),
-    )
-    .await
-    .unwrap();
+    let node_event = br#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"tz"},"involvedObject":{"kind":"Node","name":"n1"},"firstTimestamp":"2025-01-01T02:00:00+02:00"}"#;
+    let resp = send_json(&emu, "POST", "/api/v1/namespaces/ns/events", node_event).await;
     assert_eq!(
         resp.status, 422,
         "legacy Node events belong in the default namespace"
     );
-    let resp = raw(
-        emu.addr(),
+    let resp = send_json(
+        &emu,
         "POST",
         "/api/v1/namespaces/default/events",
-        &[("Content-Type", "application/json")],
-        Some(br#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"tz"},"involvedObject":{"kind":"Node","name":"n1"},"firstTimestamp":"2025-01-01T02:00:00+02:00"}"#),
+        node_event,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status, 201);
     assert_eq!(resp.json()["firstTimestamp"], "2025-01-01T00:00:00Z");
 }
@@ -963,18 +970,9 @@ async fn an_event_expires_after_its_ttl_with_a_deleted_watch_event() {
         .await
         .unwrap();
     let t = Instant::now();
-    let first = tokio::time::timeout(5 * SECOND, stream.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_change(&mut stream).await;
     assert!(matches!(first, WatchEvent::Added(_)));
-    let deleted = match tokio::time::timeout(5 * SECOND, stream.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    let deleted = match next_change(&mut stream).await {
         WatchEvent::Deleted(e) => e,
         other => panic!("expected DELETED, got {other:?}"),
     };
@@ -1009,13 +1007,7 @@ async fn an_event_expires_after_its_ttl_with_a_deleted_watch_event() {
 async fn drop_watches_breaks_open_watch_streams_mid_body() {
     let emu = start().await;
     let st = emu.state();
-    let mut w = RawWatch::open(
-        emu.addr(),
-        "/api/v1/events?watch=true&resourceVersion=1",
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut w = watch_all_events(&emu).await;
     st.create_event(legacy_event("ns", "a")).unwrap();
     assert_eq!(w.next_json(5 * SECOND).await["type"], "ADDED");
     eventually(5 * SECOND, "the watch to be counted open", || async {
@@ -1050,13 +1042,7 @@ async fn drop_watches_breaks_open_watch_streams_mid_body() {
 async fn stalled_watches_receive_nothing_until_the_stall_ends() {
     let emu = start().await;
     let st = emu.state();
-    let mut w = RawWatch::open(
-        emu.addr(),
-        "/api/v1/events?watch=true&resourceVersion=1",
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut w = watch_all_events(&emu).await;
     control(
         &emu,
         "POST",
@@ -1072,13 +1058,7 @@ async fn stalled_watches_receive_nothing_until_the_stall_ends() {
         "nothing arrives during the stall"
     );
     // New watches stall too.
-    let mut late = RawWatch::open(
-        emu.addr(),
-        "/api/v1/events?watch=true&resourceVersion=1",
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut late = watch_all_events(&emu).await;
     assert_eq!(late.status, 200);
     let line = w.next_json(5 * SECOND).await;
     assert_eq!(line["object"]["metadata"]["name"], "during-stall");
@@ -1099,11 +1079,9 @@ async fn injected_errors_answer_the_next_n_matching_requests_then_stop() {
     emu.state()
         .faults()
         .inject_errors(ErrorFault {
-            status: 500,
             count: Some(2),
-            seconds: None,
-            retry_after_seconds: None,
             path_contains: Some("/events".into()),
+            ..error_fault(500)
         })
         .unwrap();
     let api: Api<Event> = Api::all(emu.client());
@@ -1121,64 +1099,24 @@ async fn injected_errors_answer_the_next_n_matching_requests_then_stop() {
     // Control endpoints are never faulted.
     emu.state()
         .faults()
-        .inject_errors(ErrorFault {
-            status: 500,
-            count: None,
-            seconds: None,
-            retry_after_seconds: None,
-            path_contains: None,
-        })
+        .inject_errors(error_fault(500))
         .unwrap();
-    assert_eq!(
-        raw(emu.addr(), "GET", "/emulator/stats", &[], None)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        raw(emu.addr(), "GET", "/api/v1/events", &[], None)
-            .await
-            .unwrap()
-            .status,
-        500
-    );
+    assert_eq!(get(&emu, "/emulator/stats").await.status, 200);
+    assert_eq!(get(&emu, "/api/v1/events").await.status, 500);
     let cleared = raw(emu.addr(), "POST", "/emulator/faults/clear", &[], None)
         .await
         .unwrap();
     assert_eq!(cleared.status, 200);
-    assert_eq!(
-        raw(emu.addr(), "GET", "/api/v1/events", &[], None)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(get(&emu, "/api/v1/events").await.status, 200);
 }
 
 #[tokio::test]
 async fn an_injected_429_carries_retry_after_and_a_status_body() {
     let emu = start().await;
     let body = br#"{"status":429,"count":1,"retryAfterSeconds":3}"#;
-    let set = raw(
-        emu.addr(),
-        "POST",
-        "/emulator/faults/errors",
-        &[("Content-Type", "application/json")],
-        Some(body),
-    )
-    .await
-    .unwrap();
+    let set = send_json(&emu, "POST", "/emulator/faults/errors", body).await;
     assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
-    let resp = raw(
-        emu.addr(),
-        "GET",
-        "/apis/coordination.k8s.io/v1/leases",
-        &[],
-        None,
-    )
-    .await
-    .unwrap();
+    let resp = get(&emu, "/apis/coordination.k8s.io/v1/leases").await;
     assert_eq!(resp.status, 429);
     assert_eq!(resp.header("Retry-After"), Some("3"));
     let status = resp.json();
@@ -1190,11 +1128,8 @@ async fn an_injected_429_carries_retry_after_and_a_status_body() {
     emu.state()
         .faults()
         .inject_errors(ErrorFault {
-            status: 503,
             count: Some(1),
-            seconds: None,
-            retry_after_seconds: None,
-            path_contains: None,
+            ..error_fault(503)
         })
         .unwrap();
     let api: Api<Lease> = Api::all(client_without_retry(&emu));
@@ -1210,27 +1145,13 @@ async fn errors_for_a_number_of_seconds_stop_by_themselves() {
     emu.state()
         .faults()
         .inject_errors(ErrorFault {
-            status: 500,
-            count: None,
             seconds: Some(0.5),
-            retry_after_seconds: None,
-            path_contains: None,
+            ..error_fault(500)
         })
         .unwrap();
-    assert_eq!(
-        raw(emu.addr(), "GET", "/api/v1/events", &[], None)
-            .await
-            .unwrap()
-            .status,
-        500
-    );
+    assert_eq!(get(&emu, "/api/v1/events").await.status, 500);
     eventually(5 * SECOND, "errors to stop", || async {
-        (raw(emu.addr(), "GET", "/api/v1/events", &[], None)
-            .await
-            .unwrap()
-            .status
-            == 200)
-            .then_some(())
+        (get(&emu, "/api/v1/events").await.status == 200).then_some(())
     })
     .await;
 }
@@ -1373,10 +1294,7 @@ async fn stats_count_list_and_watch_requests_per_resource_and_client() {
         .watch(&WatchParams::default().timeout(5), "1")
         .await
         .unwrap();
-    let stats = raw(emu.addr(), "GET", "/emulator/stats", &[], None)
-        .await
-        .unwrap()
-        .json();
+    let stats = get(&emu, "/emulator/stats").await.json();
     assert_eq!(stats["clients"]["alpha"]["lists"]["events"], 2);
     assert_eq!(stats["clients"]["alpha"]["watches"]["events"], 1);
     assert_eq!(
@@ -1407,15 +1325,7 @@ async fn control_endpoints_compact_and_change_settings() {
 
     let body =
         br#"{"eventTtlSeconds": 0.3, "eventBookmarks": true, "compactionIntervalSeconds": 0.2}"#;
-    let resp = raw(
-        emu.addr(),
-        "PUT",
-        "/emulator/settings",
-        &[("Content-Type", "application/json")],
-        Some(body),
-    )
-    .await
-    .unwrap();
+    let resp = send_json(&emu, "PUT", "/emulator/settings", body).await;
     assert_eq!(resp.status, 200);
     let settings = emu.state().settings();
     assert_eq!(settings.event_ttl, Duration::from_millis(300));
@@ -1523,15 +1433,13 @@ async fn the_generators_ground_truth_matches_exactly_what_a_full_list_and_watch_
         }
     }
     // Stop the generator over HTTP, then drain the watch up to the last write.
-    let stop = raw(
-        emu.addr(),
+    let stop = send_json(
+        &emu,
         "PUT",
         "/emulator/generator",
-        &[("Content-Type", "application/json")],
-        Some(br#"{"eventsPerSecond": 0}"#),
+        br#"{"eventsPerSecond": 0}"#,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(stop.status, 200);
     let final_rv = eventually(5 * SECOND, "the generator to stop", || async {
         let a = emu.state().resource_version();
@@ -1541,12 +1449,7 @@ async fn the_generators_ground_truth_matches_exactly_what_a_full_list_and_watch_
     .await;
     let final_rv = final_rv.to_string();
     while !watched.iter().any(|(_, rv)| *rv == final_rv) {
-        match tokio::time::timeout(5 * SECOND, stream.try_next())
-            .await
-            .expect("watch reaches the last write")
-            .unwrap()
-            .unwrap()
-        {
+        match next_change(&mut stream).await {
             WatchEvent::Added(e) | WatchEvent::Modified(e) => {
                 watched.insert((
                     e.metadata.uid.unwrap(),
@@ -1562,16 +1465,9 @@ async fn the_generators_ground_truth_matches_exactly_what_a_full_list_and_watch_
     );
 
     // Ground truth over HTTP: every version stored after the list rv is exactly what the watch saw.
-    let gt = raw(
-        emu.addr(),
-        "GET",
-        &format!("/emulator/ground-truth?since={list_rv}"),
-        &[],
-        None,
-    )
-    .await
-    .unwrap()
-    .json();
+    let gt = get(&emu, &format!("/emulator/ground-truth?since={list_rv}"))
+        .await
+        .json();
     let after: BTreeSet<(String, String)> = gt["versions"]
         .as_array()
         .unwrap()
@@ -1681,10 +1577,7 @@ async fn discovery_serves_version_legacy_and_aggregated_documents() {
     emu.state()
         .create_event(legacy_event("team-x", "e1"))
         .unwrap();
-    let ns = raw(emu.addr(), "GET", "/api/v1/namespaces", &[], None)
-        .await
-        .unwrap()
-        .json();
+    let ns = get(&emu, "/api/v1/namespaces").await.json();
     assert_eq!(ns["kind"], "NamespaceList");
     let names: Vec<&str> = ns["items"]
         .as_array()
@@ -1696,24 +1589,17 @@ async fn discovery_serves_version_legacy_and_aggregated_documents() {
         names.contains(&"default") && names.contains(&"team-x"),
         "{names:?}"
     );
-    let one = raw(emu.addr(), "GET", "/api/v1/namespaces/team-x", &[], None)
-        .await
-        .unwrap()
-        .json();
+    let one = get(&emu, "/api/v1/namespaces/team-x").await.json();
     assert_eq!(
         (one["kind"].as_str(), one["status"]["phase"].as_str()),
         (Some("Namespace"), Some("Active"))
     );
-    let missing = raw(emu.addr(), "GET", "/api/v1/namespaces/nope", &[], None)
-        .await
-        .unwrap();
+    let missing = get(&emu, "/api/v1/namespaces/nope").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["message"], "namespaces \"nope\" not found");
 
     // Unknown resources are a NotFound Status, like the real server.
-    let resp = raw(emu.addr(), "GET", "/api/v1/pods", &[], None)
-        .await
-        .unwrap();
+    let resp = get(&emu, "/api/v1/pods").await;
     assert_eq!(resp.status, 404);
     assert_eq!(resp.json()["reason"], "NotFound");
 }

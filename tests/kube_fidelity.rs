@@ -11,6 +11,9 @@
     reason = "test code"
 )]
 
+#[macro_use]
+mod dual;
+
 use std::time::{Duration, Instant};
 
 use kevents::{
@@ -22,41 +25,53 @@ use kevents::{
 use kube::client::Body;
 use serde_json::{Value, json};
 
-macro_rules! dual {
-    ($name:ident, $body:ident, emulator: $emu:expr, real: $real:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn emulator() {
-                $body(Backend::emulator($emu).await.unwrap()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn real_apiserver() {
-                $body(Backend::real($real).await.unwrap()).await;
-            }
-        }
-    };
-    ($name:ident, $body:ident) => {
-        dual!($name, $body, emulator: KubeEmulatorConfig::default(), real: RealApiServerOptions::default());
-    };
-}
-
 /// Every object these pins write goes here: a real kube-apiserver writes Events of its own
 /// into `default`.
 const NS: &str = "pins";
+/// The core/v1 Events of `NS`.
+const EVENTS: &str = "/api/v1/namespaces/pins/events";
 
 /// One raw answer.
 struct Answer {
     code: u16,
-    content_type: String,
+    headers: http::HeaderMap,
     text: String,
 }
 
 impl Answer {
     fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// The JSON body, after checking the status code (the body is shown when it differs).
+    fn expect(&self, code: u16) -> Value {
+        assert_eq!(self.code, code, "{}", self.text);
+        self.json()
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+/// Sends `request` with `body` through `client`, asking for JSON, and reads the whole answer.
+async fn exchange(client: &kube::Client, request: http::request::Builder, body: Vec<u8>) -> Answer {
+    let request = request.header("accept", "application/json");
+    let response = client
+        .send(request.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text =
+        String::from_utf8(response.into_body().collect_bytes().await.unwrap().to_vec()).unwrap();
+    Answer {
+        code,
+        headers,
+        text,
     }
 }
 
@@ -69,25 +84,16 @@ async fn raw(backend: &Backend, method: &str, path: &str, body: Option<(&str, Va
         }
         None => Vec::new(),
     };
-    request = request.header("accept", "application/json");
-    let response = backend
-        .client()
-        .send(request.body(Body::from(bytes)).unwrap())
-        .await
-        .unwrap();
-    let code = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let text =
-        String::from_utf8(response.into_body().collect_bytes().await.unwrap().to_vec()).unwrap();
-    Answer {
-        code,
-        content_type,
-        text,
-    }
+    exchange(&backend.client(), request, bytes).await
+}
+
+async fn get(backend: &Backend, path: &str) -> Answer {
+    raw(backend, "GET", path, None).await
+}
+
+/// `method` with a JSON body.
+async fn send(backend: &Backend, method: &str, path: &str, body: Value) -> Answer {
+    raw(backend, method, path, Some(("application/json", body))).await
 }
 
 fn event(name: &str) -> Value {
@@ -105,15 +111,7 @@ fn event(name: &str) -> Value {
 }
 
 async fn create_event(backend: &Backend, name: &str) -> Value {
-    let answer = raw(
-        backend,
-        "POST",
-        "/api/v1/namespaces/pins/events",
-        Some(("application/json", event(name))),
-    )
-    .await;
-    assert_eq!(answer.code, 201, "{}", answer.text);
-    answer.json()
+    send(backend, "POST", EVENTS, event(name)).await.expect(201)
 }
 
 fn rv(object: &Value) -> String {
@@ -126,7 +124,7 @@ fn rv(object: &Value) -> String {
 /// The JSON lines of a watch body, each checked to be one compact object ending in `\n`.
 fn watch_lines(answer: &Answer) -> Vec<Value> {
     assert_eq!(answer.code, 200, "{}", answer.text);
-    assert_eq!(answer.content_type, "application/json");
+    assert_eq!(answer.content_type(), "application/json");
     assert!(
         answer.text.is_empty() || answer.text.ends_with('\n'),
         "{:?}",
@@ -156,15 +154,9 @@ async fn expired_positions(backend: Backend) {
     for name in ["gone-a", "gone-b", "gone-c"] {
         create_event(&backend, name).await;
     }
-    let page = raw(
-        &backend,
-        "GET",
-        "/api/v1/namespaces/pins/events?limit=1",
-        None,
-    )
-    .await;
-    assert_eq!(page.code, 200);
-    let page = page.json();
+    let page = get(&backend, "/api/v1/namespaces/pins/events?limit=1")
+        .await
+        .expect(200);
     let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
     let listed_at = page["metadata"]["resourceVersion"]
         .as_str()
@@ -176,12 +168,7 @@ async fn expired_positions(backend: Backend) {
         .unwrap();
 
     // A watch: HTTP 200, then one in-stream ERROR line, then the end of the stream.
-    let watch = raw(
-        &backend,
-        "GET",
-        &format!("/api/v1/events?watch=true&timeoutSeconds=5&allowWatchBookmarks=true&resourceVersion={listed_at}"),
-        None,
-    )
+    let watch = get(&backend, &format!("/api/v1/events?watch=true&timeoutSeconds=5&allowWatchBookmarks=true&resourceVersion={listed_at}"))
     .await;
     let lines = watch_lines(&watch);
     assert_eq!(
@@ -195,31 +182,25 @@ async fn expired_positions(backend: Backend) {
     );
 
     // An exact list at that resourceVersion: HTTP 410 with a Status body.
-    let list = raw(
+    let list = get(
         &backend,
-        "GET",
         &format!("/api/v1/events?resourceVersion={listed_at}&resourceVersionMatch=Exact"),
-        None,
     )
     .await;
-    assert_eq!(list.code, 410);
     assert_eq!(
-        list.json(),
+        list.expect(410),
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": "The resourceVersion for the provided list is too old.",
             "reason": "Expired", "code": 410})
     );
 
     // The continue token of a list whose snapshot is compacted: HTTP 410 Expired.
-    let next = raw(
+    let status = get(
         &backend,
-        "GET",
         &format!("/api/v1/namespaces/pins/events?limit=1&continue={token}"),
-        None,
     )
-    .await;
-    assert_eq!(next.code, 410, "{}", next.text);
-    let status = next.json();
+    .await
+    .expect(410);
     assert_eq!(status["reason"], "Expired");
     assert!(
         status["message"].as_str().unwrap().starts_with(
@@ -242,11 +223,9 @@ async fn expired_positions(backend: Backend) {
     );
     let offered = status["metadata"]["continue"].as_str().unwrap_or_default();
     assert!(!offered.is_empty(), "{}: {status}", backend.name());
-    let rest = raw(
+    let rest = get(
         &backend,
-        "GET",
         &format!("/api/v1/namespaces/pins/events?limit=1&continue={offered}"),
-        None,
     )
     .await;
     assert_eq!(rest.code, 200, "{}: {}", backend.name(), rest.text);
@@ -279,12 +258,7 @@ async fn watch_framing_and_expiry(backend: Backend) {
     let from = rv(&first);
     let second = create_event(&backend, "framing-b").await;
     // A watch from `from` sees framing-b created, then deleted when its TTL (2 s) runs out.
-    let watch = raw(
-        &backend,
-        "GET",
-        &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=6&allowWatchBookmarks=true&resourceVersion={from}"),
-        None,
-    )
+    let watch = get(&backend, &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=6&allowWatchBookmarks=true&resourceVersion={from}"))
     .await;
     let lines = watch_lines(&watch);
     let seen: Vec<(&str, &str)> = lines
@@ -336,9 +310,7 @@ async fn watch_framing_and_expiry(backend: Backend) {
 
     // List items carry no kind/apiVersion; the list has a resourceVersion.
     create_event(&backend, "framing-c").await;
-    let list = raw(&backend, "GET", "/api/v1/namespaces/pins/events", None)
-        .await
-        .json();
+    let list = get(&backend, EVENTS).await.json();
     assert_eq!(list["kind"], "EventList");
     assert!(list["metadata"]["resourceVersion"].is_string());
     let item = &list["items"][0];
@@ -348,19 +320,12 @@ async fn watch_framing_and_expiry(backend: Backend) {
     );
 
     // events.k8s.io/v1 is a view of the same object: same uid, same resourceVersion.
-    let core = raw(
+    let core = get(&backend, "/api/v1/namespaces/pins/events/framing-c")
+        .await
+        .json();
+    let new = get(
         &backend,
-        "GET",
-        "/api/v1/namespaces/pins/events/framing-c",
-        None,
-    )
-    .await
-    .json();
-    let new = raw(
-        &backend,
-        "GET",
         "/apis/events.k8s.io/v1/namespaces/pins/events/framing-c",
-        None,
     )
     .await
     .json();
@@ -399,26 +364,14 @@ async fn lease_conflicts(backend: Backend) {
         "metadata": {"name": "pin"},
         "spec": {"holderIdentity": "a", "leaseDurationSeconds": 10,
                  "renewTime": "2026-01-01T00:00:00.123456Z"}});
-    let created = raw(
-        &backend,
-        "POST",
-        LEASES,
-        Some(("application/json", lease.clone())),
-    )
-    .await;
-    assert_eq!(created.code, 201, "{}", created.text);
-    let created = created.json();
+    let created = send(&backend, "POST", LEASES, lease.clone())
+        .await
+        .expect(201);
     assert_eq!(created["spec"]["renewTime"], "2026-01-01T00:00:00.123456Z");
 
-    let again = raw(
-        &backend,
-        "POST",
-        LEASES,
-        Some(("application/json", lease.clone())),
-    )
-    .await;
-    assert_eq!(again.code, 409);
-    let again = again.json();
+    let again = send(&backend, "POST", LEASES, lease.clone())
+        .await
+        .expect(409);
     assert_eq!(again["reason"], "AlreadyExists");
     assert_eq!(
         again["details"],
@@ -427,15 +380,9 @@ async fn lease_conflicts(backend: Backend) {
 
     let mut stale = lease.clone();
     stale["metadata"]["resourceVersion"] = json!("1");
-    let conflict = raw(
-        &backend,
-        "PUT",
-        &format!("{LEASES}/pin"),
-        Some(("application/json", stale)),
-    )
-    .await;
-    assert_eq!(conflict.code, 409);
-    let conflict = conflict.json();
+    let conflict = send(&backend, "PUT", &format!("{LEASES}/pin"), stale)
+        .await
+        .expect(409);
     assert_eq!(conflict["reason"], "Conflict");
     assert_eq!(
         conflict["message"],
@@ -443,15 +390,9 @@ async fn lease_conflicts(backend: Backend) {
          modified; please apply your changes to the latest version and try again"
     );
 
-    let unconditional = raw(
-        &backend,
-        "PUT",
-        &format!("{LEASES}/pin"),
-        Some(("application/json", lease.clone())),
-    )
-    .await;
-    assert_eq!(unconditional.code, 422, "{}", unconditional.text);
-    let invalid = unconditional.json();
+    let invalid = send(&backend, "PUT", &format!("{LEASES}/pin"), lease.clone())
+        .await
+        .expect(422);
     assert_eq!(invalid["reason"], "Invalid");
     assert_eq!(
         invalid["details"]["causes"][0]["field"],
@@ -475,19 +416,12 @@ async fn lease_conflicts(backend: Backend) {
     // A PUT with a resourceVersion to a Lease that does not exist creates it.
     let mut absent = lease.clone();
     absent["metadata"] = json!({"name": "pin-2", "resourceVersion": "5"});
-    let upsert = raw(
-        &backend,
-        "PUT",
-        &format!("{LEASES}/pin-2"),
-        Some(("application/json", absent)),
-    )
-    .await;
+    let upsert = send(&backend, "PUT", &format!("{LEASES}/pin-2"), absent).await;
     assert_eq!(upsert.code, 201, "{}", upsert.text);
 
-    let missing = raw(&backend, "GET", &format!("{LEASES}/nope"), None).await;
-    assert_eq!(missing.code, 404);
+    let missing = get(&backend, &format!("{LEASES}/nope")).await;
     assert_eq!(
-        missing.json()["details"],
+        missing.expect(404)["details"],
         json!({"name": "nope", "group": "coordination.k8s.io", "kind": "leases"})
     );
     backend.shutdown().await;
@@ -508,7 +442,7 @@ async fn micro_times(backend: Backend) {
     ] {
         let lease = json!({"metadata": {"name": "micro"},
             "spec": {"holderIdentity": "a", "renewTime": renew}});
-        let answer = raw(&backend, "POST", LEASES, Some(("application/json", lease))).await;
+        let answer = send(&backend, "POST", LEASES, lease).await;
         assert_eq!(answer.code, 400, "{renew}: {}", answer.text);
         let status = answer.json();
         assert_eq!(status["reason"], "BadRequest");
@@ -525,16 +459,9 @@ async fn micro_times(backend: Backend) {
     // An Event's eventTime is a MicroTime too.
     let mut short = event("short-micro");
     short["eventTime"] = json!("2026-01-01T00:00:00.123Z");
-    let answer = raw(
-        &backend,
-        "POST",
-        "/api/v1/namespaces/pins/events",
-        Some(("application/json", short)),
-    )
-    .await;
-    assert_eq!(answer.code, 400, "{}", answer.text);
+    let answer = send(&backend, "POST", EVENTS, short).await;
     assert_eq!(
-        answer.json()["message"],
+        answer.expect(400)["message"],
         "Event in version \"v1\" cannot be handled as a Event: parsing time \
          \"2026-01-01T00:00:00.123Z\" as \"2006-01-02T15:04:05.000000Z07:00\": cannot parse \
          \".123Z\" as \".000000\"",
@@ -544,10 +471,9 @@ async fn micro_times(backend: Backend) {
     // Six digits with an offset are fine, and normalised to Z.
     let offset = json!({"metadata": {"name": "micro"},
         "spec": {"holderIdentity": "a", "renewTime": "2026-01-01T01:00:00.500000+01:00"}});
-    let answer = raw(&backend, "POST", LEASES, Some(("application/json", offset))).await;
-    assert_eq!(answer.code, 201, "{}", answer.text);
+    let answer = send(&backend, "POST", LEASES, offset).await;
     assert_eq!(
-        answer.json()["spec"]["renewTime"],
+        answer.expect(201)["spec"]["renewTime"],
         "2026-01-01T00:00:00.500000Z"
     );
     // What kevents sends (k8s-openapi's MicroTime) always has six digits and `Z`.
@@ -561,15 +487,8 @@ async fn micro_times(backend: Backend) {
     // A `Time` (seconds) is lenient: fractions are dropped and offsets normalised to Z.
     let mut loose = event("loose-time");
     loose["firstTimestamp"] = json!("2026-01-01T00:00:00.123+01:00");
-    let answer = raw(
-        &backend,
-        "POST",
-        "/api/v1/namespaces/pins/events",
-        Some(("application/json", loose)),
-    )
-    .await;
-    assert_eq!(answer.code, 201, "{}", answer.text);
-    assert_eq!(answer.json()["firstTimestamp"], "2025-12-31T23:00:00Z");
+    let answer = send(&backend, "POST", EVENTS, loose).await;
+    assert_eq!(answer.expect(201)["firstTimestamp"], "2025-12-31T23:00:00Z");
     backend.shutdown().await;
 }
 
@@ -599,11 +518,9 @@ async fn field_selectors(backend: Backend) {
         .replace('!', "%21")
         .replace('=', "%3D")
         .replace(',', "%2C");
-    let list = raw(
+    let list = get(
         &backend,
-        "GET",
         &format!("/api/v1/namespaces/pins/events?limit=500&fieldSelector={selector}"),
-        None,
     )
     .await;
     assert_eq!(list.code, 200, "{selector}: {}", list.text);
@@ -615,22 +532,15 @@ async fn field_selectors(backend: Backend) {
         .map(|i| i["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["selected"]);
-    let watch = raw(
-        &backend,
-        "GET",
-        &format!(
+    let watch = get(&backend, &format!(
             "/api/v1/events?watch=true&timeoutSeconds=1&fieldSelector={selector}&resourceVersion={}",
             list["metadata"]["resourceVersion"].as_str().unwrap()
-        ),
-        None,
-    )
+        ))
     .await;
     assert_eq!(watch.code, 200, "{}", watch.text);
-    let excluded = raw(
+    let excluded = get(
         &backend,
-        "GET",
         "/api/v1/namespaces/pins/events?fieldSelector=type%3DNormal",
-        None,
     )
     .await
     .json();
@@ -647,31 +557,26 @@ async fn field_selectors(backend: Backend) {
             "field label not supported: involvedObject.kind",
         ),
     ] {
-        let answer = raw(&backend, "GET", path, None).await;
+        let answer = get(&backend, path).await;
         assert_eq!(answer.code, 400, "{path}: {}", answer.text);
         let status = answer.json();
         assert_eq!(status["reason"], "BadRequest");
         assert_eq!(status["message"], message);
     }
     // The Lease watch kevents runs selects on metadata.name.
-    let leases = raw(
+    let leases = get(
         &backend,
-        "GET",
         &format!("{LEASES}?fieldSelector=metadata.name%3Dkevents"),
-        None,
     )
     .await;
     assert_eq!(leases.code, 200, "{}", leases.text);
-    let other = raw(
+    let other = get(
         &backend,
-        "GET",
         &format!("{LEASES}?fieldSelector=spec.holderIdentity%3Da"),
-        None,
     )
     .await;
-    assert_eq!(other.code, 400);
     assert_eq!(
-        other.json()["message"],
+        other.expect(400)["message"],
         "\"spec.holderIdentity\" is not a known field selector: only \"metadata.name\", \
          \"metadata.namespace\"",
         "{}",
@@ -711,12 +616,7 @@ async fn initial_watches(backend: Backend) {
     // sendInitialEvents), holding the kind's Go zero value.
     for from in ["&resourceVersion=0", ""] {
         let started = Instant::now();
-        let watch = raw(
-            &backend,
-            "GET",
-            &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true{from}"),
-            None,
-        )
+        let watch = get(&backend, &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true{from}"))
         .await;
         assert!(started.elapsed() >= Duration::from_secs(1));
         let lines = watch_lines(&watch);
@@ -738,12 +638,7 @@ async fn initial_watches(backend: Backend) {
         );
     }
     // Through events.k8s.io/v1, and for Leases (none exists in `pins`).
-    let v1 = raw(
-        &backend,
-        "GET",
-        "/apis/events.k8s.io/v1/namespaces/pins/events?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=0",
-        None,
-    )
+    let v1 = get(&backend, "/apis/events.k8s.io/v1/namespaces/pins/events?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=0")
     .await;
     let lines = watch_lines(&v1);
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -756,11 +651,9 @@ async fn initial_watches(backend: Backend) {
         "{}",
         backend.name()
     );
-    let leases = raw(
+    let leases = get(
         &backend,
-        "GET",
         &format!("{LEASES}?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=0"),
-        None,
     )
     .await;
     let lines = watch_lines(&leases);
@@ -773,32 +666,24 @@ async fn initial_watches(backend: Backend) {
         backend.name()
     );
     // Without allowWatchBookmarks: only the ADDED.
-    let plain = raw(
+    let plain = get(
         &backend,
-        "GET",
         "/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=1&resourceVersion=0",
-        None,
     )
     .await;
     assert_eq!(watch_lines(&plain).len(), 1);
     // From a resourceVersion: no initial events, no bookmark (Events get no periodic ones).
-    let from = raw(
-        &backend,
-        "GET",
-        &format!(
+    let from = get(&backend, &format!(
             "/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion={}",
             rv(&created)
-        ),
-        None,
-    )
+        ))
     .await;
     assert_eq!(watch_lines(&from), Vec::<Value>::new());
 
     // Status details of a core resource have no `group`.
-    let missing = raw(&backend, "GET", "/api/v1/namespaces/pins/events/nope", None).await;
-    assert_eq!(missing.code, 404);
+    let missing = get(&backend, "/api/v1/namespaces/pins/events/nope").await;
     assert_eq!(
-        missing.json()["details"],
+        missing.expect(404)["details"],
         json!({"name": "nope", "kind": "events"}),
         "{}",
         backend.name()
@@ -810,19 +695,17 @@ async fn initial_watches(backend: Backend) {
         None,
     )
     .await;
-    assert_eq!(gone.code, 200, "{}", gone.text);
     assert_eq!(
-        gone.json()["details"],
+        gone.expect(200)["details"],
         json!({"name": "initial", "kind": "events", "uid": created["metadata"]["uid"]}),
         "{}",
         backend.name()
     );
 
     // kubectl's client-side validation (`kubectl create -f`) reads /openapi/v3.
-    let openapi = raw(&backend, "GET", "/openapi/v3", None).await;
-    assert_eq!(openapi.code, 200);
+    let openapi = get(&backend, "/openapi/v3").await;
     assert!(
-        openapi.json()["paths"]["api/v1"].is_object(),
+        openapi.expect(200)["paths"]["api/v1"].is_object(),
         "{}",
         openapi.text
     );
@@ -851,15 +734,14 @@ async fn managed_fields(backend: Backend) {
     backend.ensure_namespace(NS).await.unwrap();
     let mut body = event("managed");
     body["metadata"]["labels"] = json!({"app": "web"});
-    let created = raw(
+    let created = send(
         &backend,
         "POST",
         "/api/v1/namespaces/pins/events?fieldManager=writer",
-        Some(("application/json", body)),
+        body,
     )
-    .await;
-    assert_eq!(created.code, 201, "{}", created.text);
-    let created = created.json();
+    .await
+    .expect(201);
     assert_eq!(
         created["metadata"]["managedFields"]
             .as_array()
@@ -887,9 +769,8 @@ async fn managed_fields(backend: Backend) {
             json!({"count": 2, "lastTimestamp": "2026-01-01T00:00:10Z"}),
         )),
     )
-    .await;
-    assert_eq!(patched.code, 200, "{}", patched.text);
-    let patched = patched.json();
+    .await
+    .expect(200);
     assert_eq!(
         fields_of(&patched, "counter"),
         json!({"f:count": {}, "f:lastTimestamp": {}}),
@@ -907,24 +788,18 @@ async fn managed_fields(backend: Backend) {
     // Without fieldManager, the User-Agent up to its first `/` names the manager.
     let lease = json!({"metadata": {"name": "managed"}, "spec": {"holderIdentity": "a",
         "leaseDurationSeconds": 10, "renewTime": "2026-01-01T00:00:00.000000Z"}});
-    let mut request = http::Request::builder()
+    let request = http::Request::builder()
         .method("POST")
         .uri(LEASES)
         .header("content-type", "application/json")
         .header("user-agent", "kevents-pins/1.0 (linux)");
-    request = request.header("accept", "application/json");
-    let response = backend
-        .client()
-        .send(
-            request
-                .body(Body::from(serde_json::to_vec(&lease).unwrap()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let lease: Value =
-        serde_json::from_slice(&response.into_body().collect_bytes().await.unwrap()).unwrap();
+    let lease = exchange(
+        &backend.client(),
+        request,
+        serde_json::to_vec(&lease).unwrap(),
+    )
+    .await
+    .expect(201);
     assert_eq!(
         lease["metadata"]["managedFields"][0]["apiVersion"],
         "coordination.k8s.io/v1"
@@ -956,23 +831,11 @@ async fn status_bodies(backend: Backend) {
     // A resourceVersion that is not a number: 500 without a reason on a write and a watch, 400
     // on a list.
     let lease = json!({"metadata": {"name": "status"}, "spec": {"holderIdentity": "a"}});
-    let created = raw(
-        &backend,
-        "POST",
-        LEASES,
-        Some(("application/json", lease.clone())),
-    )
-    .await;
+    let created = send(&backend, "POST", LEASES, lease.clone()).await;
     assert_eq!(created.code, 201, "{}", created.text);
     let mut lease = lease;
     lease["metadata"]["resourceVersion"] = json!("abc");
-    let put = raw(
-        &backend,
-        "PUT",
-        &format!("{LEASES}/status"),
-        Some(("application/json", lease.clone())),
-    )
-    .await;
+    let put = send(&backend, "PUT", &format!("{LEASES}/status"), lease.clone()).await;
     assert_eq!(put.code, 500, "{}: {}", backend.name(), put.text);
     assert_eq!(
         status_of(&put),
@@ -981,19 +844,17 @@ async fn status_bodies(backend: Backend) {
     );
     let mut event_put = event("status");
     event_put["metadata"]["resourceVersion"] = json!("abc");
-    let put = raw(
+    let put = send(
         &backend,
         "PUT",
         "/api/v1/namespaces/pins/events/status",
-        Some(("application/json", event_put)),
+        event_put,
     )
     .await;
     assert_eq!(put.code, 500, "{}", put.text);
-    let list = raw(
+    let list = get(
         &backend,
-        "GET",
         "/api/v1/namespaces/pins/events?resourceVersion=abc",
-        None,
     )
     .await;
     assert_eq!(
@@ -1004,11 +865,9 @@ async fn status_bodies(backend: Backend) {
         "{}",
         backend.name()
     );
-    let watch = raw(
+    let watch = get(
         &backend,
-        "GET",
         "/api/v1/namespaces/pins/events?watch=true&resourceVersion=abc",
-        None,
     )
     .await;
     assert_eq!(
@@ -1035,23 +894,17 @@ async fn status_bodies(backend: Backend) {
     let once = kube::Client::try_from(config).unwrap();
     let request = http::Request::builder()
         .method("GET")
-        .uri("/api/v1/namespaces/pins/events?resourceVersion=99999999")
-        .header("accept", "application/json");
+        .uri("/api/v1/namespaces/pins/events?resourceVersion=99999999");
     let started = Instant::now();
-    let response = once
-        .send(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let answer = exchange(&once, request, Vec::new()).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{}: {:?}",
         backend.name(),
         started.elapsed()
     );
-    assert_eq!(response.status().as_u16(), 504);
-    assert!(response.headers().get("retry-after").is_none());
-    let status: Value =
-        serde_json::from_slice(&response.into_body().collect_bytes().await.unwrap()).unwrap();
+    let status = answer.expect(504);
+    assert!(answer.headers.get("retry-after").is_none());
     let message = status["message"].as_str().unwrap();
     assert!(
         message.starts_with("Timeout: Too large resource version: 99999999, current: "),
@@ -1069,15 +922,7 @@ async fn status_bodies(backend: Backend) {
     // A new-style event (eventTime set) without its reporting fields.
     let mut incomplete = event("incomplete");
     incomplete["eventTime"] = json!("2026-01-01T00:00:00.123456Z");
-    let answer = raw(
-        &backend,
-        "POST",
-        "/api/v1/namespaces/pins/events",
-        Some(("application/json", incomplete)),
-    )
-    .await;
-    assert_eq!(answer.code, 422, "{}", answer.text);
-    let status = answer.json();
+    let status = send(&backend, "POST", EVENTS, incomplete).await.expect(422);
     let qualified = "name part must consist of alphanumeric characters, '-', '_' or '.', and \
                      must start and end with an alphanumeric character (e.g. 'MyName',  or \
                      'my.name',  or '123-abc', regex used for validation is \
@@ -1119,12 +964,7 @@ async fn future_watch(backend: Backend) {
     let created = create_event(&backend, "future-a").await;
     let ahead = rv(&created).parse::<u64>().unwrap() + 1_000_000;
     let started = Instant::now();
-    let watch = raw(
-        &backend,
-        "GET",
-        &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true&resourceVersion={ahead}"),
-        None,
-    )
+    let watch = get(&backend, &format!("/api/v1/namespaces/pins/events?watch=true&timeoutSeconds=2&allowWatchBookmarks=true&resourceVersion={ahead}"))
     .await;
     assert_eq!(watch.code, 200, "{}", watch.text);
     assert!(watch_lines(&watch).is_empty(), "{}", watch.text);
@@ -1133,13 +973,7 @@ async fn future_watch(backend: Backend) {
         "{:?}",
         started.elapsed()
     );
-    let list = raw(
-        &backend,
-        "GET",
-        "/api/v1/namespaces/pins/events?limit=1",
-        None,
-    )
-    .await;
+    let list = get(&backend, "/api/v1/namespaces/pins/events?limit=1").await;
     let current: u64 = list.json()["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()

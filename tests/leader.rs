@@ -8,6 +8,8 @@
     reason = "test code"
 )]
 
+mod dual;
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -15,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dual::{Term, assert_no_overlap, race_once, release, winners};
 use futures::future::join_all;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -100,25 +103,6 @@ fn released() -> LeaseSpec {
     }
 }
 
-/// `[became_leader, end]` of one leadership term, on this process's monotonic clock.
-#[derive(Debug, Clone, Copy)]
-struct Term {
-    start: Instant,
-    end: Instant,
-}
-
-fn assert_no_overlap(terms: &mut [Term]) {
-    terms.sort_by_key(|t| t.start);
-    for pair in terms.windows(2) {
-        assert!(
-            pair[0].end <= pair[1].start,
-            "two leaders at once: {:?} overlaps {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_candidates_racing_for_a_released_lease_never_both_lead_over_200_rounds() {
     let emulator = emulator().await;
@@ -129,32 +113,10 @@ async fn ten_candidates_racing_for_a_released_lease_never_both_lead_over_200_rou
         let mut candidates: Vec<Elector> = (0..10)
             .map(|i| elector(&emulator, &format!("c{i}"), 10_000))
             .collect();
-        let barrier = Arc::new(Barrier::new(10));
-        let outcomes = join_all(candidates.iter_mut().map(|c| {
-            let barrier = Arc::clone(&barrier);
-            async move {
-                barrier.wait().await;
-                let outcome = c.try_acquire_once().await;
-                (outcome, Instant::now())
-            }
-        }))
-        .await;
-        let winners: Vec<usize> = outcomes
-            .iter()
-            .enumerate()
-            .filter(|(_, (o, _))| *o == Attempt::Acquired)
-            .map(|(i, _)| i)
-            .collect();
+        let outcomes = race_once(&mut candidates).await;
+        let winners = winners(&outcomes);
         assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
-        let winner = &mut candidates[winners[0]];
-        let leadership = winner.subscribe().borrow().clone().unwrap();
-        let start = outcomes[winners[0]].1;
-        let released_at = Instant::now();
-        assert!(winner.release().await);
-        terms.push(Term {
-            start,
-            end: leadership.valid_until.min(released_at),
-        });
+        terms.push(release(&mut candidates[winners[0]], outcomes[winners[0]].1).await);
     }
     assert_no_overlap(&mut terms);
     emulator.shutdown().await;
@@ -245,19 +207,8 @@ async fn a_naive_merge_patch_takeover_yields_two_leaders_where_ours_yields_one()
     let mut ours: Vec<Elector> = (0..10)
         .map(|i| elector(&emulator, &format!("o{i}"), 10_000))
         .collect();
-    let barrier = Arc::new(Barrier::new(10));
-    let outcomes = join_all(ours.iter_mut().map(|c| {
-        let barrier = Arc::clone(&barrier);
-        async move {
-            barrier.wait().await;
-            c.try_acquire_once().await
-        }
-    }))
-    .await;
-    assert_eq!(
-        outcomes.iter().filter(|o| **o == Attempt::Acquired).count(),
-        1
-    );
+    let outcomes = race_once(&mut ours).await;
+    assert_eq!(winners(&outcomes).len(), 1);
     emulator.shutdown().await;
 }
 

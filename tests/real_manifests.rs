@@ -23,7 +23,7 @@ use std::{
 };
 
 use kevents::lab::apiserver::{RealApiServer, RealApiServerOptions};
-use support::{repo, tool};
+use support::{kustomize_text, repo, stdout_of, tool, yaml_docs};
 
 /// The base and every overlay directory, found on disk so a new overlay is checked too.
 fn kustomizations() -> Vec<String> {
@@ -54,26 +54,10 @@ fn kubectl(kubeconfig: &Path) -> Command {
     command
 }
 
-/// `kubectl kustomize <dir>` as YAML text.
-fn render(dir: &str) -> String {
-    let out = tool("kubectl", "install kubectl (make tools)")
-        .arg("kustomize")
-        .arg(repo().join(dir))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The names of the objects in a multi-document YAML text, in order.
 fn names(yaml: &str) -> Vec<String> {
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .map(|doc| <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc).unwrap())
-        .filter(|doc| !doc.is_null())
+    yaml_docs(yaml)
+        .iter()
         .map(|doc| doc["metadata"]["name"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -127,18 +111,7 @@ fn assert_accepted(kubeconfig: &Path, dir: &str, yaml: &str) {
 /// Installs the CRD fixtures and waits until kubectl's discovery serves both kinds.
 fn install_prometheus_operator_crds(kubeconfig: &Path) {
     let crds = repo().join("tests/fixtures/crds");
-    let out = kubectl(kubeconfig)
-        .arg("apply")
-        .arg("-f")
-        .arg(&crds)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "installing {}: {}",
-        crds.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of(kubectl(kubeconfig).arg("apply").arg("-f").arg(&crds));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = kubectl(kubeconfig)
@@ -176,7 +149,10 @@ async fn every_overlay_passes_a_server_side_dry_run_on_a_real_apiserver() {
     // cluster creates it first in the same way.
     server.ensure_namespace("kevents").await.unwrap();
     let dirs = kustomizations();
-    let rendered: Vec<(String, String)> = dirs.iter().map(|d| (d.clone(), render(d))).collect();
+    let rendered: Vec<(String, String)> = dirs
+        .iter()
+        .map(|d| (d.clone(), kustomize_text(d)))
+        .collect();
 
     // Without the prometheus-operator CRDs, the kind overlay (which drops its two objects) is
     // accepted, and the others are refused for exactly those kinds: the check can fail.
@@ -200,23 +176,15 @@ async fn every_overlay_passes_a_server_side_dry_run_on_a_real_apiserver() {
     }
 
     // A dry run stores nothing.
-    let out = kubectl(&kubeconfig)
-        .args([
-            "get",
-            "deployments,configmaps,servicemonitors,prometheusrules",
-            "-n",
-            "kevents",
-            "-o",
-            "name",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let out = stdout_of(kubectl(&kubeconfig).args([
+        "get",
+        "deployments,configmaps,servicemonitors,prometheusrules",
+        "-n",
+        "kevents",
+        "-o",
+        "name",
+    ]));
+    let left: Vec<String> = String::from_utf8_lossy(&out)
         .lines()
         // The root CA ConfigMap is published into every namespace by the controller manager,
         // which this control plane does not run; nothing else may be there.

@@ -1,5 +1,6 @@
-//! Helpers shared by the manifest, docs and static-binary tests: rendering kustomizations with
-//! `kubectl`, running `kevents`, reading `PromQL` metric names, and the tools the tests need.
+//! Helpers shared by the command-line, manifest, docs and static-binary tests: rendering
+//! kustomizations with `kubectl`, running `kevents`, reading `PromQL` metric names, and the tools
+//! the tests need.
 //!
 //! A missing tool fails the test with what to install; nothing is skipped.
 
@@ -16,7 +17,7 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -38,23 +39,39 @@ pub fn tool(name: &str, install: &str) -> Command {
     Command::new(name)
 }
 
-/// `kubectl kustomize <dir>`, as YAML documents.
-pub fn kustomize(dir: &str) -> Vec<Value> {
-    let out = tool("kubectl", "install kubectl (make tools)")
-        .arg("kustomize")
-        .arg(repo().join(dir))
-        .output()
-        .unwrap();
+/// Runs `command` to the end and returns its stdout; the test fails, showing stderr, unless it
+/// succeeds.
+pub fn stdout_of(command: &mut Command) -> Vec<u8> {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "kubectl kustomize {dir} failed:\n{}",
+        "{command:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
+    out.stdout
+}
+
+/// `kubectl kustomize <dir>`, as YAML text.
+pub fn kustomize_text(dir: &str) -> String {
+    let out = stdout_of(
+        tool("kubectl", "install kubectl (make tools)")
+            .arg("kustomize")
+            .arg(repo().join(dir)),
+    );
+    String::from_utf8(out).unwrap()
+}
+
+/// The documents of a multi-document YAML text, without empty ones.
+pub fn yaml_docs(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .filter(|doc: &Value| !doc.is_null())
         .collect()
+}
+
+/// `kubectl kustomize <dir>`, as YAML documents.
+pub fn kustomize(dir: &str) -> Vec<Value> {
+    yaml_docs(&kustomize_text(dir))
 }
 
 /// The value at a dotted path (`spec.template.spec`), if every step exists.
@@ -129,7 +146,8 @@ pub fn duration(text: &str) -> Duration {
 /// The `kevents` binary of this build.
 pub const KEVENTS: &str = env!("CARGO_BIN_EXE_kevents");
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -137,7 +155,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+/// `GET path` from `addr` as (status code, body); `None` when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -152,25 +171,24 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// Starts `kevents run` against an API server that is not there (it stays a follower), scrapes
-/// its `/metrics` and returns every sample name it exports (histograms as `_bucket`, `_sum`,
-/// `_count`).
-pub fn live_metric_names() -> BTreeSet<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
+/// Starts `kevents run`, its files in `dir`, against an API server that is not there (so it
+/// stays a follower), with its admin endpoints on a free port. Returns the process and the admin
+/// address.
+pub fn start_follower(dir: &Path) -> (Child, String) {
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n    namespace: default\ncurrent-context: c\nusers:\n- name: u\n  user: {}\n",
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("kevents.yaml");
+    let config = dir.join("kevents.yaml");
     std::fs::write(
         &config,
         format!("cluster:\n  name: test\nsink:\n  type: stdout\nadmin:\n  listen: {addr}\nshutdown:\n  grace_period: 5s\n"),
     )
     .unwrap();
-    let mut child = Command::new(KEVENTS)
+    let child = Command::new(KEVENTS)
         .args(["run", "--config"])
         .arg(&config)
         .arg("--kubeconfig")
@@ -179,6 +197,14 @@ pub fn live_metric_names() -> BTreeSet<String> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    (child, addr)
+}
+
+/// Starts a follower (see `start_follower`), scrapes its `/metrics` and returns every sample
+/// name it exports (histograms as `_bucket`, `_sum`, `_count`).
+pub fn live_metric_names() -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start_follower(dir.path());
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         if let Some((200, body)) = http_get(&addr, "/metrics") {

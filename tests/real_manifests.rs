@@ -202,7 +202,7 @@ async fn a_server_side_dry_run_refuses_unknown_fields_and_an_unnamed_rule_group(
     let kubeconfig = server.kubeconfig().to_owned();
     server.ensure_namespace("kevents").await.unwrap();
     install_prometheus_operator_crds(&kubeconfig);
-    let base = render("manifests/base");
+    let base = kustomize_text("manifests/base");
     assert_accepted(&kubeconfig, "manifests/base", &base);
 
     // A typo in the Deployment: strict field validation names it.

@@ -1,5 +1,6 @@
-//! The drill scenarios. Each states its property, injects its fault `runs` times into one lab,
-//! and ends with the oracle (nothing missing, nothing duplicated under (uid, resourceVersion)).
+//! The drill scenarios. Each states its property, injects its fault `runs` times into one lab (the
+//! storm, into a lab per run), and ends with the oracle (nothing missing, nothing duplicated under
+//! (uid, resourceVersion)).
 //!
 //! Owns the fault sequences and their bounds. A scenario never relaxes a bound to pass; where the
 //! workload is shaped (creates only while no replica can watch and history is destroyed), the
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{DrillOptions, DrillReport, Lab, LabSink, LabSpec, admin_get, faults, now_ms, summary};
+use super::{
+    DrillOptions, DrillReport, Finish, Lab, LabSink, LabSpec, admin_get, faults, now_ms, summary,
+};
 use crate::emulator::kube::KubeEmulatorConfig;
 
 /// Graceful handover bound (SIGTERM of the leader → another leads).
@@ -311,21 +314,36 @@ pub(super) async fn compaction(options: DrillOptions) -> anyhow::Result<DrillRep
     report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
     report.bound_p99("kill -9 failover", &abrupt, kill_bound(&options));
     let finish = lab.finish().await?;
-    let relisted = new_leaders
+    check_relisted(
+        &mut report,
+        &finish,
+        &new_leaders,
+        "new leaders that relisted after 410",
+        "a new leader resumed without the relist the compaction forces",
+    );
+    report.record(finish);
+    Ok(report)
+}
+
+/// Reports how many of `leaders` relisted (from `kevents_relists_total`) under `figure`; a
+/// violation `why` unless every one did.
+fn check_relisted(
+    report: &mut DrillReport,
+    finish: &Finish,
+    leaders: &[String],
+    figure: &str,
+    why: &str,
+) {
+    let relisted = leaders
         .iter()
         .filter(|id| finish.captures.relists.get(*id).is_some_and(|n| *n > 0))
         .count();
-    report.figures.push(format!(
-        "new leaders that relisted after 410: {relisted} of {}",
-        new_leaders.len()
-    ));
-    if relisted < new_leaders.len() {
-        report
-            .violations
-            .push("a new leader resumed without the relist the compaction forces".to_owned());
+    report
+        .figures
+        .push(format!("{figure}: {relisted} of {}", leaders.len()));
+    if relisted < leaders.len() {
+        report.violations.push(why.to_owned());
     }
-    report.record(finish);
-    Ok(report)
 }
 
 /// Every replica is down for longer than the API server's watch history (compaction every 5 s
@@ -394,19 +412,13 @@ pub(super) async fn long_outage(options: DrillOptions) -> anyhow::Result<DrillRe
         summary(&recovery)
     ));
     let finish = lab.finish().await?;
-    let relisted = new_leaders
-        .iter()
-        .filter(|id| finish.captures.relists.get(*id).is_some_and(|n| *n > 0))
-        .count();
-    report.figures.push(format!(
-        "leaders that relisted after the outage: {relisted} of {}",
-        new_leaders.len()
-    ));
-    if relisted < new_leaders.len() {
-        report
-            .violations
-            .push("a leader resumed without the relist the lost history forces".to_owned());
-    }
+    check_relisted(
+        &mut report,
+        &finish,
+        &new_leaders,
+        "leaders that relisted after the outage",
+        "a leader resumed without the relist the lost history forces",
+    );
     report.record(finish);
     Ok(report)
 }

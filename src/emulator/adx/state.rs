@@ -595,3 +595,30 @@ impl AdxState {
         messages.push(text.to_owned());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(n: u64) -> Map<String, Value> {
+        let Value::Object(row) = json!({ "N": n }) else {
+            unreachable!("a JSON object literal");
+        };
+        row
+    }
+
+    #[test]
+    fn rows_from_returns_only_what_came_after_the_position() {
+        let state = AdxState::new(Schema::new(), AuthSettings::default());
+        assert!(state.rows_from("db", "T", 0).is_empty(), "no table yet");
+        assert!(state.ingest("db", "T", (0..3).map(row).collect(), &[], &[]));
+        assert!(state.ingest("db", "T", (3..5).map(row).collect(), &[], &[]));
+        assert_eq!(state.rows_from("db", "T", 0), state.rows("db", "T"));
+        assert_eq!(state.rows_from("db", "T", 3), vec![row(3), row(4)]);
+        assert!(state.rows_from("db", "T", 5).is_empty());
+        assert!(state.rows_from("db", "T", 9).is_empty(), "past the end");
+        assert!(state.rows_from("db", "Other", 0).is_empty());
+    }
+}

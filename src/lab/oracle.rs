@@ -15,6 +15,9 @@ use serde_json::Value;
 /// One event version, as stored or as delivered.
 pub type Key = (String, String);
 
+/// How many missing keys a report names.
+const MISSING_SAMPLE: usize = 5;
+
 /// The comparison.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -49,7 +52,7 @@ impl Report {
         self.duplicated += other.duplicated;
         self.unexpected += other.unexpected;
         self.unkeyed += other.unkeyed;
-        let room = 5usize.saturating_sub(self.missing_sample.len());
+        let room = MISSING_SAMPLE.saturating_sub(self.missing_sample.len());
         self.missing_sample
             .extend(other.missing_sample.into_iter().take(room));
     }
@@ -75,7 +78,7 @@ pub fn compare(stored: &[Key], delivered: &[Key], unkeyed: usize) -> Report {
         duplicated: counts.values().map(|n| n.saturating_sub(1)).sum(),
         unexpected: counts.keys().filter(|k| !truth.contains(*k)).count(),
         unkeyed,
-        missing_sample: missing.into_iter().take(5).collect(),
+        missing_sample: missing.into_iter().take(MISSING_SAMPLE).collect(),
     }
 }
 
@@ -247,7 +250,11 @@ mod tests {
         total.add(compare(&stored, &stored[..6], 0));
         assert_eq!((total.stored, total.delivered), (24, 18));
         assert_eq!((total.missing, total.unkeyed, total.duplicated), (6, 1, 0));
-        assert_eq!(total.missing_sample.len(), 5, "the sample stays small");
+        assert_eq!(
+            total.missing_sample.len(),
+            MISSING_SAMPLE,
+            "the sample stays small"
+        );
         assert!(!total.is_exact());
     }
 

@@ -493,7 +493,8 @@ pub(super) async fn storm(options: DrillOptions) -> anyhow::Result<DrillReport> 
     for run in 0..options.runs {
         let mut run_options = options.clone();
         run_options.workdir = options.workdir.join(format!("run-{run}"));
-        let lab = Lab::start_with(run_options.clone(), spec.clone()).await?;
+        let rows = run_options.workdir.join("out");
+        let lab = Lab::start_with(run_options, spec.clone()).await?;
         let before = lab.emulator.state().resource_version();
         lab.generate(rate, 0.3);
         tokio::time::sleep(length).await;
@@ -519,7 +520,7 @@ pub(super) async fn storm(options: DrillOptions) -> anyhow::Result<DrillReport> 
         let finish = lab.finish().await?;
         if finish.delivery.is_exact() {
             // A passing run's rows (hundreds of MB) are not needed for a post-mortem.
-            let _ = std::fs::remove_dir_all(run_options.workdir.join("out"));
+            let _ = std::fs::remove_dir_all(&rows);
         }
         report.record(finish);
     }

@@ -1,12 +1,19 @@
-//! The leader-only pipeline of one leadership term: open the store, claim it for the term, resume
-//! (or start fresh), and run source → capture → shipper → sink until told to stop; then flush and
-//! close the store so the next leader can open it.
+//! The leader-only pipeline of one leadership term: take the store over for the term (a database
+//! of this term's own, copied from the previous term's), resume (or start fresh), and run
+//! source → capture → shipper → sink until told to stop; then flush and close the store.
 //!
 //! Owns the order of start-up and shutdown and the wiring between stages. It must never run a
-//! stage before the store is claimed for this term, and never return before the store is flushed
-//! and closed.
+//! stage before the store is taken over for this term, and never return before the store is
+//! flushed and closed. The flush on stop is not fenced and needs not be: it writes only this
+//! term's own directory, which a newer term copies with a verified read (`store::terms`).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +41,8 @@ pub const READY_CONDITION: &str = "pipeline";
 /// Why a pipeline run ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The store could not be opened or claimed.
-    #[error("opening the store failed")]
+    /// The store could not be taken over.
+    #[error("taking the store over failed")]
     Store(#[from] store::Error),
     /// The sink could not be set up.
     #[error("setting up the {sink} sink failed")]
@@ -91,9 +98,9 @@ pub async fn run_with_sink(
         metrics,
         board,
     } = context;
-    board.set_not_ready(READY_CONDITION, "leader is opening the store");
+    board.set_not_ready(READY_CONDITION, "leader is taking the store over");
     let guard: Arc<dyn Guard> = Arc::new(fence.clone());
-    let store = open_store(&config, &metrics, &stop).await?;
+    let store = open_store(&config, &metrics, &guard, &stop).await?;
     let Some(store) = store else {
         board.set_ready(READY_CONDITION);
         return Ok(());
@@ -116,6 +123,7 @@ pub async fn run_with_sink(
 async fn open_store(
     config: &Config,
     metrics: &Metrics,
+    guard: &Arc<dyn Guard>,
     stop: &CancellationToken,
 ) -> Result<Option<Arc<SledStore>>, Error> {
     let options = OpenOptions {
@@ -123,10 +131,25 @@ async fn open_store(
         cache_capacity: config.store.cache_capacity,
         lock_timeout: config.store.lock_timeout,
     };
-    let Some(opened) = open_until_stopped(&options, stop).await? else {
+    let Some(handover) =
+        take_over_until_stopped(options, &config.leader.identity, guard, stop).await?
+    else {
         return Ok(None);
     };
-    if let Some((moved_to, reason)) = &opened.quarantined {
+    metrics
+        .store_handover_seconds
+        .observe(handover.copy_time.as_secs_f64());
+    tracing::info!(
+        epoch = guard.epoch(),
+        dir = %handover.dir.display(),
+        source = ?handover.source.as_ref().map(|p| p.display().to_string()),
+        copied_bytes = handover.copied_bytes,
+        copies = handover.attempts,
+        copy_ms = u64::try_from(handover.copy_time.as_millis()).unwrap_or(u64::MAX),
+        removed = handover.removed.len(),
+        "Took the store over for this term"
+    );
+    if let Some((moved_to, reason)) = &handover.quarantined {
         metrics.store_quarantined.inc();
         tracing::error!(
             path = %config.store.path.display(),
@@ -135,39 +158,35 @@ async fn open_store(
             "The store was unusable and has been moved aside; starting a fresh store with a full relist"
         );
     }
-    Ok(Some(Arc::new(opened.store)))
+    Ok(Some(Arc::new(handover.store)))
 }
 
-/// Opens the store, retrying for up to `options.lock_timeout` while another process holds its
-/// lock — one attempt per blocking task, so that a stop ends the wait at once and leaves nothing
-/// behind. (A blocking task that kept retrying held a terminating process back from exiting until
-/// the lock timeout: the runtime waits for blocking tasks when it shuts down.)
-async fn open_until_stopped(
-    options: &OpenOptions,
+/// Takes the store over in a blocking task; a stop ends the wait at once and tells the copy to
+/// give up between files, so nothing holds a terminating process back for long (the runtime
+/// waits for blocking tasks when it shuts down).
+async fn take_over_until_stopped(
+    options: OpenOptions,
+    holder: &str,
+    guard: &Arc<dyn Guard>,
     stop: &CancellationToken,
-) -> Result<Option<store::Opened>, Error> {
-    let deadline = tokio::time::Instant::now() + options.lock_timeout;
-    let mut wait = Duration::from_millis(50);
-    loop {
-        let attempt = OpenOptions {
-            lock_timeout: Duration::ZERO,
-            ..options.clone()
-        };
-        let opening = tokio::task::spawn_blocking(move || SledStore::open(&attempt));
-        let opened = tokio::select! {
-            () = stop.cancelled() => return Ok(None),
-            opened = opening => opened?,
-        };
-        match opened {
-            Err(store::Error::Locked { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(1));
-            }
-            opened => return Ok(Some(opened?)),
+) -> Result<Option<store::Handover>, Error> {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let taking = {
+        let cancelled = Arc::clone(&cancelled);
+        let guard = Arc::clone(guard);
+        let holder = holder.to_owned();
+        tokio::task::spawn_blocking(move || {
+            store::take_over(&options, &holder, guard.as_ref(), &|| {
+                cancelled.load(Ordering::Relaxed)
+            })
+        })
+    };
+    tokio::select! {
+        () = stop.cancelled() => {
+            cancelled.store(true, Ordering::Relaxed);
+            Ok(None)
         }
+        taken = taking => Ok(Some(taken??)),
     }
 }
 
@@ -186,11 +205,6 @@ async fn run_stages(
     sink: Option<Arc<dyn Sink>>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
-    {
-        let store = Arc::clone(store);
-        let guard = Arc::clone(&guard);
-        tokio::task::spawn_blocking(move || store.begin_term(guard.as_ref())).await??;
-    }
     let meta = {
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || store.meta()).await??
@@ -442,58 +456,30 @@ fn is_fence_error(error: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use super::*;
 
+    struct Current;
+
+    impl Guard for Current {
+        fn is_current(&self) -> bool {
+            true
+        }
+        fn epoch(&self) -> i64 {
+            2
+        }
+    }
+
     #[test]
-    fn a_stopped_store_open_leaves_no_blocking_task_that_holds_the_process_back() {
+    fn a_stopped_take_over_returns_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let options = OpenOptions {
             path: dir.path().join("store"),
             cache_capacity: 1 << 20,
             lock_timeout: Duration::from_secs(10),
         };
-        // Another holder of the lock (sled's lock is per open file, so this process counts).
-        let _held = SledStore::open(&options).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let stop = CancellationToken::new();
-        let opened = runtime.block_on(async {
-            let cancel = stop.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                cancel.cancel();
-            });
-            open_until_stopped(&options, &stop).await
-        });
-        assert!(matches!(opened, Ok(None)));
-        // Dropping a runtime waits for its blocking tasks, as a process exit does.
-        let dropping = std::time::Instant::now();
-        drop(runtime);
-        assert!(
-            dropping.elapsed() < Duration::from_secs(2),
-            "a blocking open kept retrying for {:?} after the stop",
-            dropping.elapsed()
-        );
-    }
-
-    #[test]
-    fn a_store_open_waits_for_the_lock_and_gives_up_after_the_lock_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = OpenOptions {
-            path: dir.path().join("store"),
-            cache_capacity: 1 << 20,
-            lock_timeout: Duration::from_millis(300),
-        };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let stop = CancellationToken::new();
-        let held = SledStore::open(&options).unwrap();
-        let locked = runtime.block_on(open_until_stopped(&options, &stop));
-        assert!(
-            matches!(locked, Err(Error::Store(store::Error::Locked { .. }))),
-            "{locked:?}"
-        );
-        drop(held);
-        let opened = runtime.block_on(open_until_stopped(&options, &stop));
-        assert!(matches!(opened, Ok(Some(_))));
+        stop.cancel();
+        let guard: Arc<dyn Guard> = Arc::new(Current);
+        let taken = runtime.block_on(take_over_until_stopped(options, "a", &guard, &stop));
+        assert!(matches!(taken, Ok(None)), "{taken:?}");
     }
 }

@@ -319,8 +319,10 @@ async fn an_api_server_behind_the_checkpoint_is_relisted_and_nothing_is_dropped(
     // The API server's data went backwards (restored from a backup): the stored checkpoint is
     // far ahead of anything it will serve.
     {
+        // The database of the term that just ended (the next term copies it).
+        let root = common::workdir_of(&lab).join("store");
         let store = SledStore::open(&OpenOptions {
-            path: common::workdir_of(&lab).join("store"),
+            path: kevents::store::terms::current_dir(&root).unwrap().unwrap(),
             cache_capacity: 1 << 20,
             lock_timeout: Duration::from_secs(10),
         })

@@ -4,14 +4,19 @@
 //! Owns the on-disk layout and the transactional rules of DESIGN.md: a capture appends records,
 //! marks them seen and advances the checkpoint in **one** transaction (never seen before durable);
 //! records leave the outbox only when their batch is acknowledged; every write checks the fence
-//! right before it runs and verifies in the transaction that no newer term has taken the store.
+//! right before it runs. The fence is a check-then-act (a process paused right after the check
+//! writes later), so what keeps a newer term safe is where writes go: every term writes only a
+//! database of its own and takes over the previous term's state by a verified copy (`terms`,
+//! `docs/store-across-nodes.md`); a late write lands in a directory no newer term uses.
 //! It must never log record contents, and never depend on `kube` or `reqwest`.
 
 mod sled_store;
+pub mod terms;
 
 use std::path::PathBuf;
 
 pub use sled_store::{OpenOptions, Opened, SledStore};
+pub use terms::{Handover, take_over};
 
 /// Layout version written into new stores; a store with a newer version is quarantined.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -39,7 +44,7 @@ pub enum Error {
     /// The caller's lease is no longer current: nothing was written.
     #[error("leadership is no longer current; write refused")]
     Fenced,
-    /// A newer leadership term has opened the store: nothing was written.
+    /// A newer leadership term has taken the store over: nothing was written.
     #[error(
         "the store belongs to a newer term {stored} (this replica holds term {ours}); write refused"
     )]
@@ -48,6 +53,15 @@ pub enum Error {
         stored: i64,
         /// The caller's term.
         ours: i64,
+    },
+    /// The previous term's files kept changing while they were copied (a process of that term
+    /// is still writing): the hand-over is tried again later.
+    #[error("the previous term's store {path} kept changing over {attempts} copies")]
+    SourceUnsettled {
+        /// The previous term's directory.
+        path: PathBuf,
+        /// Copies made.
+        attempts: u32,
     },
     /// Another process holds the store's file lock.
     #[error("store {path} is locked by another process")]
@@ -197,7 +211,7 @@ pub struct DeadBatch {
 pub trait EventStore: Send + Sync {
     /// Store-wide values.
     fn meta(&self) -> Result<Meta>;
-    /// Records that `guard`'s term now owns the store; refuses if a newer term already does.
+    /// Records `guard`'s term in this term's database; refuses a database a newer term wrote.
     fn begin_term(&self, guard: &dyn Guard) -> Result<()>;
     /// Appends the items not seen before, marks them seen and (if given) moves the checkpoint, in
     /// one transaction, then flushes. `now_ms` is the wall-clock time used for pruning.

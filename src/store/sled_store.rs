@@ -271,9 +271,8 @@ impl SledStore {
                 if !guard.is_current() {
                     return Err(Error::Fenced);
                 }
-                tx_result((&self.meta, &self.seen, &self.seen_time).transaction(
-                    |(meta, seen, seen_time)| {
-                        check_epoch(meta, guard)?;
+                tx_result(
+                    (&self.seen, &self.seen_time).transaction(|(seen, seen_time)| {
                         for (uid, value) in &covered {
                             // Unchanged since the scan: a newer version keeps its entry.
                             if seen.get(uid)?.is_some_and(|current| current == *value)
@@ -285,8 +284,8 @@ impl SledStore {
                             }
                         }
                         Ok(())
-                    },
-                ))?;
+                    }),
+                )?;
                 pruned += covered.len() as u64;
             }
             if scanned < CHUNK {
@@ -313,25 +312,6 @@ impl SledStore {
     fn flush_now(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(Error::Engine)
     }
-}
-
-/// Checks the fence and the stored epoch inside a transaction.
-fn check_epoch(
-    meta: &sled::transaction::TransactionalTree,
-    guard: &dyn Guard,
-) -> std::result::Result<(), ConflictableTransactionError<Error>> {
-    let stored = match meta.get(K_EPOCH)? {
-        Some(raw) => decode_i64(&raw)
-            .ok_or_else(|| ConflictableTransactionError::Abort(malformed(K_EPOCH)))?,
-        None => -1,
-    };
-    if stored != guard.epoch() {
-        return abort(Error::StaleEpoch {
-            stored,
-            ours: guard.epoch(),
-        });
-    }
-    Ok(())
 }
 
 fn tx_u64(
@@ -396,7 +376,6 @@ impl EventStore for SledStore {
         let outcome = tx_result(
             (&self.meta, &self.seen, &self.seen_time, &self.outbox).transaction(
                 |(meta, seen, seen_time, outbox)| {
-                    check_epoch(meta, guard)?;
                     let stored = meta
                         .get(K_CHECKPOINT)?
                         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(numeric_rv));
@@ -476,7 +455,6 @@ impl EventStore for SledStore {
             return Err(Error::Fenced);
         }
         tx_result(self.meta.transaction(|meta| {
-            check_epoch(meta, guard)?;
             meta.remove(K_CHECKPOINT)?;
             meta.remove(K_CHECKPOINT_TIME)?;
             Ok(())
@@ -550,10 +528,9 @@ impl EventStore for SledStore {
             return Err(Error::Fenced);
         }
         let encoded = serde_json::to_vec(batch).map_err(|_| malformed(b"batch"))?;
-        tx_result((&self.meta, &self.batches).transaction(|(meta, batches)| {
-            check_epoch(meta, guard)?;
+        tx_result(self.batches.transaction(|batches| {
             batches.insert(&batch.first.to_be_bytes(), encoded.as_slice())?;
-            Ok(())
+            Ok::<_, ConflictableTransactionError<Error>>(())
         }))?;
         self.flush_now()
     }
@@ -581,7 +558,6 @@ impl EventStore for SledStore {
             let done = last == batch.last;
             tx_result((&self.meta, &self.outbox, &self.batches).transaction(
                 |(meta, outbox, batches)| {
-                    check_epoch(meta, guard)?;
                     let (removed, bytes) = remove_range(outbox, first, last)?;
                     if done {
                         batches.remove(&batch.first.to_be_bytes())?;
@@ -628,7 +604,6 @@ impl EventStore for SledStore {
         tx_result(
             (&self.meta, &self.outbox, &self.batches, &self.dead).transaction(
                 |(meta, outbox, batches, dead_tree)| {
-                    check_epoch(meta, guard)?;
                     let (removed, bytes) = remove_range(outbox, batch.first, batch.last)?;
                     batches.remove(&batch.first.to_be_bytes())?;
                     dead_tree.insert(&batch.first.to_be_bytes(), encoded.as_slice())?;
@@ -675,9 +650,8 @@ impl EventStore for SledStore {
                 break;
             }
             let count = keys.len();
-            tx_result((&self.meta, &self.seen, &self.seen_time).transaction(
-                |(meta, seen, seen_time)| {
-                    check_epoch(meta, guard)?;
+            tx_result(
+                (&self.seen, &self.seen_time).transaction(|(seen, seen_time)| {
                     for key in &keys {
                         seen_time.remove(key)?;
                         let Some((time_ms, uid)) = split_seen_time_key(key) else {
@@ -691,8 +665,8 @@ impl EventStore for SledStore {
                         }
                     }
                     Ok(())
-                },
-            ))?;
+                }),
+            )?;
             pruned += count as u64;
             if count < CHUNK {
                 break;

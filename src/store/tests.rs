@@ -202,27 +202,235 @@ fn a_stale_fence_writes_nothing() {
 }
 
 #[test]
-fn a_newer_term_in_the_store_refuses_an_older_writer() {
+fn a_database_a_newer_term_wrote_refuses_an_older_term() {
     let dir = tempfile::tempdir().unwrap();
-    let old = TestGuard::new(3);
-    let new = TestGuard::new(4);
-    let store = open_with_term(dir.path(), &old);
-    store.begin_term(&new).unwrap();
-    let err = store
-        .capture(&[item("a", "1")], Some("1"), 0, &old)
-        .unwrap_err();
+    let store = open_with_term(dir.path(), &TestGuard::new(4));
+    assert!(matches!(
+        store.begin_term(&TestGuard::new(3)),
+        Err(Error::StaleEpoch { stored: 4, ours: 3 })
+    ));
+}
+
+fn take(dir: &std::path::Path, guard: &TestGuard) -> Handover {
+    take_over(&options(dir), "test", guard, &|| false).unwrap()
+}
+
+fn batch(first: u64, last: u64, epoch: i64) -> BatchRecord {
+    BatchRecord {
+        id: BatchRecord::id_for("s", first, last),
+        first,
+        last,
+        events: last - first + 1,
+        bytes: 10,
+        epoch,
+        created_ms: 0,
+    }
+}
+
+/// Every file under `dir` with its content.
+fn contents(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|path| {
+            let content = std::fs::read(&path).unwrap();
+            (path, content)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_new_term_takes_over_a_copy_while_the_old_term_still_has_its_store_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_guard = TestGuard::new(1);
+    let old = take(dir.path(), &old_guard);
+    old.store
+        .capture(
+            &[item("a", "10"), item("b", "11")],
+            Some("11"),
+            0,
+            &old_guard,
+        )
+        .unwrap();
+    old.store.record_batch(&batch(0, 0, 1), &old_guard).unwrap();
+
+    // The old store stays open (a paused process on another node), and a new term begins.
+    let new_guard = TestGuard::new(2);
+    let new = take(dir.path(), &new_guard);
+    assert_eq!(new.source.as_deref(), Some(old.dir.as_path()));
+    assert_ne!(new.dir, old.dir);
+    let meta = new.store.meta().unwrap();
+    assert_eq!(
+        (meta.checkpoint.as_deref(), meta.outbox_events, meta.epoch),
+        (Some("11"), 2, 2)
+    );
+    assert_eq!(new.store.inflight_batches().unwrap(), vec![batch(0, 0, 1)]);
+    let new_files = contents(&new.dir);
+
+    // The old process wakes and writes (its fence check passed before the pause): only its own
+    // directory changes, and the next term takes over the newer one.
+    old.store
+        .capture(&[item("late", "12")], Some("12"), 0, &old_guard)
+        .unwrap();
+    old.store.ack_batch(&batch(0, 0, 1), &old_guard).unwrap();
+    old.store.flush().unwrap();
+    assert_eq!(
+        contents(&new.dir),
+        new_files,
+        "a late write reached the new term"
+    );
+    drop(new);
+    let next = take(dir.path(), &TestGuard::new(3));
+    let meta = next.store.meta().unwrap();
+    assert_eq!(
+        (meta.checkpoint.as_deref(), meta.outbox_events),
+        (Some("11"), 2)
+    );
+    assert_eq!(next.store.inflight_batches().unwrap().len(), 1);
+}
+
+#[test]
+fn an_older_term_cannot_begin_once_a_newer_one_has() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(take(dir.path(), &TestGuard::new(5)));
+    let err = take_over(&options(dir.path()), "late", &TestGuard::new(4), &|| false).unwrap_err();
     assert!(
-        matches!(err, Error::StaleEpoch { stored: 4, ours: 3 }),
+        matches!(err, Error::StaleEpoch { stored: 5, ours: 4 }),
         "{err}"
     );
-    assert!(matches!(
-        store.begin_term(&old),
-        Err(Error::StaleEpoch { .. })
-    ));
-    assert_eq!(store.meta().unwrap().outbox_events, 0);
-    store
-        .capture(&[item("a", "1")], Some("1"), 0, &new)
+}
+
+#[test]
+fn a_term_that_never_began_is_not_taken_over_and_older_terms_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_guard = TestGuard::new(1);
+    let first = take(dir.path(), &first_guard);
+    first
+        .store
+        .capture(&[item("a", "10")], Some("10"), 0, &first_guard)
         .unwrap();
+    let first_dir = first.dir.clone();
+    drop(first);
+    // A term that lost its lease while copying: its directory exists, but it never began.
+    let lost = TestGuard::new(2);
+    lost.current.store(false, Ordering::SeqCst);
+    let err = take_over(&options(dir.path()), "lost", &lost, &|| false).unwrap_err();
+    assert!(matches!(err, Error::Fenced), "{err}");
+    let third = take(dir.path(), &TestGuard::new(3));
+    assert_eq!(third.source.as_deref(), Some(first_dir.as_path()));
+    assert_eq!(
+        third.store.meta().unwrap().checkpoint.as_deref(),
+        Some("10")
+    );
+    let third_dir = third.dir.clone();
+    drop(third);
+    let fourth = take(dir.path(), &TestGuard::new(4));
+    assert_eq!(fourth.source.as_deref(), Some(third_dir.as_path()));
+    assert!(
+        !first_dir.exists(),
+        "a term older than the source is removed"
+    );
+    assert!(
+        third_dir.exists(),
+        "the source is kept until the next hand-over"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("store").join(terms::TERMS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn a_source_written_during_the_copy_is_copied_again_until_two_reads_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_guard = TestGuard::new(1);
+    let old = take(dir.path(), &old_guard);
+    old.store
+        .capture(&[item("a", "10")], Some("10"), 0, &old_guard)
+        .unwrap();
+    // A process of the old term keeps writing while the copies are made (before every other
+    // file the copy reads, three times: across the first copy and its check).
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let written = std::sync::atomic::AtomicUsize::new(0);
+    let new = take_over(&options(dir.path()), "b", &TestGuard::new(2), &|| {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        if call % 2 == 1 && written.load(Ordering::SeqCst) < 3 {
+            let n = 11 + written.fetch_add(1, Ordering::SeqCst);
+            old.store
+                .capture(
+                    &[item(&format!("late{n}"), &n.to_string())],
+                    Some(&n.to_string()),
+                    0,
+                    &old_guard,
+                )
+                .unwrap();
+        }
+        false
+    })
+    .unwrap();
+    assert!(new.attempts >= 2, "copied {} times", new.attempts);
+    let meta = new.store.meta().unwrap();
+    assert_eq!(
+        (meta.checkpoint.as_deref(), meta.outbox_events),
+        (Some("13"), 4),
+        "the copy is the source as it was after all three writes"
+    );
+}
+
+#[test]
+fn a_source_that_never_stops_changing_is_reported_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_guard = TestGuard::new(1);
+    let old = take(dir.path(), &old_guard);
+    let writes = std::sync::atomic::AtomicU64::new(0);
+    let err = take_over(&options(dir.path()), "b", &TestGuard::new(2), &|| {
+        let n = writes.fetch_add(1, Ordering::SeqCst);
+        old.store
+            .capture(
+                &[item(&format!("u{n}"), &format!("{}", n + 1))],
+                None,
+                0,
+                &old_guard,
+            )
+            .unwrap();
+        false
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::SourceUnsettled { .. }), "{err}");
+    assert_eq!(
+        terms::current_dir(&dir.path().join("store")).unwrap(),
+        Some(old.dir.clone())
+    );
+}
+
+#[test]
+fn a_store_from_before_term_directories_is_taken_over_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let guard = TestGuard::new(1);
+        let legacy = open_with_term(dir.path(), &guard);
+        legacy
+            .capture(&[item("a", "10")], Some("10"), 0, &guard)
+            .unwrap();
+        legacy.record_batch(&batch(0, 0, 1), &guard).unwrap();
+    }
+    let root = dir.path().join("store");
+    let first = take(dir.path(), &TestGuard::new(2));
+    assert_eq!(first.source.as_deref(), Some(root.as_path()));
+    assert_eq!(
+        first.store.meta().unwrap().checkpoint.as_deref(),
+        Some("10")
+    );
+    assert_eq!(first.store.inflight_batches().unwrap().len(), 1);
+    drop(first);
+    drop(take(dir.path(), &TestGuard::new(3)));
+    assert!(
+        !root.join("db").exists(),
+        "the old layout's files are removed"
+    );
+    assert!(!root.join("conf").exists());
 }
 
 #[test]

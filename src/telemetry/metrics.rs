@@ -104,6 +104,8 @@ pub struct Metrics {
     pub capture_gaps: IntCounter,
     /// `kevents_store_quarantined_total`: unreadable stores moved aside.
     pub store_quarantined: IntCounter,
+    /// `kevents_store_handover_seconds`: copying the previous term's store at a term's start.
+    pub store_handover_seconds: Histogram,
     /// `kevents_seen_entries`: dedupe entries held.
     pub seen_entries: IntGauge,
     /// `kevents_seen_pruned_total`: dedupe entries pruned.
@@ -249,7 +251,7 @@ impl Metrics {
         let batch_send_duration = histogram(
             "kevents_batch_send_duration_seconds",
             "Sink sends of one batch",
-            slow,
+            slow.clone(),
         )?;
         let batch_sends = labelled(
             "kevents_batch_sends_total",
@@ -291,6 +293,11 @@ impl Metrics {
         let store_quarantined = counter(
             "kevents_store_quarantined_total",
             "Unreadable, corrupt or newer-format stores moved aside",
+        )?;
+        let store_handover_seconds = histogram(
+            "kevents_store_handover_seconds",
+            "Time a new leader spent copying the previous term's store (verified read)",
+            slow,
         )?;
         let seen_entries = gauge("kevents_seen_entries", "Dedupe entries held in the store")?;
         let seen_pruned = counter(
@@ -397,6 +404,7 @@ impl Metrics {
             checkpoint_age,
             capture_gaps,
             store_quarantined,
+            store_handover_seconds,
             seen_entries,
             seen_pruned,
             adx_requests,

@@ -158,6 +158,9 @@ async fn open_store(
             "The store was unusable and has been moved aside; starting a fresh store with a full relist"
         );
     }
+    handover
+        .store
+        .set_commit_stall(config.diagnostics.stall_store_commit);
     Ok(Some(Arc::new(handover.store)))
 }
 
@@ -359,7 +362,8 @@ pub fn build_sink(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, E
             .map_err(|source| Error::Sink {
                 sink: "file",
                 source: Box::new(source),
-            })?,
+            })?
+            .with_write_stall(config.diagnostics.stall_sink_write),
         ),
         SinkConfig::Adx(adx) => {
             Arc::new(

@@ -148,6 +148,11 @@ pub struct DiagnosticsConfig {
     pub fence_log: Option<PathBuf>,
     /// How often a fence-log line is written.
     pub fence_log_interval: Duration,
+    /// Drills only: a store capture waits this long between its fence check and its write, so a
+    /// pause can land inside the check-then-act window (zero: never).
+    pub stall_store_commit: Duration,
+    /// Drills only: the file sink waits this long between journaling a batch and writing it.
+    pub stall_sink_write: Duration,
 }
 
 /// The validated configuration.
@@ -348,6 +353,14 @@ impl Config {
                 (
                     "fence_log_interval",
                     format_duration(diagnostics.fence_log_interval).into(),
+                ),
+                (
+                    "stall_store_commit",
+                    format_duration(diagnostics.stall_store_commit).into(),
+                ),
+                (
+                    "stall_sink_write",
+                    format_duration(diagnostics.stall_sink_write).into(),
                 ),
             ]),
         );

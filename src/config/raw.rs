@@ -97,6 +97,8 @@ struct RawLog {
 struct RawDiagnostics {
     fence_log: Option<PathBuf>,
     fence_log_interval: Option<String>,
+    stall_store_commit: Option<String>,
+    stall_sink_write: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +158,16 @@ impl RawConfig {
                     }
                     interval
                 },
+                stall_store_commit: duration_field(
+                    "diagnostics.stall_store_commit",
+                    diagnostics.stall_store_commit.as_deref(),
+                    Duration::ZERO,
+                )?,
+                stall_sink_write: duration_field(
+                    "diagnostics.stall_sink_write",
+                    diagnostics.stall_sink_write.as_deref(),
+                    Duration::ZERO,
+                )?,
             },
         })
     }

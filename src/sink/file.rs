@@ -4,8 +4,13 @@
 //! small journal (`<path>.journal`) that makes re-sends idempotent across crashes and failovers:
 //! before writing a batch it journals `begin <id> <offset>`, then writes and syncs the data, then
 //! journals `commit <id>`. A batch already committed is skipped; a batch begun but not committed
-//! (the writer died mid-write) is cut off at its offset and written again. It must never write
-//! outside the batch it was given, and never keep more than one partial batch in the file.
+//! (the writer died mid-write) is cut off at its offset and written again. Every write holds an
+//! exclusive lock (`<path>.lock`) from reading the journal to its commit, and first reads what
+//! other processes journaled since: a leader that lost its lease in the middle of a write (paused
+//! after its fence check) finishes that write before a newer leader's re-send of the same batch
+//! looks, which then finds it committed. The lock is a local one: the output must be on a
+//! file system whose locks all writers share (not a `nobrl` share). It must never write outside
+//! the batch it was given, and never keep more than one partial batch in the file.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -19,6 +24,8 @@ use super::{Error, OutgoingBatch, Result, SendFuture, Sink};
 
 /// Committed batch ids remembered for deduplication (re-sends are always recent ones).
 const REMEMBERED_BATCHES: usize = 4096;
+/// How long a send waits for another writer's lock before failing as retriable.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// File sink settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,16 @@ struct State {
     order: VecDeque<String>,
     /// Highest rotation index in use.
     rotated: usize,
+    /// How far the journal was read, and which journal file (rotation replaces it).
+    journal_read: Option<JournalPosition>,
+    /// Drills: wait between journaling a batch and writing it.
+    write_stall: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JournalPosition {
+    inode: u64,
+    offset: u64,
 }
 
 /// Delivers batches to a file, exactly once per batch id.
@@ -57,16 +74,32 @@ impl FileSink {
         {
             std::fs::create_dir_all(parent)?;
         }
-        let mut state = State {
+        let state = State {
             rotated: highest_rotation(&options.path)?,
             options,
             committed: HashSet::new(),
             order: VecDeque::new(),
+            journal_read: None,
+            write_stall: std::time::Duration::ZERO,
         };
-        state.recover()?;
+        // The journal is read under the lock at the first write (a blocking task): a writer that
+        // is paused while holding the lock must not stall the caller here.
         Ok(Self {
             state: Arc::new(Mutex::new(state)),
         })
+    }
+}
+
+impl FileSink {
+    /// Drills only: every write waits `stall` between journaling the batch and writing it, so a
+    /// pause can land inside a sink write.
+    #[must_use]
+    pub fn with_write_stall(self, stall: std::time::Duration) -> Self {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_stall = stall;
+        self
     }
 }
 
@@ -98,28 +131,75 @@ impl State {
         suffixed(&self.options.path, ".journal")
     }
 
-    /// Reads the journal: remembers committed ids, cuts off a batch that was begun but not
-    /// committed.
-    fn recover(&mut self) -> std::io::Result<()> {
-        let journal = match File::open(self.journal_path()) {
+    /// Takes the writers' lock (held until the file drops), waiting up to [`LOCK_WAIT`]: a writer
+    /// paused while holding it makes this send fail as retriable rather than hang.
+    fn lock(&self) -> std::io::Result<File> {
+        use rustix::fs::{FlockOperation, flock};
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(suffixed(&self.options.path, ".lock"))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(file),
+                Err(e)
+                    if e == rustix::io::Errno::WOULDBLOCK
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads what was journaled since the last read (by any process; the caller holds the lock):
+    /// remembers committed ids, and cuts off a batch that was begun but not committed (its
+    /// writer died mid-write, since a live one would still hold the lock).
+    fn catch_up(&mut self) -> std::io::Result<()> {
+        use std::io::Seek as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let mut journal = match File::open(self.journal_path()) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+        let metadata = journal.metadata()?;
+        let from = match self.journal_read {
+            Some(read) if read.inode == metadata.ino() && read.offset <= metadata.len() => {
+                read.offset
+            }
+            _ => 0,
+        };
+        journal.seek(std::io::SeekFrom::Start(from))?;
+        let mut offset = from;
         let mut open_begin: Option<u64> = None;
-        for line in BufReader::new(journal).lines() {
-            let line = line?;
+        let mut reader = BufReader::new(journal);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = reader.read_line(&mut line)?;
+            if read == 0 || !line.ends_with('\n') {
+                // A torn last line (the writer died while journaling) means nothing.
+                break;
+            }
+            offset += read as u64;
             let mut parts = line.split_whitespace();
             match (parts.next(), parts.next(), parts.next()) {
-                (Some("begin"), Some(_), Some(offset)) => open_begin = offset.parse().ok(),
+                (Some("begin"), Some(_), Some(at)) => open_begin = at.parse().ok(),
                 (Some("commit"), Some(id), None) => {
                     open_begin = None;
                     self.remember(id.to_owned());
                 }
-                // A torn last line (the writer died while journaling) means nothing.
                 _ => {}
             }
         }
+        self.journal_read = Some(JournalPosition {
+            inode: metadata.ino(),
+            offset,
+        });
         if let Some(offset) = open_begin {
             let file = OpenOptions::new().write(true).open(&self.options.path);
             if let Ok(file) = file
@@ -157,6 +237,14 @@ impl State {
     }
 
     fn write_batch(&mut self, batch: &OutgoingBatch) -> Result<()> {
+        let _lock = self.lock().map_err(|e| {
+            Error::io(
+                "locking the file sink (another writer holds it, or the lock file is unwritable)",
+                e,
+            )
+        })?;
+        self.catch_up()
+            .map_err(|e| Error::io("reading the file sink journal", e))?;
         if self.committed.contains(&batch.id) {
             tracing::info!(batch_id = %batch.id, "File sink: batch already delivered; skipping the re-send");
             return Ok(());
@@ -172,6 +260,9 @@ impl State {
         };
         self.journal(&format!("begin {} {size}\n", batch.id))
             .map_err(|e| Error::io("writing the file sink journal", e))?;
+        if !self.write_stall.is_zero() {
+            std::thread::sleep(self.write_stall);
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -182,7 +273,9 @@ impl State {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         self.journal(&format!("commit {}\n", batch.id))
             .map_err(|e| Error::io("writing the file sink journal", e))?;
-        self.remember(batch.id.clone());
+        // Our own lines are read back (and the id remembered) by the next catch-up.
+        self.catch_up()
+            .map_err(|e| Error::io("reading the file sink journal", e))?;
         Ok(())
     }
 
@@ -288,6 +381,43 @@ mod tests {
         reopened.send(&batch("b2", &["{\"a\":3}"])).await.unwrap();
         let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+    }
+
+    #[tokio::test]
+    async fn a_batch_another_writer_committed_after_this_one_opened_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), 1 << 20);
+        // The old leader's sink, and the new leader's, opened before the old one's write.
+        let old = FileSink::open(opts.clone()).unwrap();
+        let new = FileSink::open(opts.clone()).unwrap();
+        // The old leader is inside its write (holding the lock) when the new one re-sends.
+        let held = old.state.lock().unwrap().lock().unwrap();
+        let resend = tokio::spawn({
+            let new = new.clone();
+            async move { new.send(&batch("b1", &["{\"a\":1}"])).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !resend.is_finished(),
+            "the re-send waits for the writer in progress"
+        );
+        {
+            let state = old.state.lock().unwrap();
+            state.journal("begin b1 0\n").unwrap();
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&opts.path)
+                .unwrap();
+            file.write_all(b"{\"a\":1}\n").unwrap();
+            state.journal("commit b1\n").unwrap();
+        }
+        drop(held);
+        resend.await.unwrap().unwrap();
+        new.send(&batch("b2", &["{\"a\":2}"])).await.unwrap();
+        old.send(&batch("b2", &["{\"a\":2}"])).await.unwrap();
+        let text = std::fs::read_to_string(&opts.path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -66,8 +69,10 @@ pub struct SledStore {
     batches: sled::Tree,
     dead: sled::Tree,
     path: PathBuf,
-    /// Serialises writers inside this process (the fence keeps other processes out).
+    /// Serialises writers inside this process (other processes write other term directories).
     write_lock: Mutex<()>,
+    /// Drills: wait between a capture's fence check and its write (milliseconds; 0: never).
+    commit_stall_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -159,6 +164,7 @@ impl SledStore {
             db,
             path: options.path.clone(),
             write_lock: Mutex::new(()),
+            commit_stall_ms: AtomicU64::new(0),
         };
         store.initialise()?;
         Ok(store)
@@ -200,6 +206,15 @@ impl SledStore {
         self.meta_now()
             .map_err(|e| OpenFailure::Unusable(format!("metadata unreadable: {e}")))?;
         Ok(())
+    }
+
+    /// Drills only: makes every capture wait `stall` between its fence check and its write, so
+    /// a pause can land inside that window.
+    pub fn set_commit_stall(&self, stall: Duration) {
+        self.commit_stall_ms.store(
+            u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The store directory.
@@ -369,6 +384,10 @@ impl EventStore for SledStore {
         let _lock = self.lock();
         if !guard.is_current() {
             return Err(Error::Fenced);
+        }
+        let stall = self.commit_stall_ms.load(Ordering::Relaxed);
+        if stall > 0 {
+            std::thread::sleep(Duration::from_millis(stall));
         }
         // The checkpoint this transaction writes covers every item at or below it, so those need
         // no dedupe entry: a replay of them is dropped by the checkpoint rule below.

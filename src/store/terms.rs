@@ -102,11 +102,18 @@ pub fn take_over(
 
     let started = Instant::now();
     let keep_going = || guard.is_current() && !cancelled();
-    let copy = match &source {
-        Some(source) => copy_verified(&source.path, &partial, source.generation == 0, &keep_going)?,
-        None => {
-            std::fs::create_dir_all(&partial).map_err(io(&partial))?;
-            Copied::default()
+    let copied = match &source {
+        Some(source) => copy_verified(&source.path, &partial, source.generation == 0, &keep_going),
+        None => std::fs::create_dir_all(&partial)
+            .map(|()| Copied::default())
+            .map_err(io(&partial)),
+    };
+    let copy = match copied {
+        Ok(copy) => copy,
+        Err(error) => {
+            // Nobody takes a partial copy over; remove it now rather than at the next hand-over.
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(error);
         }
     };
     let copy_time = started.elapsed();
@@ -403,17 +410,17 @@ fn write_marker(dir: &Path, value: &serde_json::Value) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Removes term directories older than the one taken over (kept as the last good state), and
-/// partial copies of older terms. Best effort: a directory a paused process still holds open
-/// may refuse (an SMB share), and is tried again at the next hand-over.
+/// Removes begun term directories older than the one taken over (which is kept as the last good
+/// state), and directories of older terms that never began (a copy cut short). Best effort: a
+/// directory a paused process still holds open may refuse (an SMB share), and is tried again at
+/// the next hand-over.
 fn remove_older(root: &Path, dirs: &[TermDir], source: &TermDir, ours: i64) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for dir in dirs {
-        let partial = dir.path.to_string_lossy().ends_with(PARTIAL_SUFFIX);
-        let older = if partial {
-            dir.epoch < ours
-        } else {
+        let older = if dir.begun {
             dir.generation < source.generation
+        } else {
+            dir.epoch < ours
         };
         if !older || dir.path == source.path {
             continue;

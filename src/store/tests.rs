@@ -312,11 +312,16 @@ fn a_term_that_never_began_is_not_taken_over_and_older_terms_are_removed() {
         .unwrap();
     let first_dir = first.dir.clone();
     drop(first);
-    // A term that lost its lease while copying: its directory exists, but it never began.
+    // A term that lost its lease while copying gives up and leaves nothing behind …
     let lost = TestGuard::new(2);
     lost.current.store(false, Ordering::SeqCst);
     let err = take_over(&options(dir.path()), "lost", &lost, &|| false).unwrap_err();
     assert!(matches!(err, Error::Fenced), "{err}");
+    // … and one killed between its copy and its BEGUN marker leaves a directory nobody takes.
+    let terms = dir.path().join("store").join(terms::TERMS_DIR);
+    let killed = terms.join("g0000000002-e2-0badc0de");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("db"), b"not a database").unwrap();
     let third = take(dir.path(), &TestGuard::new(3));
     assert_eq!(third.source.as_deref(), Some(first_dir.as_path()));
     assert_eq!(
@@ -335,7 +340,7 @@ fn a_term_that_never_began_is_not_taken_over_and_older_terms_are_removed() {
         third_dir.exists(),
         "the source is kept until the next hand-over"
     );
-    let names: Vec<_> = std::fs::read_dir(dir.path().join("store").join(terms::TERMS_DIR))
+    let names: Vec<_> = std::fs::read_dir(&terms)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

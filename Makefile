@@ -11,8 +11,9 @@ DRILL_LONG_RUNS ?= 20
 DRILL_SHORT := handover pause partition rolling apiserver-down compaction adx-429 read-only-store long-outage
 # Tag for `make image` (needs a Docker engine; this project's CI has none).
 IMAGE ?= kevents:dev
-# Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static).
-APT_PACKAGES := prometheus shellcheck musl-tools
+# Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static),
+# bindfs (the drills' multi-node ground: one share seen through a FUSE mount per node).
+APT_PACKAGES := prometheus shellcheck musl-tools bindfs
 
 .PHONY: help
 help: ## List the targets
@@ -27,11 +28,12 @@ release: ## Build kevents and kevents-lab (release)
 	$(CARGO) build --locked --release --bins
 
 .PHONY: tools
-tools: ## Install or check the tools the tests need (apt packages, musl target, kubectl, go, openssl)
+tools: ## Install or check the tools the tests need (apt packages incl. bindfs, musl target, kubectl, go, openssl)
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v musl-gcc >/dev/null || missing="$$missing musl-tools"; \
+	command -v bindfs >/dev/null || missing="$$missing bindfs"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

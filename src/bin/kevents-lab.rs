@@ -19,6 +19,7 @@ use kevents::{
         bench::{self, BenchOptions as CaptureBenchOptions},
         demo::{self, DemoOptions},
         drill::{self, DrillOptions},
+        nodes::{Ground, MAX_NODES},
         oracle,
     },
 };
@@ -162,6 +163,19 @@ enum Command {
         /// Working directory (one subfolder per scenario, cleared first).
         #[arg(long, default_value = "target/drills")]
         workdir: PathBuf,
+        /// Nodes of the test ground: 1 = one store directory for every replica; 2 or more = one
+        /// share (`<workdir>/<scenario>/share`) mounted with bindfs per node (`node-a`, …),
+        /// replicas placed round-robin; flocks do not cross nodes (like SMB `nobrl`).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Attribute and entry cache time of each node mount, in seconds (bindfs `attr_timeout`
+        /// and `entry_timeout`, like SMB `actimeo`; 0 = no cache). Only with --nodes 2 or more;
+        /// default 30.
+        #[arg(long)]
+        attr_timeout: Option<u32>,
+        /// The `kevents` binary the replicas run (default: the one next to this binary).
+        #[arg(long, env = "KEVENTS_BIN")]
+        kevents: Option<PathBuf>,
     },
 }
 
@@ -461,8 +475,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             renew_deadline,
             retry_period,
             workdir,
+            nodes,
+            attr_timeout,
+            kevents,
         } => {
-            let kevents = kevents_binary()?;
+            let kevents = match kevents {
+                Some(path) => {
+                    anyhow::ensure!(path.exists(), "--kevents {} not found", path.display());
+                    path
+                }
+                None => kevents_binary()?,
+            };
+            anyhow::ensure!(
+                (1..=MAX_NODES).contains(&nodes),
+                "--nodes takes 1 to {MAX_NODES}, not {nodes}"
+            );
+            anyhow::ensure!(
+                nodes > 1 || attr_timeout.is_none(),
+                "--attr-timeout applies to the node mounts of --nodes 2 or more"
+            );
+            let ground = Ground {
+                nodes,
+                attr_timeout: attr_timeout.unwrap_or(30),
+            };
+            let ground = if nodes > 1 { ground } else { Ground::single() };
             let names: Vec<String> = scenarios
                 .iter()
                 .flat_map(|s| match s.as_str() {
@@ -483,6 +519,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 options.lease_duration = lease_duration;
                 options.renew_deadline = renew_deadline;
                 options.retry_period = retry_period;
+                options.ground = ground;
                 let started = std::time::Instant::now();
                 match drill::run(name, options).await {
                     Ok(report) => {

@@ -144,12 +144,29 @@ pub fn lab_pipeline_yaml_with(
     max_batch_age: &str,
     store_extra: &str,
 ) -> String {
+    lab_pipeline_yaml_at(
+        &workdir.join("store").display().to_string(),
+        workdir,
+        max_batch_age,
+        store_extra,
+    )
+}
+
+/// [`lab_pipeline_yaml_with`] with `store.path` given as text (a path, or
+/// [`crate::lab::replica::STORE_PLACEHOLDER`] for a store per replica); the file sink stays at
+/// `<workdir>/out/events.ndjson`, outside any shared store.
+#[must_use]
+pub fn lab_pipeline_yaml_at(
+    store: &str,
+    workdir: &std::path::Path,
+    max_batch_age: &str,
+    store_extra: &str,
+) -> String {
     format!(
         "store:\n  path: {store}\n  lock_timeout: 30s\n{store_extra}\
          shipper:\n  max_batch_age: {max_batch_age}\n  retry_initial: 200ms\n  retry_max: 5s\n\
          record:\n  extra_columns: [Uid, ResourceVersion]\n\
          sink:\n  type: file\n  file:\n    path: {sink}\n    max_bytes: 64MiB\n    max_files: 1000\n",
-        store = workdir.join("store").display(),
         sink = workdir.join("out/events.ndjson").display(),
     )
 }

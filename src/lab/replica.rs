@@ -1,5 +1,6 @@
 //! Real `kevents run` processes for the demo, drills and benchmarks: each with its own config,
-//! admin port and log file, all sharing one store directory and one sink.
+//! admin port and log file, all sharing one store directory and one sink. On a multi-node ground
+//! each slot reaches the store through its own node's mount of the share.
 //!
 //! Owns spawning, signalling (SIGTERM, SIGKILL, SIGSTOP, SIGCONT) and restarting, like a
 //! Deployment would. It must never leave a process behind: dropping the set kills what is left.
@@ -31,7 +32,9 @@ pub struct ReplicaOptions {
     pub renew_deadline: String,
     /// Retry period.
     pub retry_period: String,
-    /// Config text appended verbatim (sink, store, shipper, record, source sections).
+    /// Config text appended verbatim (sink, store, shipper, record, source sections). With
+    /// [`Replicas::start_placed`], every [`STORE_PLACEHOLDER`] in it is replaced by the slot's
+    /// store path.
     pub pipeline_yaml: String,
     /// `log.level`.
     pub log_level: String,
@@ -59,10 +62,16 @@ impl Replica {
     }
 }
 
+/// Stands for the slot's store path in [`ReplicaOptions::pipeline_yaml`] when replicas are
+/// placed with [`Replicas::start_placed`].
+pub const STORE_PLACEHOLDER: &str = "{store}";
+
 /// A set of replicas.
 #[derive(Debug)]
 pub struct Replicas {
     options: ReplicaOptions,
+    /// The store path of each slot (empty: the pipeline YAML is used as it is).
+    stores: Vec<PathBuf>,
     /// The replicas, by slot.
     pub replicas: Vec<Replica>,
 }
@@ -79,9 +88,28 @@ impl Replicas {
     /// # Errors
     /// Fails if a config cannot be written or a process cannot be spawned.
     pub fn start(options: ReplicaOptions, count: usize) -> std::io::Result<Self> {
+        Self::start_with_stores(options, count, Vec::new())
+    }
+
+    /// Starts one replica per entry of `stores`, each with [`STORE_PLACEHOLDER`] in the pipeline
+    /// YAML replaced by its own entry (kept across restarts of the slot).
+    ///
+    /// # Errors
+    /// Fails if a config cannot be written or a process cannot be spawned.
+    pub fn start_placed(options: ReplicaOptions, stores: Vec<PathBuf>) -> std::io::Result<Self> {
+        let count = stores.len();
+        Self::start_with_stores(options, count, stores)
+    }
+
+    fn start_with_stores(
+        options: ReplicaOptions,
+        count: usize,
+        stores: Vec<PathBuf>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&options.workdir)?;
         let mut set = Self {
             options,
+            stores,
             replicas: Vec::new(),
         };
         for index in 0..count {
@@ -95,6 +123,12 @@ impl Replicas {
         let o = &self.options;
         let identity = format!("kevents-{index}-g{generation}");
         let admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let pipeline = match self.stores.get(index) {
+            Some(store) => o
+                .pipeline_yaml
+                .replace(STORE_PLACEHOLDER, &store.display().to_string()),
+            None => o.pipeline_yaml.clone(),
+        };
         let config = format!(
             "cluster:\n  name: lab\n  region: local\n  environment: test\n\
              leader:\n  lease_name: kevents\n  lease_namespace: {ns}\n  identity: {identity}\n  \
@@ -107,7 +141,6 @@ impl Replicas {
             rd = o.renew_deadline,
             rp = o.retry_period,
             level = o.log_level,
-            pipeline = o.pipeline_yaml,
         );
         let config_path = o
             .workdir

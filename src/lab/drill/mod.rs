@@ -2,7 +2,8 @@
 //! Kubernetes API emulator, each stating its property first and printing PASS/FAIL with figures.
 //!
 //! Owns the lab a drill runs in (the API server emulator, the ADX emulator when asked, the
-//! replicas, the generator and the observers), the report and the dispatch; `scenarios` owns the
+//! replicas placed on the test ground, the generator and the observers), the report and the
+//! dispatch; `scenarios` owns the
 //! faults and their bounds, `observe` the latency and failover-gap figures, `faults` the faults
 //! made outside the emulators. Every scenario ends with the oracle: every event version the API
 //! server stored is delivered exactly once. It never weakens a property to pass.
@@ -22,11 +23,12 @@ use crate::{
     },
     lab::{
         demo::{
-            LEASE_NAMESPACE, ground_truth, lab_pipeline_yaml, lease_holder, wait_for_new_leader,
+            LEASE_NAMESPACE, ground_truth, lab_pipeline_yaml_at, lease_holder, wait_for_new_leader,
             wait_leader_ready,
         },
+        nodes::{self, Ground, Nodes},
         oracle::{self, Report},
-        replica::{ReplicaOptions, Replicas},
+        replica::{ReplicaOptions, Replicas, STORE_PLACEHOLDER},
     },
 };
 
@@ -55,10 +57,14 @@ pub struct DrillOptions {
     pub renew_deadline: Duration,
     /// Retry period.
     pub retry_period: Duration,
+    /// The ground the replicas run on: one node (one store directory), or several FUSE mounts
+    /// of one share with replicas placed round-robin.
+    pub ground: Ground,
 }
 
 impl DrillOptions {
-    /// Defaults for `workdir` and `kevents`: 3 replicas, 200 events/s, lease 6 s / 4 s / 1 s.
+    /// Defaults for `workdir` and `kevents`: 3 replicas, 200 events/s, lease 6 s / 4 s / 1 s,
+    /// one node.
     #[must_use]
     pub fn new(workdir: PathBuf, kevents: PathBuf) -> Self {
         Self {
@@ -70,6 +76,7 @@ impl DrillOptions {
             lease_duration: Duration::from_secs(6),
             renew_deadline: Duration::from_secs(4),
             retry_period: Duration::from_secs(1),
+            ground: Ground::single(),
         }
     }
 }
@@ -83,6 +90,8 @@ pub struct DrillReport {
     pub property: String,
     /// Fault repetitions.
     pub runs: usize,
+    /// The ground the figures come from (`1 node`, `2 nodes (bindfs attr_timeout=30)`).
+    pub ground: String,
     /// Delivery against ground truth.
     pub delivery: Report,
     /// Failover times after a graceful stop.
@@ -134,6 +143,7 @@ impl DrillReport {
     pub fn print(&self) {
         let d = &self.delivery;
         println!("drill {}: {} run(s)", self.name, self.runs);
+        println!("  ground: {}", self.ground);
         println!("  property: {}", self.property);
         println!(
             "  delivery: stored {} delivered {} missing {} duplicated {} unexpected {} unkeyed {}",
@@ -277,6 +287,9 @@ pub struct Lab {
     deliveries: Deliveries,
     captures: Captures,
     faults: Vec<(i64, &'static str)>,
+    /// The node mounts on a multi-node ground; last, so the replicas are gone before they are
+    /// unmounted.
+    nodes: Option<Nodes>,
 }
 
 impl Lab {
@@ -295,11 +308,36 @@ impl Lab {
     /// Fails if any part cannot be started.
     pub async fn start_with(options: DrillOptions, spec: LabSpec) -> anyhow::Result<Self> {
         if options.workdir.exists() {
+            // Node mounts an interrupted run left: remove_dir_all would descend into them.
+            nodes::clear_stale_mounts(&options.workdir)
+                .context("unmounting the node mounts an earlier run left")?;
             // A store left immutable by an interrupted read-only drill.
-            let _ = faults::set_immutable(&options.workdir.join("store"), false);
-            std::fs::remove_dir_all(&options.workdir)?;
+            for store in [
+                options.workdir.join("store"),
+                options.workdir.join("share/store"),
+            ] {
+                if store.exists() {
+                    let _ = faults::set_immutable(&store, false);
+                }
+            }
+            std::fs::remove_dir_all(&options.workdir)
+                .with_context(|| format!("clearing {}", options.workdir.display()))?;
         }
         std::fs::create_dir_all(&options.workdir)?;
+        let ground = options.ground;
+        let nodes = if ground.is_multi_node() {
+            Some(
+                Nodes::mount(&options.workdir, ground.nodes, ground.attr_timeout)
+                    .with_context(|| format!("setting up the ground: {ground}"))?,
+            )
+        } else {
+            None
+        };
+        // Each replica's store: the one directory, or the share's `store` through its node.
+        let stores = match &nodes {
+            Some(nodes) => nodes.round_robin(Path::new("store"), options.replicas),
+            None => vec![options.workdir.join("store"); options.replicas],
+        };
         let emulator =
             KubeEmulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), spec.emulator.clone())
                 .await
@@ -311,7 +349,7 @@ impl Lab {
         let (adx, pipeline, sink) = match spec.sink {
             LabSink::File => (
                 None,
-                lab_pipeline_yaml(&options.workdir, "500ms"),
+                lab_pipeline_yaml_at(STORE_PLACEHOLDER, &options.workdir, "500ms", ""),
                 SinkView::File(options.workdir.join("out/events.ndjson")),
             ),
             LabSink::AdxStreaming => {
@@ -325,7 +363,7 @@ impl Lab {
                     "store:\n  path: {store}\n  lock_timeout: 30s\n\
                      shipper:\n  max_batch_age: 500ms\n  retry_initial: 200ms\n  retry_max: 5s\n\
                      record:\n  extra_columns: [Uid, ResourceVersion]\n{sink}",
-                    store = options.workdir.join("store").display(),
+                    store = STORE_PLACEHOLDER,
                     sink = adx.sink_yaml(ADX_DATABASE, "streaming", ""),
                 );
                 let view = SinkView::Adx {
@@ -340,7 +378,7 @@ impl Lab {
             "{pipeline}diagnostics:\n  fence_log: {}\n  fence_log_interval: 50ms\n",
             fence_log.display()
         );
-        let replicas = Replicas::start(
+        let replicas = Replicas::start_placed(
             ReplicaOptions {
                 kevents: options.kevents.clone(),
                 workdir: options.workdir.clone(),
@@ -352,7 +390,7 @@ impl Lab {
                 pipeline_yaml: pipeline,
                 log_level: "info".to_owned(),
             },
-            options.replicas,
+            stores,
         )?;
         let lab = Self {
             emulator,
@@ -365,6 +403,7 @@ impl Lab {
             sink,
             captures: Captures::start(),
             faults: Vec::new(),
+            nodes,
         };
         lab.refresh_targets();
         wait_leader_ready(&lab.emulator, &lab.replicas, Duration::from_secs(60))
@@ -421,10 +460,14 @@ impl Lab {
         self.faults.push((now_ms(), kind));
     }
 
-    /// The store directory all replicas share.
+    /// The store directory all replicas share: on a multi-node ground the share's `store`
+    /// itself, not a node's view of it.
     #[must_use]
     pub fn store_dir(&self) -> PathBuf {
-        self.options.workdir.join("store")
+        match &self.nodes {
+            Some(nodes) => nodes.share().join("store"),
+            None => self.options.workdir.join("store"),
+        }
     }
 
     /// The leader's slot and identity.
@@ -683,7 +726,9 @@ pub const LONG_SCENARIOS: &[&str] = &["adx-outage"];
 /// # Errors
 /// Fails if the lab cannot be set up; property violations are reported, not returned.
 pub async fn run(name: &str, options: DrillOptions) -> anyhow::Result<DrillReport> {
-    match name {
+    let ground = options.ground.to_string();
+    println!("drill {name} — ground: {ground}");
+    let mut report = match name {
         "handover" => scenarios::handover(options).await,
         "pause" => scenarios::pause(options).await,
         "partition" => scenarios::partition(options).await,
@@ -700,5 +745,7 @@ pub async fn run(name: &str, options: DrillOptions) -> anyhow::Result<DrillRepor
             SCENARIOS.join(", "),
             LONG_SCENARIOS.join(", ")
         ),
-    }
+    }?;
+    report.ground = ground;
+    Ok(report)
 }

@@ -1,4 +1,6 @@
-//! Faults the drills inject outside the emulators: the store directory turning read-only.
+//! Faults the drills inject outside the emulators: the store directory turning read-only; and
+//! what the drills read about a process from `/proc` around a pause (which store term
+//! directories it has files open in, whether it was inside a drill stall).
 //!
 //! The drills run as root, for whom `chmod` changes nothing, and a read-only remount of a tmpfs
 //! or bind mount fails with EBUSY while the store's files are open for writing. The immutable
@@ -6,7 +8,12 @@
 //! fail with EPERM until it is cleared. Owns only that; it must never touch files outside the
 //! directory it is given.
 
-use std::{path::Path, process::Command};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
 
 use anyhow::Context as _;
 
@@ -39,9 +46,96 @@ pub fn set_immutable(dir: &Path, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The store term directories (`…/terms/<name>/…`) process `pid` has a file open in, by name.
+#[must_use]
+pub fn open_term_dirs(pid: u32) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| term_of(&target))
+        .collect()
+}
+
+/// The term directory name in a path under `…/terms/<name>/…`.
+fn term_of(path: &Path) -> Option<String> {
+    let mut parts = path.iter();
+    parts.find(|part| *part == "terms")?;
+    let name = parts.next()?.to_string_lossy().into_owned();
+    // The file must be inside the directory, not the directory listing itself.
+    parts.next()?;
+    Some(name)
+}
+
+/// True when a thread of `pid` sits in `nanosleep`/`clock_nanosleep`: with the drill stalls on,
+/// that is a store commit or a file-sink write waiting after its fence check (the runtime's own
+/// threads wait in `epoll_wait` or `futex`). x86-64 syscall numbers.
+#[must_use]
+pub fn in_stall(pid: u32) -> bool {
+    const NANOSLEEP: &str = "35";
+    const CLOCK_NANOSLEEP: &str = "230";
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|task| {
+        std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|text| {
+            matches!(
+                text.split_whitespace().next(),
+                Some(NANOSLEEP | CLOCK_NANOSLEEP)
+            )
+        })
+    })
+}
+
+/// Every file under `dir` with its size and modification time.
+#[must_use]
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                out.push((entry.path(), metadata.len(), metadata.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_names_its_term_directory_only_for_files_inside_it() {
+        assert_eq!(
+            term_of(Path::new("/w/node-a/store/terms/g1-e2-ab/db")).as_deref(),
+            Some("g1-e2-ab")
+        );
+        assert_eq!(term_of(Path::new("/w/node-a/store/terms/g1-e2-ab")), None);
+        assert_eq!(term_of(Path::new("/w/node-a/store/db")), None);
+    }
+
+    #[test]
+    fn this_process_is_seen_with_its_open_term_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let term = dir.path().join("terms/g1-e1-aa");
+        std::fs::create_dir_all(&term).unwrap();
+        let _open = std::fs::File::create(term.join("db")).unwrap();
+        let open = open_term_dirs(std::process::id());
+        assert!(open.contains("g1-e1-aa"), "{open:?}");
+        assert_eq!(fingerprint(&term).len(), 1);
+    }
 
     #[test]
     fn an_immutable_directory_refuses_writes_even_on_open_files_until_cleared() {

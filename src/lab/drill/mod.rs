@@ -240,6 +240,9 @@ pub struct LabSpec {
     pub update_ratio: f64,
     /// How long `finish` waits for the backlog to drain.
     pub drain_timeout: Duration,
+    /// Waits inside a store commit and inside a file-sink write (after their fence checks), so
+    /// a pause can land in those windows (`diagnostics.stall_*`).
+    pub stalls: Option<(Duration, Duration)>,
 }
 
 impl Default for LabSpec {
@@ -249,6 +252,7 @@ impl Default for LabSpec {
             sink: LabSink::File,
             update_ratio: 0.3,
             drain_timeout: Duration::from_secs(90),
+            stalls: None,
         }
     }
 }
@@ -269,6 +273,8 @@ pub struct Finish {
     pub drain: Duration,
     /// Captures seen.
     pub captures: CaptureLog,
+    /// The fresh-replica audit of a multi-node ground: figures, and violations.
+    pub audit: (Vec<String>, Vec<String>),
 }
 
 /// A running lab: emulator, replicas, generator, observers.
@@ -374,10 +380,17 @@ impl Lab {
                 (Some(adx), yaml, view)
             }
         };
-        let pipeline = format!(
+        let mut pipeline = format!(
             "{pipeline}diagnostics:\n  fence_log: {}\n  fence_log_interval: 50ms\n",
             fence_log.display()
         );
+        if let Some((commit, write)) = spec.stalls {
+            pipeline.push_str(&format!(
+                "  stall_store_commit: {}\n  stall_sink_write: {}\n",
+                secs(commit),
+                secs(write)
+            ));
+        }
         let replicas = Replicas::start_placed(
             ReplicaOptions {
                 kevents: options.kevents.clone(),
@@ -581,6 +594,56 @@ impl Lab {
         Ok(oracle::compare(&truth, &delivered, unkeyed))
     }
 
+    /// After a drill on several nodes: stops every replica, then starts one fresh replica on
+    /// each of the first two nodes in turn. Each must open the store without quarantine, lead,
+    /// and ship nothing again (everything was delivered).
+    async fn audit_fresh_replicas(
+        &mut self,
+        delivered: &Report,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let mut figures = Vec::new();
+        let mut violations = Vec::new();
+        self.replicas.stop_all(Duration::from_secs(15));
+        for slot in 0..self.replicas.replicas.len().min(2) {
+            let node = crate::lab::nodes::node_name(slot);
+            let log = self.options.workdir.join(format!("replica-{slot}.log"));
+            let quarantined_before = count_in(&log, "quarantined");
+            self.restart(slot).await?;
+            let ready = wait_leader_ready(&self.emulator, &self.replicas, Duration::from_secs(60))
+                .await
+                .is_some();
+            // Long enough for a re-send of anything in flight (batch age 500 ms).
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let after = self.compare()?;
+            if !ready {
+                violations.push(format!(
+                    "fresh replica on {node}: no ready leader within 60s"
+                ));
+            }
+            if after.delivered != delivered.delivered || after.duplicated > 0 {
+                violations.push(format!(
+                    "fresh replica on {node}: delivered {} → {}, duplicated {}",
+                    delivered.delivered, after.delivered, after.duplicated
+                ));
+            }
+            if count_in(&log, "quarantined") > quarantined_before {
+                violations.push(format!(
+                    "fresh replica on {node}: the store was quarantined"
+                ));
+            }
+            let _ = self
+                .replicas
+                .signal(slot, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.replicas.wait_exit(slot, Duration::from_secs(15));
+        }
+        if violations.is_empty() {
+            figures.push(
+                "fresh replica on node-a, then on node-b: opened the store without quarantine, led, re-shipped nothing".to_owned(),
+            );
+        }
+        Ok((figures, violations))
+    }
+
     /// Stops the generator, waits for the pipeline to drain, stops everything, and compares.
     ///
     /// # Errors
@@ -603,6 +666,11 @@ impl Lab {
             self.compare()?
         } else {
             report
+        };
+        let audit = if self.nodes.is_some() && report.is_exact() {
+            self.audit_fresh_replicas(&report).await?
+        } else {
+            (Vec::new(), Vec::new())
         };
         let end_ms = now_ms();
         self.deliveries.stop();
@@ -656,6 +724,7 @@ impl Lab {
             latency,
             gaps,
             drain,
+            audit,
             captures,
         })
     }
@@ -667,7 +736,17 @@ impl DrillReport {
         self.delivery.add(finish.delivery);
         self.latency.extend(finish.latency);
         self.gaps.extend(finish.gaps);
+        let (figures, violations) = finish.audit;
+        self.figures.extend(figures);
+        self.violations.extend(violations);
     }
+}
+
+/// Lines of the file at `path` that contain `needle` (0 when it cannot be read).
+fn count_in(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path).map_or(0, |text| {
+        text.lines().filter(|l| l.contains(needle)).count()
+    })
 }
 
 fn fence_lines(path: &Path) -> Vec<(i64, String)> {

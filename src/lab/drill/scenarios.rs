@@ -113,49 +113,101 @@ pub(super) async fn rolling(options: DrillOptions) -> anyhow::Result<DrillReport
 pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> {
     let mut report = DrillReport::new(
         "pause",
-        "a leader paused (SIGSTOP) longer than its lease performs no write after SIGCONT and demotes; another replica leads; nothing lost, nothing duplicated".to_owned(),
+        "a leader paused (SIGSTOP, at a random moment, with a 100 ms stall inside every store commit and a 300 ms stall inside every sink write) longer than its lease is woken only after the new leader began its term and captured; after SIGCONT it performs no fenced write, never has a file open in the new term's store directory, and demotes; nothing lost, nothing duplicated".to_owned(),
         options.runs,
     );
-    let mut lab = Lab::start(options.clone()).await?;
+    let spec = LabSpec {
+        stalls: Some((Duration::from_millis(100), Duration::from_millis(300))),
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::start_with(options.clone(), spec).await?;
+    let mut in_stall = 0;
+    let mut late_own_writes = 0;
     for run in 0..options.runs {
+        // A random moment relative to the leader's commits and sends.
+        let jitter = Duration::from_millis(rand::random_range(0..700));
+        tokio::time::sleep(jitter).await;
         let (slot, holder) = lab.leader()?;
+        let pid = lab.replicas.replicas[slot].pid().unwrap_or_default();
+        let own = faults::open_term_dirs(pid);
         lab.fault("SIGSTOP");
         let stopped = Instant::now();
         lab.replicas.signal(slot, Signal::SIGSTOP)?;
+        if faults::in_stall(pid) {
+            in_stall += 1;
+        }
         match lab.next_leader(&holder, stopped).await {
             Some(took) => report.abrupt.push(took),
             None => report.violations.push(format!(
                 "run {run}: nobody took over from the paused leader"
             )),
         }
-        // Stay paused past the lease, so the wake-up finds the term long gone.
+        // Wake it only after the new term began (a begun directory that is not the paused
+        // leader's) and has captured for a while, and past its lease.
+        let store = lab.store_dir();
+        let began = wait_for(Duration::from_secs(30), || {
+            crate::store::terms::current_dir(&store)
+                .ok()
+                .flatten()
+                .and_then(|dir| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .is_some_and(|current| !own.contains(&current))
+        })
+        .await;
+        if !began {
+            report.violations.push(format!(
+                "run {run}: no new term began while {holder} was paused"
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         tokio::time::sleep_until(
             (stopped + options.lease_duration + Duration::from_secs(2)).into(),
         )
         .await;
+        let own_dirs: Vec<_> = own
+            .iter()
+            .map(|name| store.join("terms").join(name))
+            .collect();
+        let own_before: Vec<_> = own_dirs.iter().map(|d| faults::fingerprint(d)).collect();
         let woke_ms = now_ms();
         lab.replicas.signal(slot, Signal::SIGCONT)?;
-        // Give it time to notice and to (not) write.
+        // Until it demoted (and a little after): never a file open in another term's directory.
         let admin = lab.replicas.replicas[slot].admin;
         let deadline = Instant::now() + options.renew_deadline + Duration::from_secs(5);
-        let mut demoted = false;
+        let mut demoted_at = None;
+        let mut foreign = std::collections::BTreeSet::new();
         while Instant::now() < deadline {
-            if let Some(status) = admin_get(admin, "/status").await
+            foreign.extend(
+                faults::open_term_dirs(pid)
+                    .into_iter()
+                    .filter(|name| !own.contains(name)),
+            );
+            if demoted_at.is_none()
+                && let Some(status) = admin_get(admin, "/status").await
                 && status.contains("\"role\":\"follower\"")
             {
-                demoted = true;
+                demoted_at = Some(Instant::now());
+            }
+            if demoted_at.is_some_and(|at| at.elapsed() > Duration::from_millis(500)) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !foreign.is_empty() {
+            report.violations.push(format!(
+                "run {run}: woken {holder} had files open in newer term directories {foreign:?}"
+            ));
+        }
+        let own_after: Vec<_> = own_dirs.iter().map(|d| faults::fingerprint(d)).collect();
+        if own_after != own_before {
+            late_own_writes += 1;
+        }
         let writes = lab.fence_writes_after(&holder, woke_ms);
         if writes > 0 {
             report.violations.push(format!(
                 "run {run}: {holder} wrote {writes} time(s) after waking"
             ));
         }
-        if !demoted {
+        if demoted_at.is_none() {
             report
                 .violations
                 .push(format!("run {run}: {holder} did not demote after waking"));
@@ -163,8 +215,35 @@ pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> 
         lab.replicas.signal(slot, Signal::SIGTERM)?;
         lab.restart(slot).await?;
     }
+    report.figures.push(format!(
+        "pauses that caught the leader inside a store-commit or sink-write stall: {in_stall} of {}",
+        options.runs
+    ));
+    report.figures.push(format!(
+        "woken leaders whose own (old) term directory changed after SIGCONT: {late_own_writes} of {} — no newer term reads it",
+        options.runs
+    ));
     report.record(lab.finish().await?);
+    let gaps: Vec<Duration> = report
+        .gaps
+        .iter()
+        .filter(|(kind, _)| *kind == "SIGSTOP")
+        .map(|(_, gap)| *gap)
+        .collect();
+    report.bound_p99("failover gap after a pause", &gaps, kill_bound(&options));
     Ok(report)
+}
+
+/// Polls `done` every 100 ms until it answers true (true) or `timeout` passes (false).
+async fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Cut the leader off from the API server: within the renew deadline it stops writing; nobody

@@ -9,6 +9,9 @@ TEST_THREADS ?= 2
 DRILL_RUNS ?= 2
 DRILL_LONG_RUNS ?= 20
 DRILL_SHORT := handover pause partition rolling apiserver-down compaction adx-429 read-only-store long-outage
+# The same failovers with replicas on two nodes: one share seen through two bindfs mounts (locks do
+# not cross them; sizes cached like SMB `actimeo`), with the seed's actimeo=30 and with 0.
+DRILL_TWO_NODE := pause partition handover
 # Tag for `make image` (needs a Docker engine; this project's CI has none).
 IMAGE ?= kevents:dev
 # Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static),
@@ -83,14 +86,18 @@ demo: release ## The main job on an embedded default (see README)
 	./target/release/kevents-lab demo
 
 .PHONY: drill
-drill: release azurite ## Failover drills: every short scenario, DRILL_RUNS each, one storm (CI)
+drill: release azurite tools ## Failover drills: every short scenario (one node, then two nodes), DRILL_RUNS each, one storm (CI)
 	./target/release/kevents-lab drill $(DRILL_SHORT) --runs $(DRILL_RUNS)
+	./target/release/kevents-lab drill $(DRILL_TWO_NODE) --runs $(DRILL_RUNS) --nodes 2 --attr-timeout 30 --workdir target/drills-2n-30
+	./target/release/kevents-lab drill $(DRILL_TWO_NODE) --runs $(DRILL_RUNS) --nodes 2 --attr-timeout 0 --workdir target/drills-2n-0
 	./target/release/kevents-lab drill storm --runs 1
 
 .PHONY: drill-long
 drill-long: release azurite ## The 10-minute ADX outage, and every short drill DRILL_LONG_RUNS times
 	./target/release/kevents-lab drill all --runs $(DRILL_LONG_RUNS) --workdir target/drills-long
 	./target/release/kevents-lab drill long --runs 1 --workdir target/drills-long
+	./target/release/kevents-lab drill $(DRILL_TWO_NODE) rolling --runs $(DRILL_LONG_RUNS) --nodes 2 --attr-timeout 30 --workdir target/drills-long-2n-30
+	./target/release/kevents-lab drill $(DRILL_TWO_NODE) rolling --runs $(DRILL_LONG_RUNS) --nodes 2 --attr-timeout 0 --workdir target/drills-long-2n-0
 
 .PHONY: bench
 bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU) and ADX queued ingestion

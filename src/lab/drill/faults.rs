@@ -88,6 +88,30 @@ pub fn in_stall(pid: u32) -> bool {
     })
 }
 
+/// `/proc` state of `pid` for a post-mortem: the process state, and each thread's state with
+/// its kernel wait channel (`gone` when the process no longer exists).
+#[must_use]
+pub fn process_state(pid: u32) -> String {
+    let state_of = |stat: &str| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return "gone".to_owned();
+    };
+    let mut threads = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.filter_map(Result::ok) {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+            threads.push(format!("{}:{}:{wchan}", comm.trim(), state_of(&stat)));
+        }
+    }
+    format!("state {} threads [{}]", state_of(&stat), threads.join(" "))
+}
+
 /// Every file under `dir` with its size and modification time.
 #[must_use]
 pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {

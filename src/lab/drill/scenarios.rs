@@ -208,9 +208,14 @@ pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> 
             ));
         }
         if demoted_at.is_none() {
-            report
-                .violations
-                .push(format!("run {run}: {holder} did not demote after waking"));
+            let state = faults::process_state(pid);
+            let exited = lab
+                .replicas
+                .wait_exit(slot, Duration::ZERO)
+                .map_or_else(String::new, |status| format!("; exited: {status}"));
+            report.violations.push(format!(
+                "run {run}: {holder} did not demote after waking ({state}{exited})"
+            ));
         }
         lab.replicas.signal(slot, Signal::SIGTERM)?;
         lab.restart(slot).await?;

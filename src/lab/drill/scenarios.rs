@@ -217,7 +217,8 @@ pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> 
                 "run {run}: {holder} did not demote after waking ({state}{exited})"
             ));
         }
-        lab.replicas.signal(slot, Signal::SIGTERM)?;
+        // It may have exited (reported above); the restart starts the slot either way.
+        let _ = lab.replicas.signal(slot, Signal::SIGTERM);
         lab.restart(slot).await?;
     }
     report.figures.push(format!(

@@ -57,7 +57,20 @@ impl SinkView {
     /// Fails if a sink file cannot be read.
     pub fn delivered(&self) -> std::io::Result<(Vec<Key>, usize)> {
         match self {
-            Self::File(path) => oracle::read_delivered(&oracle::sink_files(path)),
+            Self::File(path) => {
+                // A rotation between listing the files and reading them renames one away: list
+                // and read again.
+                let mut attempts = 0;
+                loop {
+                    match oracle::read_delivered(&oracle::sink_files(path)) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => {
+                            attempts += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        read => break read,
+                    }
+                }
+            }
             Self::Adx {
                 state,
                 database,

@@ -3,6 +3,13 @@
 //! A new leader on node B takes over while the old leader on node A still has its store open,
 //! and node B cached the old sizes of the old leader's files before they grew.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
 use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},

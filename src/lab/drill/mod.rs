@@ -385,11 +385,11 @@ impl Lab {
             fence_log.display()
         );
         if let Some((commit, write)) = spec.stalls {
-            pipeline.push_str(&format!(
-                "  stall_store_commit: {}\n  stall_sink_write: {}\n",
+            pipeline = format!(
+                "{pipeline}  stall_store_commit: {}\n  stall_sink_write: {}\n",
                 secs(commit),
                 secs(write)
-            ));
+            );
         }
         let replicas = Replicas::start_placed(
             ReplicaOptions {

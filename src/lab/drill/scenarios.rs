@@ -118,6 +118,8 @@ pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> 
     );
     let spec = LabSpec {
         stalls: Some((Duration::from_millis(100), Duration::from_millis(300))),
+        // The stalls slow every commit and send down, also while the backlog drains.
+        drain_timeout: Duration::from_secs(300),
         ..LabSpec::default()
     };
     let mut lab = Lab::start_with(options.clone(), spec).await?;

@@ -185,6 +185,7 @@ async fn take_over_until_stopped(
         })
     };
     tokio::select! {
+        biased;
         () = stop.cancelled() => {
             cancelled.store(true, Ordering::Relaxed);
             Ok(None)

@@ -15,7 +15,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::{Metrics, StatusBoard};
+use crate::telemetry::{Liveness, Metrics, StatusBoard};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -27,12 +27,14 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// Status and readiness.
     pub board: Arc<StatusBoard>,
+    /// Whether the process is wedged.
+    pub liveness: Arc<Liveness>,
 }
 
 /// The router, for serving or for in-process tests.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -51,6 +53,17 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+async fn livez(State(state): State<AdminState>) -> Response {
+    match state.liveness.check() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("wedged\n{}\n", reasons.join("\n")),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, AdminState},
+    blocking::IoPool,
     config::Config,
-    leader::{Elector, Fence, LeadershipWatch},
-    pipeline,
-    telemetry::{Metrics, StatusBoard, error_chain},
+    leader::{Elector, ElectorHandle, Fence, LeadershipWatch},
+    pipeline::{self, Failure},
+    telemetry::{Liveness, Metrics, StatusBoard, error_chain},
 };
 
 /// Header carrying this replica's identity on every Kubernetes API request, so API server audit
@@ -69,6 +70,14 @@ pub async fn run(
         "Kubernetes client configured"
     );
 
+    let liveness = Arc::new(Liveness::new(elector_stale_after(&config)));
+    let io = IoPool::new("store", STORE_IO_THREADS, STORE_IO_DEADLINE)
+        .context("starting the store I/O threads")?;
+    let sink_io = IoPool::new("file-sink", 1, STORE_IO_DEADLINE)
+        .context("starting the file-sink I/O threads")?;
+    liveness.watch_pool(io.clone());
+    liveness.watch_pool(sink_io.clone());
+
     let listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
@@ -79,14 +88,17 @@ pub async fn run(
         AdminState {
             metrics: metrics.clone(),
             board: Arc::clone(&board),
+            liveness: Arc::clone(&liveness),
         },
         admin_stop.clone(),
     ));
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
     let elector = Elector::new(leases.clone(), config.leader.clone())
-        .with_telemetry(metrics.clone(), Arc::clone(&board));
+        .with_telemetry(metrics.clone(), Arc::clone(&board))
+        .with_liveness(Arc::clone(&liveness));
     let leadership = elector.subscribe();
+    let elector_handle = elector.handle();
     let lease_watch_stop = CancellationToken::new();
     let lease_watch = tokio::spawn(watch_lease(
         leases,
@@ -104,13 +116,15 @@ pub async fn run(
         config: Arc::new(config.clone()),
         metrics: metrics.clone(),
         board: Arc::clone(&board),
+        io,
+        sink_io,
     };
-    supervise(
+    Supervisor::new(
         &context,
-        leadership,
-        &shutdown,
+        elector_handle,
         grace.mul_f64(PIPELINE_SHARE_OF_GRACE),
     )
+    .run(leadership, &shutdown)
     .await;
 
     // The pipeline has stopped: now the lease may go.
@@ -137,71 +151,296 @@ pub async fn run(
     Ok(())
 }
 
-/// Delay before a pipeline that failed is started again while this replica still leads.
-const PIPELINE_RESTART_DELAY: Duration = Duration::from_secs(2);
+/// Threads for store calls: capture, shipper and maintenance can each have one in flight.
+const STORE_IO_THREADS: usize = 4;
+const STORE_IO_DEADLINE: Duration = Duration::from_secs(30);
+/// First delay before a failed pipeline is started again; it doubles with every failure in a row.
+const RESTART_INITIAL: Duration = Duration::from_secs(1);
+/// Longest delay before a failed pipeline is started again.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// Failures in a row after which a leader steps down so another replica can lead.
+const STEP_DOWN_AFTER_FAILURES: u32 = 5;
+/// A run that stayed ready this long clears the failure count.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+/// After stepping down, stay follower for this many lease durations (doubling with each step-down
+/// in a row, up to [`HOLD_OFF_MAX`]).
+const HOLD_OFF_LEASES: u32 = 2;
+const HOLD_OFF_MAX: Duration = Duration::from_secs(600);
+/// How often the supervisor looks at a running pipeline's progress.
+const PROGRESS_TICK: Duration = Duration::from_secs(1);
+
+/// The elector loop counts as wedged when it has not turned for this long: every turn takes at
+/// most a few API calls bounded by the retry period, plus a wait of at most a few retry periods.
+fn elector_stale_after(config: &Config) -> Duration {
+    (config.leader.retry_period * 15).max(Duration::from_secs(30))
+}
 
 struct Running {
     epoch: i64,
     stop: CancellationToken,
     task: JoinHandle<Result<(), pipeline::Error>>,
+    started: tokio::time::Instant,
+    ready_since: Option<tokio::time::Instant>,
 }
 
-/// Starts the pipeline whenever this replica gains the lease and stops it when it loses it, until
-/// `shutdown`; then stops a running pipeline within `stop_budget`. A pipeline that fails while
-/// this replica still leads is started again after a short delay.
-async fn supervise(
-    context: &pipeline::Context,
-    mut leadership: LeadershipWatch,
-    shutdown: &CancellationToken,
+/// Starts the pipeline whenever this replica gains the lease and stops it when it loses it. A
+/// pipeline that fails while this replica leads is started again with exponential back-off; after
+/// [`STEP_DOWN_AFTER_FAILURES`] failures in a row, or at once when a store call hangs, the leader
+/// steps down so a replica whose node can reach the store leads. A store that holds a newer term
+/// from a recreated or renamed Lease makes the elector advance its epoch past it.
+struct Supervisor<'a> {
+    context: &'a pipeline::Context,
+    elector: ElectorHandle,
     stop_budget: Duration,
-) {
-    let mut running: Option<Running> = None;
-    let mut restart_at: Option<tokio::time::Instant> = None;
-    loop {
-        let current = leadership.borrow_and_update().clone();
-        match (&current, &running) {
-            (Some(lead), None) if restart_at.is_none_or(|at| tokio::time::Instant::now() >= at) => {
-                restart_at = None;
-                running = Some(start_pipeline(context, &leadership, lead.epoch));
-            }
-            (Some(lead), Some(run)) if run.epoch != lead.epoch => {
-                stop_pipeline(running.take(), stop_budget).await;
-                running = Some(start_pipeline(context, &leadership, lead.epoch));
-            }
-            (None, Some(_)) => {
-                stop_pipeline(running.take(), stop_budget).await;
-                restart_at = None;
-            }
-            _ => {}
-        }
-        let finished = async {
-            match running.as_mut() {
-                Some(run) => (&mut run.task).await,
-                None => std::future::pending().await,
-            }
-        };
-        let restart = async {
-            match restart_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            changed = leadership.changed() => if changed.is_err() { break },
-            outcome = finished => {
-                let epoch = running.take().map_or(-1, |run| run.epoch);
-                match outcome {
-                    Ok(Ok(())) => tracing::info!(epoch, "Leader pipeline ended"),
-                    Ok(Err(error)) => tracing::error!(epoch, error = %error_chain(&error), "Leader pipeline failed; restarting it while this replica leads"),
-                    Err(join) => tracing::error!(epoch, error = %join, "Leader pipeline task failed"),
-                }
-                restart_at = Some(tokio::time::Instant::now() + PIPELINE_RESTART_DELAY);
-            }
-            () = restart => {}
+    running: Option<Running>,
+    restart_at: Option<tokio::time::Instant>,
+    failed_epoch: Option<i64>,
+    failures: u32,
+    step_downs: u32,
+    stepping_down: bool,
+    last_error: Option<String>,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(context: &'a pipeline::Context, elector: ElectorHandle, stop_budget: Duration) -> Self {
+        Self {
+            context,
+            elector,
+            stop_budget,
+            running: None,
+            restart_at: None,
+            failed_epoch: None,
+            failures: 0,
+            step_downs: 0,
+            stepping_down: false,
+            last_error: None,
         }
     }
-    stop_pipeline(running.take(), stop_budget).await;
+
+    /// Runs until `shutdown`; then stops a running pipeline within the stop budget.
+    async fn run(mut self, mut leadership: LeadershipWatch, shutdown: &CancellationToken) {
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let current = leadership.borrow_and_update().clone();
+            let now = tokio::time::Instant::now();
+            match (&current, &self.running) {
+                (Some(lead), None)
+                    if self.restart_at.is_none_or(|at| now >= at)
+                        || self.failed_epoch != Some(lead.epoch) =>
+                {
+                    self.restart_at = None;
+                    self.running = Some(start_pipeline(self.context, &leadership, lead.epoch));
+                }
+                (Some(lead), Some(run)) if run.epoch != lead.epoch => {
+                    stop_pipeline(self.running.take(), self.stop_budget).await;
+                    self.running = Some(start_pipeline(self.context, &leadership, lead.epoch));
+                }
+                (None, Some(_)) => {
+                    stop_pipeline(self.running.take(), self.stop_budget).await;
+                    self.follow();
+                }
+                (None, None) if self.restart_at.is_some() || self.failures > 0 => self.follow(),
+                _ => {}
+            }
+            self.publish(current.is_some());
+            let has_run = self.running.is_some();
+            let restart_at = self.restart_at;
+            let finished = async {
+                match self.running.as_mut() {
+                    Some(run) => (&mut run.task).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let restart = async {
+                match restart_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = leadership.changed() => if changed.is_err() { break } else { None },
+                outcome = finished => Some(outcome),
+                () = restart => None,
+                _ = tick.tick(), if has_run => None,
+            };
+            match event {
+                Some(outcome) => {
+                    let run = self.running.take();
+                    self.ended(run, outcome);
+                }
+                None => self.check_progress(),
+            }
+        }
+        stop_pipeline(self.running.take(), self.stop_budget).await;
+        self.context.metrics.capture_stalled.set(0);
+    }
+
+    /// Not leading: forget failures, the next term starts afresh.
+    fn follow(&mut self) {
+        self.restart_at = None;
+        self.failed_epoch = None;
+        self.failures = 0;
+        self.last_error = None;
+        self.stepping_down = false;
+        self.context.board.set_ready(pipeline::READY_CONDITION);
+    }
+
+    fn check_progress(&mut self) {
+        let Some(run) = self.running.as_mut() else {
+            return;
+        };
+        let ready = self.context.board.is_ready(pipeline::READY_CONDITION);
+        let now = tokio::time::Instant::now();
+        match (ready, run.ready_since) {
+            (true, None) => run.ready_since = Some(now),
+            (false, Some(_)) => run.ready_since = None,
+            _ => {}
+        }
+        if run
+            .ready_since
+            .is_some_and(|since| now.duration_since(since) >= STABLE_RUN)
+            && (self.failures > 0 || self.step_downs > 0)
+        {
+            tracing::info!(epoch = run.epoch, "The leader pipeline runs steadily again");
+            self.failures = 0;
+            self.step_downs = 0;
+            self.last_error = None;
+        }
+        let stuck = self.context.io.stuck();
+        if let Some(overrun) = stuck.first() {
+            let reason = format!(
+                "store call `{}` stuck for {}s",
+                overrun.op,
+                overrun.running_for.as_secs()
+            );
+            self.step_down(&reason);
+        }
+    }
+
+    fn ended(
+        &mut self,
+        run: Option<Running>,
+        outcome: Result<Result<(), pipeline::Error>, tokio::task::JoinError>,
+    ) {
+        let Some(run) = run else {
+            return;
+        };
+        let error = match outcome {
+            Ok(Ok(())) => {
+                tracing::info!(epoch = run.epoch, "Leader pipeline ended");
+                self.restart_at = Some(tokio::time::Instant::now() + RESTART_INITIAL);
+                self.failed_epoch = Some(run.epoch);
+                return;
+            }
+            Ok(Err(error)) => error,
+            Err(join) => {
+                tracing::error!(epoch = run.epoch, error = %join, "Leader pipeline task failed");
+                pipeline::Error::Join(join)
+            }
+        };
+        self.context.metrics.pipeline_failures.inc();
+        self.failures = self.failures.saturating_add(1);
+        self.failed_epoch = Some(run.epoch);
+        let text = error_chain(&error);
+        self.last_error = Some(text.clone());
+        let lived = run.started.elapsed();
+        match error.failure() {
+            Failure::BehindStore { stored } => {
+                tracing::warn!(
+                    epoch = run.epoch,
+                    store_epoch = stored,
+                    "The store holds a term at or past this one, from another Lease (deleted and recreated, renamed, or restored); advancing the lease epoch past it"
+                );
+                self.elector.advance_epoch(run.epoch, stored);
+                self.restart_at = Some(tokio::time::Instant::now() + RESTART_INITIAL);
+            }
+            Failure::Stuck => {
+                tracing::error!(epoch = run.epoch, error = %text, "A store call hangs");
+                self.step_down(&text);
+            }
+            Failure::Other if self.failures >= STEP_DOWN_AFTER_FAILURES => {
+                tracing::error!(epoch = run.epoch, failures = self.failures, error = %text, "Leader pipeline failed");
+                let reason = format!(
+                    "{} pipeline failures in a row, the last: {text}",
+                    self.failures
+                );
+                self.step_down(&reason);
+            }
+            Failure::Other => {
+                let delay = restart_delay(self.failures);
+                tracing::error!(
+                    epoch = run.epoch,
+                    failures = self.failures,
+                    ran_for = ?lived,
+                    restart_in = ?delay,
+                    error = %text,
+                    "Leader pipeline failed; restarting it while this replica leads"
+                );
+                self.restart_at = Some(tokio::time::Instant::now() + delay);
+            }
+        }
+    }
+
+    fn step_down(&mut self, reason: &str) {
+        if self.stepping_down {
+            return;
+        }
+        self.stepping_down = true;
+        self.step_downs = self.step_downs.saturating_add(1);
+        let lease = self.context.config.leader.lease_duration;
+        let hold_off = (lease * HOLD_OFF_LEASES)
+            .saturating_mul(2u32.saturating_pow(self.step_downs - 1))
+            .min(HOLD_OFF_MAX);
+        self.elector.step_down(hold_off, reason);
+        self.restart_at = Some(tokio::time::Instant::now() + hold_off);
+    }
+
+    fn publish(&self, leading: bool) {
+        let board = &self.context.board;
+        let stalled = leading && (self.failures > 0 || self.running.is_none());
+        self.context.metrics.capture_stalled.set(i64::from(stalled));
+        let state = match (leading, &self.running) {
+            (false, _) => "follower",
+            (true, Some(_)) if self.failures == 0 => "running",
+            (true, Some(_)) => "restarted after failures",
+            (true, None) => "failed, waiting to restart",
+        };
+        let restart_in = self.restart_at.map(|at| {
+            at.saturating_duration_since(tokio::time::Instant::now())
+                .as_secs_f64()
+        });
+        if leading && self.failures > 0 && self.running.is_none() {
+            board.set_not_ready(
+                pipeline::READY_CONDITION,
+                format!(
+                    "leading but not capturing: {} failure(s) in a row ({} steps down), last: {}",
+                    self.failures,
+                    STEP_DOWN_AFTER_FAILURES,
+                    self.last_error.as_deref().unwrap_or("unknown")
+                ),
+            );
+        }
+        board.publish(
+            "pipeline",
+            serde_json::json!({
+                "state": state,
+                "capturing": leading && !stalled,
+                "failures_in_a_row": self.failures,
+                "step_downs_in_a_row": self.step_downs,
+                "last_error": self.last_error,
+                "restart_in_seconds": restart_in,
+            }),
+        );
+    }
+}
+
+/// Back-off before the `failures`-th restart in a row: 1 s, 2 s, 4 s … up to [`RESTART_MAX`].
+fn restart_delay(failures: u32) -> Duration {
+    RESTART_INITIAL
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(RESTART_MAX)
 }
 
 fn start_pipeline(
@@ -217,11 +456,20 @@ fn start_pipeline(
         .set_not_ready(pipeline::READY_CONDITION, "leader pipeline starting");
     tracing::info!(epoch, "Starting the leader pipeline");
     let task = tokio::spawn(pipeline::run(context.clone(), fence, stop.clone()));
-    Running { epoch, stop, task }
+    Running {
+        epoch,
+        stop,
+        task,
+        started: tokio::time::Instant::now(),
+        ready_since: None,
+    }
 }
 
 async fn stop_pipeline(running: Option<Running>, budget: Duration) {
-    let Some(Running { epoch, stop, task }) = running else {
+    let Some(Running {
+        epoch, stop, task, ..
+    }) = running
+    else {
         return;
     };
     stop.cancel();

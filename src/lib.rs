@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod blocking;
 pub mod capture;
 pub mod config;
 pub mod diagnostics;

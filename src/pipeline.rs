@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    blocking::{IoPool, Stuck},
     capture::Capture,
     config::{Config, RecordShapeConfig, SinkConfig},
     diagnostics,
@@ -26,7 +27,7 @@ use crate::{
     ship::{Shipper, ShipperOptions},
     sink::{AdxSink, FileSink, FileSinkOptions, Sink, StdoutSink},
     source::{Source, Start},
-    store::{self, EventStore, Guard, OpenOptions, SledStore},
+    store::{self, EventStore, Guard, OpenOptions, SledStore, TermOwner},
     telemetry::error_chain,
     telemetry::{Metrics, StatusBoard},
     transform::{RecordOptions, RecordShape},
@@ -37,6 +38,8 @@ const SOURCE_CHANNEL_CAPACITY: usize = 256;
 
 /// Readiness condition raised while the leader has not finished its first list or resume.
 pub const READY_CONDITION: &str = "pipeline";
+/// Taking the store over copies it: its deadline is this many store-call deadlines.
+const TAKE_OVER_DEADLINE_FACTOR: u32 = 10;
 
 /// Why a pipeline run ended early.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +65,46 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A blocking task could not run.
+    /// A stage task panicked.
     #[error("pipeline task failed")]
     Join(#[from] tokio::task::JoinError),
+    /// A store call overran its deadline.
+    #[error("a store call did not finish in time")]
+    Stuck(#[from] Stuck),
+}
+
+/// What a failed run asks of the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The store holds term `stored`, newer than (or indistinguishable from) this one, written
+    /// through a Lease that was recreated or renamed: advance the epoch past it.
+    BehindStore {
+        /// The store's term.
+        stored: i64,
+    },
+    /// A call on the store's volume hangs: this replica cannot lead.
+    Stuck,
+    /// Anything else: restart with back-off.
+    Other,
+}
+
+impl Error {
+    /// Classifies this error by its causes.
+    #[must_use]
+    pub fn failure(&self) -> Failure {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = current {
+            if let Some(store::Error::StaleEpoch { stored, .. }) = e.downcast_ref::<store::Error>()
+            {
+                return Failure::BehindStore { stored: *stored };
+            }
+            if e.downcast_ref::<Stuck>().is_some() {
+                return Failure::Stuck;
+            }
+            current = e.source();
+        }
+        Failure::Other
+    }
 }
 
 /// Everything a pipeline run needs.
@@ -78,6 +118,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Status board.
     pub board: Arc<StatusBoard>,
+    /// Threads for store calls (they may hang with the volume).
+    pub io: IoPool,
+    /// Threads for file-sink writes.
+    pub sink_io: IoPool,
 }
 
 /// Runs the pipeline for the term of `fence` until `stop` is cancelled or a stage fails.
@@ -97,22 +141,33 @@ pub async fn run_with_sink(
         config,
         metrics,
         board,
+        io,
+        sink_io,
     } = context;
     board.set_not_ready(READY_CONDITION, "leader is taking the store over");
     let guard: Arc<dyn Guard> = Arc::new(fence.clone());
-    let store = open_store(&config, &metrics, &guard, &stop).await?;
+    let lease = fence.leadership().map(|l| l.lease).unwrap_or_default();
+    let owner = TermOwner {
+        holder: config.leader.identity.clone(),
+        lease_namespace: lease.namespace,
+        lease_name: lease.name,
+        lease_uid: lease.uid,
+    };
+    let store = open_store(&config, &metrics, &io, &owner, &guard, &stop).await?;
     let Some(store) = store else {
         board.set_ready(READY_CONDITION);
         return Ok(());
     };
     let result = run_stages(
-        &config, client, &metrics, &board, &store, guard, fence, sink, &stop,
+        &config, client, &metrics, &board, &store, &io, &sink_io, guard, fence, sink, &stop,
     )
     .await;
     // Flush and close before the lease may be released.
     let closing = Arc::clone(&store);
-    if let Err(error) = tokio::task::spawn_blocking(move || closing.flush()).await? {
-        tracing::error!(error = %error, "Flushing the store on stop failed");
+    match io.run("flush", move || closing.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(error = %error, "Flushing the store on stop failed"),
+        Err(error) => tracing::error!(error = %error, "Flushing the store on stop did not finish"),
     }
     drop(store);
     board.set_ready(READY_CONDITION);
@@ -123,6 +178,8 @@ pub async fn run_with_sink(
 async fn open_store(
     config: &Config,
     metrics: &Metrics,
+    io: &IoPool,
+    owner: &TermOwner,
     guard: &Arc<dyn Guard>,
     stop: &CancellationToken,
 ) -> Result<Option<Arc<SledStore>>, Error> {
@@ -131,9 +188,7 @@ async fn open_store(
         cache_capacity: config.store.cache_capacity,
         lock_timeout: config.store.lock_timeout,
     };
-    let Some(handover) =
-        take_over_until_stopped(options, &config.leader.identity, guard, stop).await?
-    else {
+    let Some(handover) = take_over_until_stopped(options, io, owner, guard, stop).await? else {
         return Ok(None);
     };
     metrics
@@ -169,7 +224,8 @@ async fn open_store(
 /// waits for blocking tasks when it shuts down).
 async fn take_over_until_stopped(
     options: OpenOptions,
-    holder: &str,
+    io: &IoPool,
+    owner: &TermOwner,
     guard: &Arc<dyn Guard>,
     stop: &CancellationToken,
 ) -> Result<Option<store::Handover>, Error> {
@@ -177,12 +233,16 @@ async fn take_over_until_stopped(
     let taking = {
         let cancelled = Arc::clone(&cancelled);
         let guard = Arc::clone(guard);
-        let holder = holder.to_owned();
-        tokio::task::spawn_blocking(move || {
-            store::take_over(&options, &holder, guard.as_ref(), &|| {
-                cancelled.load(Ordering::Relaxed)
-            })
-        })
+        let owner = owner.clone();
+        io.run_within(
+            "take_over",
+            io.deadline() * TAKE_OVER_DEADLINE_FACTOR,
+            move || {
+                store::take_over(&options, &owner, guard.as_ref(), &|| {
+                    cancelled.load(Ordering::Relaxed)
+                })
+            },
+        )
     };
     tokio::select! {
         biased;
@@ -204,6 +264,8 @@ async fn run_stages(
     metrics: &Metrics,
     board: &Arc<StatusBoard>,
     store: &Arc<SledStore>,
+    io: &IoPool,
+    sink_io: &IoPool,
     guard: Arc<dyn Guard>,
     fence: Fence,
     sink: Option<Arc<dyn Sink>>,
@@ -211,7 +273,7 @@ async fn run_stages(
 ) -> Result<(), Error> {
     let meta = {
         let store = Arc::clone(store);
-        tokio::task::spawn_blocking(move || store.meta()).await??
+        io.run("meta", move || store.meta()).await??
     };
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let start = match (&meta.checkpoint, meta.checkpoint_time_ms) {
@@ -242,7 +304,7 @@ async fn run_stages(
     };
     let sink = match sink {
         Some(sink) => sink,
-        None => build_sink(config, metrics)?,
+        None => build_sink(config, metrics, sink_io)?,
     };
     let stages = stop.child_token();
     let shipper_wake = Arc::new(Notify::new());
@@ -259,6 +321,7 @@ async fn run_stages(
     );
     let capture = Capture {
         store: Arc::clone(store) as Arc<dyn EventStore>,
+        io: io.clone(),
         guard: Arc::clone(&guard),
         record: record_options(config),
         max_commit_events: config.store.max_commit_events,
@@ -268,6 +331,7 @@ async fn run_stages(
     };
     let shipper = Shipper {
         store: Arc::clone(store) as Arc<dyn EventStore>,
+        io: io.clone(),
         sink,
         guard: Arc::clone(&guard),
         options: ShipperOptions {
@@ -300,10 +364,11 @@ async fn run_stages(
         let guard = Arc::clone(&guard);
         let metrics = metrics.clone();
         let retention = config.store.seen_retention;
+        let io = io.clone();
         tasks.spawn(async move {
             (
                 "maintenance",
-                maintain(store, guard, metrics, retention, stop)
+                maintain(store, &io, guard, metrics, retention, stop)
                     .await
                     .map_err(boxed),
             )
@@ -347,7 +412,7 @@ async fn run_stages(
 ///
 /// # Errors
 /// Fails if the sink cannot be opened or built.
-pub fn build_sink(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, Error> {
+pub fn build_sink(config: &Config, metrics: &Metrics, io: &IoPool) -> Result<Arc<dyn Sink>, Error> {
     Ok(match &config.sink {
         SinkConfig::Stdout => Arc::new(StdoutSink),
         SinkConfig::File {
@@ -364,7 +429,8 @@ pub fn build_sink(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, E
                 sink: "file",
                 source: Box::new(source),
             })?
-            .with_write_stall(config.diagnostics.stall_sink_write),
+            .with_write_stall(config.diagnostics.stall_sink_write)
+            .with_io(io.clone()),
         ),
         SinkConfig::Adx(adx) => {
             Arc::new(
@@ -393,14 +459,24 @@ pub fn record_options(config: &Config) -> RecordOptions {
     }
 }
 
+/// Why maintenance stopped.
+#[derive(Debug, thiserror::Error)]
+enum MaintenanceError {
+    #[error("pruning the dedupe set failed")]
+    Store(#[source] store::Error),
+    #[error("pruning the dedupe set did not finish")]
+    Stuck(#[source] Stuck),
+}
+
 /// Prunes the dedupe set and refreshes store gauges, once a minute.
 async fn maintain(
     store: Arc<dyn EventStore>,
+    io: &IoPool,
     guard: Arc<dyn Guard>,
     metrics: Metrics,
     retention: Duration,
     stop: CancellationToken,
-) -> Result<(), store::Error> {
+) -> Result<(), MaintenanceError> {
     let mut ticker = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -411,15 +487,14 @@ async fn maintain(
         let guard = Arc::clone(&guard);
         let cutoff = jiff::Timestamp::now().as_millisecond()
             - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let result = tokio::task::spawn_blocking(move || {
-            let pruned = store.prune_seen(cutoff, guard.as_ref())?;
-            Ok::<_, store::Error>((pruned, store.seen_len(), store.meta()?))
-        })
-        .await;
-        let Ok(result) = result else {
-            continue;
-        };
-        let (pruned, seen, meta) = result?;
+        let (pruned, seen, meta) = io
+            .run("prune_seen", move || {
+                let pruned = store.prune_seen(cutoff, guard.as_ref())?;
+                Ok::<_, store::Error>((pruned, store.seen_len(), store.meta()?))
+            })
+            .await
+            .map_err(MaintenanceError::Stuck)?
+            .map_err(MaintenanceError::Store)?;
         metrics.seen_pruned.inc_by(pruned);
         metrics
             .seen_entries
@@ -484,7 +559,14 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         let guard: Arc<dyn Guard> = Arc::new(Current);
-        let taken = runtime.block_on(take_over_until_stopped(options, "a", &guard, &stop));
+        let io = IoPool::new("store", 1, Duration::from_secs(10)).unwrap();
+        let taken = runtime.block_on(take_over_until_stopped(
+            options,
+            &io,
+            &"a".into(),
+            &guard,
+            &stop,
+        ));
         assert!(matches!(taken, Ok(None)), "{taken:?}");
     }
 }

@@ -125,6 +125,10 @@ async fn ten_candidates_racing_for_a_released_lease_never_both_lead_over_200_rou
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_candidates_waiting_out_an_expired_lease_never_both_lead() {
     let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    // An existing Lease: a created one is acted on only after the renew deadline, which this
+    // loop (no renewals) would never reach.
+    set_lease(&admin, released()).await;
     let lease_ms = 1000;
     let mut candidates: Vec<Elector> = (0..10)
         .map(|i| elector(&emulator, &format!("e{i}"), lease_ms))
@@ -465,6 +469,191 @@ async fn a_new_leader_is_not_ready_from_the_moment_its_leadership_is_visible() {
         "{not_ready:?}"
     );
     assert_eq!(board.snapshot()["leader"]["role"], "leader");
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// Samples two leadership channels for `span`: how often both were current at once, and whether
+/// each ever led.
+async fn sample_two(
+    a: &kevents::leader::LeadershipWatch,
+    b: &kevents::leader::LeadershipWatch,
+    span: Duration,
+) -> (usize, bool, bool) {
+    let current = |w: &kevents::leader::LeadershipWatch| {
+        let now = Instant::now();
+        w.borrow().as_ref().is_some_and(|l| now < l.valid_until)
+    };
+    let (mut both, mut a_led, mut b_led) = (0, false, false);
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let (x, y) = (current(a), current(b));
+        a_led |= x;
+        b_led |= y;
+        if x && y {
+            both += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (both, a_led, b_led)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_configured_with_one_identity_never_both_lead_and_the_clash_is_reported() {
+    use kevents::telemetry::{Metrics, StatusBoard};
+    let emulator = emulator().await;
+    let (metrics_a, metrics_b) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+    let board_b = Arc::new(StatusBoard::new());
+    let a = elector(&emulator, "shared", 1_000)
+        .with_telemetry(metrics_a.clone(), Arc::new(StatusBoard::new()));
+    let b = elector(&emulator, "shared", 1_000).with_telemetry(metrics_b.clone(), board_b.clone());
+    let (watch_a, watch_b) = (a.subscribe(), b.subscribe());
+    let stop = CancellationToken::new();
+    let task_a = tokio::spawn(a.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task_b = tokio::spawn(b.run(stop.clone()));
+    // Four lease durations: the second replica must never take the first one's renewals for its
+    // own lease.
+    let (both, a_led, b_led) = sample_two(&watch_a, &watch_b, Duration::from_secs(4)).await;
+    assert_eq!(both, 0, "two processes with one identity led at once");
+    assert!(a_led, "the first replica never led");
+    assert!(
+        !b_led,
+        "the second replica took a lease renewed by another process"
+    );
+    assert_eq!(
+        metrics_b.identity_clash.get(),
+        1,
+        "the clash was not reported"
+    );
+    assert_eq!(metrics_a.identity_clash.get(), 0);
+    assert_eq!(board_b.snapshot()["leader"]["identity_clash"], true);
+    stop.cancel();
+    task_a.await.unwrap();
+    task_b.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advancing_the_epoch_raises_lease_transitions_for_the_current_term_only() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    set_lease(&admin, released()).await;
+    let candidate = elector(&emulator, "adv", 2_000);
+    let handle = candidate.handle();
+    let mut leadership = candidate.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(candidate.run(stop.clone()));
+    let first = tokio::time::timeout(Duration::from_secs(5), leadership.wait_for(Option::is_some))
+        .await
+        .expect("no leadership")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(first.epoch, 4, "an acquisition adds one transition");
+    // A request for a term that is not the current one is ignored.
+    handle.advance_epoch(3, 40);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(leadership.borrow().as_ref().unwrap().epoch, 4);
+    handle.advance_epoch(4, 41);
+    let advanced = tokio::time::timeout(
+        Duration::from_secs(5),
+        leadership.wait_for(|l| l.as_ref().is_some_and(|l| l.epoch != 4)),
+    )
+    .await
+    .expect("the epoch was not advanced")
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(advanced.epoch, 42);
+    let stored = admin.get(LEASE).await.unwrap();
+    assert_eq!(stored.spec.unwrap().lease_transitions, Some(42));
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_steps_down_releases_at_once_and_stays_follower_for_its_back_off() {
+    let emulator = emulator().await;
+    let a = elector(&emulator, "sick", 1_000);
+    let b = elector(&emulator, "healthy", 1_000);
+    let handle = a.handle();
+    let (mut watch_a, mut watch_b) = (a.subscribe(), b.subscribe());
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let task_a = tokio::spawn(a.run(stop_a.clone()));
+    tokio::time::timeout(Duration::from_secs(5), watch_a.wait_for(Option::is_some))
+        .await
+        .expect("no leadership")
+        .unwrap();
+    let task_b = tokio::spawn(b.run(stop_b.clone()));
+    let asked = Instant::now();
+    let hold_off = Duration::from_secs(3);
+    handle.step_down(hold_off, "test");
+    tokio::time::timeout(Duration::from_secs(3), watch_b.wait_for(Option::is_some))
+        .await
+        .expect("the other replica did not take over after the step-down")
+        .unwrap();
+    assert!(watch_a.borrow().is_none());
+    // The other replica stops and releases: the stepped-down one must still wait its back-off.
+    stop_b.cancel();
+    let mut b = task_b.await.unwrap();
+    assert!(b.release().await);
+    let (both, a_led, _) = sample_two(
+        &watch_a,
+        &watch_b,
+        hold_off.saturating_sub(asked.elapsed() + Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(both, 0);
+    assert!(!a_led, "led again during its back-off");
+    tokio::time::timeout(Duration::from_secs(5), watch_a.wait_for(Option::is_some))
+        .await
+        .expect("never competed again after its back-off")
+        .unwrap();
+    assert!(asked.elapsed() >= hold_off);
+    stop_a.cancel();
+    task_a.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_is_recreated_as_a_new_term_that_acts_only_after_the_renew_deadline() {
+    let emulator = emulator().await;
+    let admin: Api<Lease> = Api::namespaced(client_as(&emulator, "admin"), NS);
+    let candidate = elector(&emulator, "del", 1_000);
+    let mut leadership = candidate.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(candidate.run(stop.clone()));
+    let first = tokio::time::timeout(Duration::from_secs(5), leadership.wait_for(Option::is_some))
+        .await
+        .expect("no leadership")
+        .unwrap()
+        .clone()
+        .unwrap();
+    admin
+        .delete(LEASE, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(3), leadership.wait_for(Option::is_none))
+        .await
+        .expect("kept leading on a deleted Lease")
+        .unwrap();
+    let demoted = Instant::now();
+    let second = tokio::time::timeout(Duration::from_secs(5), leadership.wait_for(Option::is_some))
+        .await
+        .expect("never led again")
+        .unwrap()
+        .clone()
+        .unwrap();
+    let renew_deadline = Duration::from_millis(800);
+    assert!(
+        demoted.elapsed() >= renew_deadline - Duration::from_millis(100),
+        "acted on a recreated Lease after {:?}, before a leader it was deleted under lost its term",
+        demoted.elapsed()
+    );
+    assert_ne!(
+        second.lease.uid, first.lease.uid,
+        "a recreated Lease has a new uid"
+    );
+    assert_eq!(second.lease.name, LEASE);
     stop.cancel();
     task.await.unwrap();
 }

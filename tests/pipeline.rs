@@ -22,9 +22,10 @@ use std::{
 use common::{TestLab, event_lists};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kevents::{
+    blocking::IoPool,
     config::{Config, Environment},
     emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
-    leader::{Fence, Leadership},
+    leader::{Fence, Leadership, LeaseId},
     pipeline,
     sink::{OutgoingBatch, SendFuture, Sink},
     telemetry::{Metrics, StatusBoard},
@@ -208,6 +209,7 @@ fn leadership(epoch: i64) -> (tokio::sync::watch::Sender<Option<Leadership>>, Fe
         holder: "test".into(),
         epoch,
         valid_until: Instant::now() + Duration::from_secs(600),
+        lease: LeaseId::default(),
     }));
     (tx, Fence::new(rx, epoch))
 }
@@ -234,6 +236,8 @@ async fn a_batch_whose_send_was_cut_short_is_resent_first_with_the_same_id() {
         config: Arc::new(config),
         metrics: Metrics::new().unwrap(),
         board: Arc::new(StatusBoard::new()),
+        io: IoPool::new("store", 4, Duration::from_secs(30)).unwrap(),
+        sink_io: IoPool::new("file-sink", 1, Duration::from_secs(30)).unwrap(),
     };
     // Term 1: the first send never completes; the term ends (the leader "dies") mid-send.
     let hanging = Arc::new(HangingSink {

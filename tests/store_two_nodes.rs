@@ -91,7 +91,7 @@ fn a_leader_on_another_node_takes_over_everything_despite_cached_sizes() {
     let (a, b) = (nodes.mounts()[0].clone(), nodes.mounts()[1].clone());
 
     let old_term = Term::new(1);
-    let old = take_over(&options(&a), "a", &old_term, &|| false).unwrap();
+    let old = take_over(&options(&a), &"a".into(), &old_term, &|| false).unwrap();
     old.store
         .capture(&items(0, 10), Some("10"), 0, &old_term)
         .unwrap();
@@ -112,7 +112,7 @@ fn a_leader_on_another_node_takes_over_everything_despite_cached_sizes() {
     // The old leader's lease is gone (it is paused, its store still open); node B takes over.
     old_term.current.store(false, Ordering::SeqCst);
     let new_term = Term::new(2);
-    let new = take_over(&options(&b), "b", &new_term, &|| false).unwrap();
+    let new = take_over(&options(&b), &"b".into(), &new_term, &|| false).unwrap();
     assert_eq!(
         new.source.as_deref().and_then(Path::file_name),
         Some(old_dir_name.as_os_str())

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    blocking::IoPool,
     source::SourceItem,
     store::{self, CaptureItem, EventStore, Guard},
     telemetry::Metrics,
@@ -42,15 +43,17 @@ pub enum Error {
     /// A store operation failed (including a stale fence).
     #[error("durable capture failed")]
     Store(#[from] store::Error),
-    /// A blocking store task could not run.
-    #[error("store task failed")]
-    Join(#[from] tokio::task::JoinError),
+    /// A store call overran its deadline (the volume may hang).
+    #[error("store call did not finish in time")]
+    Stuck(#[from] crate::blocking::Stuck),
 }
 
 /// The capture stage of one leadership term.
 pub struct Capture {
     /// The store.
     pub store: Arc<dyn EventStore>,
+    /// The threads store calls run on, with their deadline.
+    pub io: IoPool,
     /// The fence of this term.
     pub guard: Arc<dyn Guard>,
     /// How records are built.
@@ -75,7 +78,10 @@ impl Capture {
         let mut buffer = Vec::with_capacity(SOURCE_BATCH);
         let mut paused = false;
         loop {
-            let outbox_bytes = self.blocking(|store| store.meta()).await?.outbox_bytes;
+            let outbox_bytes = self
+                .blocking("meta", |store| store.meta())
+                .await?
+                .outbox_bytes;
             if outbox_bytes >= self.max_outbox_bytes {
                 if !paused {
                     paused = true;
@@ -166,8 +172,10 @@ impl Capture {
     async fn rewound(&self, before: Pending) -> Result<(), Error> {
         self.commit(before).await?;
         let guard = Arc::clone(&self.guard);
-        self.blocking(move |store| store.forget_checkpoint(guard.as_ref()))
-            .await
+        self.blocking("forget_checkpoint", move |store| {
+            store.forget_checkpoint(guard.as_ref())
+        })
+        .await
     }
 
     async fn commit(&self, pending: Pending) -> Result<(), Error> {
@@ -184,10 +192,11 @@ impl Capture {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = {
             let store = Arc::clone(&self.store);
-            tokio::task::spawn_blocking(move || {
-                store.capture(&items, checkpoint.as_deref(), now_ms, guard.as_ref())
-            })
-            .await??
+            self.io
+                .run("capture", move || {
+                    store.capture(&items, checkpoint.as_deref(), now_ms, guard.as_ref())
+                })
+                .await??
         };
         self.metrics
             .capture_commit_duration
@@ -216,9 +225,10 @@ impl Capture {
 
     async fn blocking<T: Send + 'static>(
         &self,
+        name: &'static str,
         op: impl FnOnce(&dyn EventStore) -> store::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
         let store = Arc::clone(&self.store);
-        Ok(tokio::task::spawn_blocking(move || op(store.as_ref())).await??)
+        Ok(self.io.run(name, move || op(store.as_ref())).await??)
     }
 }

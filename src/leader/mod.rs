@@ -19,13 +19,13 @@ use k8s_openapi::{
 };
 use kube::{Api, api::PostParams};
 use rand::Rng as _;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::LeaderConfig,
     telemetry::error_chain,
-    telemetry::{Metrics, StatusBoard},
+    telemetry::{Liveness, Metrics, StatusBoard},
 };
 
 /// Share of the retry period added as random jitter to a follower's wait.
@@ -42,10 +42,64 @@ const RELEASE_ATTEMPTS: usize = 3;
 pub struct Leadership {
     /// `holderIdentity` (this replica).
     pub holder: String,
-    /// `leaseTransitions` when the lease was acquired: it changes with every change of holder.
+    /// `leaseTransitions` when the lease was acquired: it grows with every acquisition, and is
+    /// advanced past the store's term when the Lease was recreated
+    /// ([`ElectorHandle::advance_epoch`]).
     pub epoch: i64,
     /// Start of the last successful renew plus the renew deadline (monotonic clock).
     pub valid_until: Instant,
+    /// The Lease object this term was won on.
+    pub lease: LeaseId,
+}
+
+/// Which Lease object a term was won on: a recreated Lease has the same name and another uid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseId {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its `metadata.uid`.
+    pub uid: String,
+}
+
+impl LeaseId {
+    fn of(lease: &Lease) -> Self {
+        Self {
+            namespace: lease.metadata.namespace.clone().unwrap_or_default(),
+            name: lease.metadata.name.clone().unwrap_or_default(),
+            uid: lease.metadata.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Requests to the elector from the supervisor.
+#[derive(Debug)]
+enum Command {
+    StepDown { hold_off: Duration, reason: String },
+    AdvanceEpoch { from: i64, past: i64 },
+}
+
+/// Asks the elector to step down or to advance its epoch; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ElectorHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl ElectorHandle {
+    /// Release the lease (if held) and stay follower for `hold_off`, so another replica leads.
+    pub fn step_down(&self, hold_off: Duration, reason: impl Into<String>) {
+        let _ = self.tx.send(Command::StepDown {
+            hold_off,
+            reason: reason.into(),
+        });
+    }
+
+    /// Raise the term `from` (if still held) to an epoch above `past` by a conditional write of
+    /// the Lease: the store holds a term `past` from a Lease that was deleted or renamed.
+    pub fn advance_epoch(&self, from: i64, past: i64) {
+        let _ = self.tx.send(Command::AdvanceEpoch { from, past });
+    }
 }
 
 /// The receiving side of the leadership channel: `None` while not leading.
@@ -69,6 +123,12 @@ impl Fence {
     #[must_use]
     pub fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    /// The leadership of this fence's term, if it is still the published one.
+    #[must_use]
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.rx.borrow().clone().filter(|l| l.epoch == self.epoch)
     }
 
     /// True only while this replica leads in the same term and its lease is still valid by the
@@ -153,6 +213,10 @@ struct Held {
     epoch: i64,
     last_renew_start: Instant,
     failing_since: Option<Instant>,
+    /// Leadership is published from here on: a Lease this replica had to create may have been
+    /// deleted under a leader that still acts until its renew deadline.
+    acting_from: Instant,
+    published: bool,
 }
 
 /// Outcome of one acquire attempt, for tests and the loop.
@@ -177,6 +241,14 @@ pub struct Elector {
     held: Option<Held>,
     consecutive_errors: u32,
     wake: Arc<Notify>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    handle: ElectorHandle,
+    hold_off_until: Option<Instant>,
+    liveness: Option<Arc<Liveness>>,
+    /// The Lease (uid) and epoch this process last held: a Lease naming this identity that does
+    /// not match was written by another process using the same identity.
+    last_held: Option<(String, i64)>,
+    clash: bool,
 }
 
 impl Elector {
@@ -184,6 +256,7 @@ impl Elector {
     #[must_use]
     pub fn new(api: Api<Lease>, config: LeaderConfig) -> Self {
         let (tx, _) = watch::channel(None);
+        let (commands_tx, commands) = mpsc::unbounded_channel();
         Self {
             api,
             config,
@@ -194,7 +267,26 @@ impl Elector {
             held: None,
             consecutive_errors: 0,
             wake: Arc::new(Notify::new()),
+            commands,
+            handle: ElectorHandle { tx: commands_tx },
+            hold_off_until: None,
+            liveness: None,
+            last_held: None,
+            clash: false,
         }
+    }
+
+    /// Beats `liveness` on every turn of the loop.
+    #[must_use]
+    pub fn with_liveness(mut self, liveness: Arc<Liveness>) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// A handle to ask this elector to step down or advance its epoch.
+    #[must_use]
+    pub fn handle(&self) -> ElectorHandle {
+        self.handle.clone()
     }
 
     /// Reports into these metrics and this status board.
@@ -241,12 +333,25 @@ impl Elector {
             "Starting leader election"
         );
         loop {
+            if let Some(liveness) = &self.liveness {
+                liveness.elector_beat();
+            }
             if stop.is_cancelled() {
                 return self;
             }
+            let now = Instant::now();
+            let holding_off = self.hold_off_until.is_some_and(|until| now < until);
             let next = if self.held.is_some() {
                 self.renew_once().await
+            } else if holding_off {
+                // Turn the loop at least every retry period, so liveness sees it running.
+                self.hold_off_until
+                    .map_or(now, |until| until.min(now + self.config.retry_period))
             } else {
+                if self.hold_off_until.take().is_some() {
+                    tracing::info!(holder = %self.config.identity, "Back-off over; competing for the lease again");
+                    self.publish_status();
+                }
                 let started = Instant::now();
                 let attempt = self.try_acquire_once().await;
                 started + self.follower_wait(attempt)
@@ -255,7 +360,8 @@ impl Elector {
             tokio::select! {
                 () = stop.cancelled() => return self,
                 () = tokio::time::sleep_until(next.into()) => {}
-                () = wake.notified(), if self.held.is_none() => {}
+                () = wake.notified(), if self.held.is_none() && !holding_off => {}
+                Some(command) = self.commands.recv() => self.handle_command(command).await,
             }
         }
     }
@@ -276,8 +382,10 @@ impl Elector {
         let Some(observed) = self.observed.clone() else {
             return Attempt::Failed;
         };
+        // A Lease naming this identity that this process did not hold is another process's
+        // (the same identity configured twice) until it expires like anyone else's.
         let holder_valid = !observed.holder.is_empty()
-            && observed.holder != self.config.identity
+            && !self.held_by_this_process(&lease)
             && now < observed.changed_at + observed.lease_duration;
         if holder_valid {
             self.consecutive_errors = 0;
@@ -288,11 +396,9 @@ impl Elector {
             .as_ref()
             .and_then(|s| s.lease_transitions)
             .unwrap_or(0);
-        let transitions = if observed.holder == self.config.identity {
-            old_transitions
-        } else {
-            old_transitions.saturating_add(1)
-        };
+        // Every acquisition is a new term, even by the identity that held it last: a pipeline of
+        // the earlier term that has not stopped yet must never become current again.
+        let transitions = old_transitions.saturating_add(1);
         let mut desired = lease;
         let spec = desired.spec.get_or_insert_with(LeaseSpec::default);
         let stamp = MicroTime(jiff::Timestamp::now());
@@ -311,7 +417,7 @@ impl Elector {
             .await
         {
             Ok(updated) => {
-                self.become_leader(updated, start, &observed.holder);
+                self.become_leader(updated, start, &observed.holder, start);
                 Attempt::Acquired
             }
             Err(error) if error.is_conflict() => {
@@ -345,7 +451,10 @@ impl Elector {
             .await
         {
             Ok(created) => {
-                self.become_leader(created, start, "");
+                // The Lease did not exist: it may have been deleted under a leader that keeps
+                // acting until its renew deadline. Act only once that has passed.
+                let acting_from = start + self.config.renew_deadline;
+                self.become_leader(created, start, "", acting_from);
                 Attempt::Acquired
             }
             Err(error) if error.is_conflict() => {
@@ -409,13 +518,8 @@ impl Elector {
                     }
                     held.lease = lease;
                     held.last_renew_start = start;
-                    let leadership = Leadership {
-                        holder: self.config.identity.clone(),
-                        epoch: held.epoch,
-                        valid_until: start + self.config.renew_deadline,
-                    };
-                    self.tx.send_replace(Some(leadership));
                 }
+                self.publish_leadership(start);
                 self.publish_status();
                 start + self.config.retry_period
             }
@@ -432,17 +536,29 @@ impl Elector {
                         Ok(Some(current)) => {
                             self.observe(&current, Instant::now());
                             let holder = holder_of(&current);
-                            if holder == self.config.identity {
+                            let same_term = self.held.as_ref().is_some_and(|held| {
+                                holder == self.config.identity
+                                    && transitions_of(&current) == held.epoch
+                                    && current.metadata.uid == held.lease.metadata.uid
+                            });
+                            if same_term {
                                 if let Some(held) = self.held.as_mut() {
                                     held.lease = current;
                                 }
                                 return Instant::now();
                             }
-                            self.demote(&format!("the lease is now held by `{holder}`"));
+                            if holder == self.config.identity {
+                                self.report_clash();
+                                self.demote("the lease was taken by another process using this replica's identity");
+                            } else {
+                                self.demote(&format!("the lease is now held by `{holder}`"));
+                            }
                         }
                         Ok(None) => self.demote("the lease was deleted"),
                         Err(_) => self.note_renew_failure(&error),
                     }
+                } else if error.status_code() == Some(404) {
+                    self.demote("the lease was deleted");
                 } else {
                     self.note_renew_failure(&error);
                 }
@@ -531,34 +647,26 @@ impl Elector {
         false
     }
 
-    fn become_leader(&mut self, lease: Lease, start: Instant, previous: &str) {
+    fn become_leader(
+        &mut self,
+        lease: Lease,
+        start: Instant,
+        previous: &str,
+        acting_from: Instant,
+    ) {
         self.consecutive_errors = 0;
-        let epoch = i64::from(
-            lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.lease_transitions)
-                .unwrap_or(0),
-        );
+        let epoch = transitions_of(&lease);
+        self.last_held = Some((lease.metadata.uid.clone().unwrap_or_default(), epoch));
         self.observe(&lease, Instant::now());
         self.held = Some(Held {
             lease,
             epoch,
             last_renew_start: start,
             failing_since: None,
+            acting_from,
+            published: false,
         });
-        // Not ready before anyone can see this replica lead: the pipeline marks itself ready
-        // once it has listed or resumed.
-        if let Some(board) = &self.board {
-            board.set_not_ready(crate::pipeline::READY_CONDITION, "leader pipeline starting");
-        }
-        self.tx.send_replace(Some(Leadership {
-            holder: self.config.identity.clone(),
-            epoch,
-            valid_until: start + self.config.renew_deadline,
-        }));
         if let Some(metrics) = &self.metrics {
-            metrics.leader.set(1);
             metrics.leader_transitions.inc();
         }
         tracing::info!(
@@ -567,7 +675,151 @@ impl Elector {
             previous_holder = previous,
             "Became leader"
         );
+        if acting_from > Instant::now() {
+            tracing::info!(
+                holder = %self.config.identity,
+                epoch,
+                wait = ?acting_from.saturating_duration_since(Instant::now()),
+                "Created the Lease; waiting out the renew deadline of a leader it may have been deleted under"
+            );
+        }
+        self.publish_leadership(start);
         self.publish_status();
+    }
+
+    /// Publishes the held term to the pipeline once it may act, with its validity from the renew
+    /// that started at `renewed_at`.
+    fn publish_leadership(&mut self, renewed_at: Instant) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        if Instant::now() < held.acting_from {
+            return;
+        }
+        if !held.published {
+            held.published = true;
+            // Not ready before anyone can see this replica lead: the pipeline marks itself
+            // ready once it has listed or resumed.
+            if let Some(board) = &self.board {
+                board.set_not_ready(crate::pipeline::READY_CONDITION, "leader pipeline starting");
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.leader.set(1);
+            }
+        }
+        self.tx.send_replace(Some(Leadership {
+            holder: self.config.identity.clone(),
+            epoch: held.epoch,
+            valid_until: renewed_at + self.config.renew_deadline,
+            lease: LeaseId::of(&held.lease),
+        }));
+    }
+
+    fn held_by_this_process(&self, lease: &Lease) -> bool {
+        holder_of(lease) == self.config.identity
+            && self.last_held.as_ref().is_some_and(|(uid, epoch)| {
+                lease.metadata.uid.as_deref().unwrap_or_default() == uid
+                    && transitions_of(lease) == *epoch
+            })
+    }
+
+    fn report_clash(&mut self) {
+        if !self.clash {
+            self.clash = true;
+            if let Some(metrics) = &self.metrics {
+                metrics.identity_clash.set(1);
+            }
+            tracing::error!(
+                identity = %self.config.identity,
+                lease = %self.config.lease_name,
+                "Another process holds the lease under this replica's identity: give every replica \
+                 its own (leave leader.identity unset, or set it to ${{POD_NAME}}); this replica \
+                 will not take the lease while the other one renews it"
+            );
+            self.publish_status();
+        }
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::StepDown { hold_off, reason } => {
+                self.hold_off_until = Some(Instant::now() + hold_off);
+                if self.held.is_some() {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.leader_stepdowns.inc();
+                    }
+                    tracing::warn!(
+                        holder = %self.config.identity,
+                        reason,
+                        ?hold_off,
+                        "Stepping down: releasing the lease and staying follower so another replica leads"
+                    );
+                    self.release().await;
+                }
+                self.publish_status();
+            }
+            Command::AdvanceEpoch { from, past } => self.advance_epoch(from, past).await,
+        }
+    }
+
+    /// Writes `leaseTransitions` above `past` if this replica still holds the term `from`. The
+    /// write carries the held resourceVersion, so it fails if anyone else wrote the Lease since:
+    /// only the current holder can raise the epoch.
+    async fn advance_epoch(&mut self, from: i64, past: i64) {
+        let Some(held) = self.held.as_ref() else {
+            return;
+        };
+        if held.epoch != from || from > past {
+            return;
+        }
+        let Ok(target) = i32::try_from(past.saturating_add(1)) else {
+            tracing::error!(
+                past,
+                "The store's term is beyond what a Lease can count; cannot advance"
+            );
+            return;
+        };
+        let mut desired = held.lease.clone();
+        let spec = desired.spec.get_or_insert_with(LeaseSpec::default);
+        spec.lease_transitions = Some(target);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        let start = Instant::now();
+        match self
+            .call(
+                "replace",
+                self.api
+                    .replace(&self.config.lease_name, &PostParams::default(), &desired),
+            )
+            .await
+        {
+            Ok(updated) => {
+                self.observe(&updated, Instant::now());
+                self.last_held = Some((
+                    updated.metadata.uid.clone().unwrap_or_default(),
+                    i64::from(target),
+                ));
+                if let Some(held) = self.held.as_mut() {
+                    held.lease = updated;
+                    held.epoch = i64::from(target);
+                    held.last_renew_start = start;
+                }
+                tracing::warn!(
+                    holder = %self.config.identity,
+                    from,
+                    to = target,
+                    "Advanced the lease epoch past the store's: the Lease was recreated or renamed since the store's last term"
+                );
+                self.publish_leadership(start);
+                self.publish_status();
+            }
+            Err(error) => {
+                tracing::warn!(
+                    holder = %self.config.identity,
+                    error = %error_chain(&error),
+                    "Could not advance the lease epoch; the next renewal tells whether this replica still leads"
+                );
+            }
+        }
     }
 
     fn demote(&mut self, reason: &str) {
@@ -607,6 +859,18 @@ impl Elector {
         let holder_changed = self.observed.as_ref().is_none_or(|o| o.holder != holder);
         if holder_changed && self.held.is_none() && holder != self.config.identity {
             tracing::info!(holder = %holder, "Observed lease holder");
+        }
+        if self.held.is_none() && holder == self.config.identity {
+            // Renewed under this identity, but not by this process.
+            if !holder_changed && !self.held_by_this_process(lease) {
+                self.report_clash();
+            }
+        } else if holder != self.config.identity && self.clash {
+            self.clash = false;
+            if let Some(metrics) = &self.metrics {
+                metrics.identity_clash.set(0);
+            }
+            tracing::info!(identity = %self.config.identity, holder = %holder, "The lease is no longer held under this replica's identity");
         }
         self.observed = Some(Observed {
             resource_version,
@@ -680,6 +944,11 @@ impl Elector {
             return;
         };
         let (role, epoch, since_renew) = match &self.held {
+            Some(held) if !held.published => (
+                "leader-waiting",
+                Some(held.epoch),
+                Some(held.last_renew_start.elapsed().as_secs_f64()),
+            ),
             Some(held) => (
                 "leader",
                 Some(held.epoch),
@@ -687,6 +956,14 @@ impl Elector {
             ),
             None => ("follower", None, None),
         };
+        let hold_off = self
+            .hold_off_until
+            .map(|until| {
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            })
+            .filter(|s| *s > 0.0);
         board.publish(
             "leader",
             serde_json::json!({
@@ -696,9 +973,21 @@ impl Elector {
                 "holder": self.observed.as_ref().map(|o| o.holder.clone()),
                 "epoch": epoch,
                 "seconds_since_last_renew": since_renew,
+                "stepped_down_for_seconds": hold_off,
+                "identity_clash": self.clash,
             }),
         );
     }
+}
+
+fn transitions_of(lease: &Lease) -> i64 {
+    i64::from(
+        lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_transitions)
+            .unwrap_or(0),
+    )
 }
 
 fn holder_of(lease: &Lease) -> String {
@@ -722,12 +1011,14 @@ mod tests {
             holder: "a".into(),
             epoch: 3,
             valid_until: Instant::now() + Duration::from_secs(60),
+            lease: LeaseId::default(),
         }));
         assert!(fence.is_current());
         tx.send_replace(Some(Leadership {
             holder: "a".into(),
             epoch: 4,
             valid_until: Instant::now() + Duration::from_secs(60),
+            lease: LeaseId::default(),
         }));
         assert!(!fence.is_current(), "a new term invalidates the old fence");
         tx.send_replace(Some(Leadership {
@@ -736,6 +1027,7 @@ mod tests {
             valid_until: Instant::now()
                 .checked_sub(Duration::from_millis(1))
                 .unwrap(),
+            lease: LeaseId::default(),
         }));
         assert!(!fence.is_current(), "an expired term is not current");
         tx.send_replace(None);

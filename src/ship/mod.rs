@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    blocking::IoPool,
     sink::{OutgoingBatch, Sink},
     store::{self, BatchRecord, EventStore, Guard, OutboxSpan},
     telemetry::error_chain,
@@ -55,9 +56,9 @@ pub enum Error {
     /// A store operation failed (including a stale fence).
     #[error("store operation failed while shipping")]
     Store(#[from] store::Error),
-    /// A blocking store task could not run.
-    #[error("store task failed")]
-    Join(#[from] tokio::task::JoinError),
+    /// A store call overran its deadline (the volume may hang).
+    #[error("store call did not finish in time")]
+    Stuck(#[from] crate::blocking::Stuck),
 }
 
 /// `type Result<T> = Result<T, ship::Error>`.
@@ -67,6 +68,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Shipper {
     /// The store.
     pub store: Arc<dyn EventStore>,
+    /// The threads store calls run on, with their deadline.
+    pub io: IoPool,
     /// The destination.
     pub sink: Arc<dyn Sink>,
     /// The fence of this term.
@@ -92,7 +95,9 @@ impl Shipper {
     /// stale (the pipeline then stops).
     pub async fn run(self, stop: CancellationToken) -> Result<()> {
         // First, what the previous leader recorded but never saw confirmed.
-        let inflight = self.blocking(|store| store.inflight_batches()).await?;
+        let inflight = self
+            .blocking("inflight_batches", |store| store.inflight_batches())
+            .await?;
         let mut cursor = 0u64;
         if !inflight.is_empty() {
             tracing::info!(
@@ -114,7 +119,9 @@ impl Shipper {
             let (max_events, max_bytes) = (self.options.max_events, self.options.max_bytes);
             // Sizes only: the records are read once, when the batch is sent.
             let span = self
-                .blocking(move |store| store.outbox_span(cursor, max_events, max_bytes))
+                .blocking("outbox_span", move |store| {
+                    store.outbox_span(cursor, max_events, max_bytes)
+                })
                 .await?;
             self.publish_outbox().await;
             if span.events == 0 {
@@ -149,7 +156,7 @@ impl Shipper {
 
     /// Records a batch for `span` (fenced) and returns it.
     async fn cut(&self, span: OutboxSpan) -> Result<BatchRecord> {
-        let meta = self.blocking(|store| store.meta()).await?;
+        let meta = self.blocking("meta", |store| store.meta()).await?;
         let batch = BatchRecord {
             id: BatchRecord::id_for(&meta.store_id, span.first, span.last),
             first: span.first,
@@ -161,8 +168,10 @@ impl Shipper {
         };
         let guard = Arc::clone(&self.guard);
         let record = batch.clone();
-        self.blocking(move |store| store.record_batch(&record, guard.as_ref()))
-            .await?;
+        self.blocking("record_batch", move |store| {
+            store.record_batch(&record, guard.as_ref())
+        })
+        .await?;
         Ok(batch)
     }
 
@@ -178,7 +187,9 @@ impl Shipper {
         let (first, last) = (batch.first, batch.last);
         let capacity = usize::try_from(batch.bytes).unwrap_or(0);
         let (payload, events) = self
-            .blocking(move |store| store.outbox_payload(first, last, capacity))
+            .blocking("outbox_payload", move |store| {
+                store.outbox_payload(first, last, capacity)
+            })
             .await?;
         let outgoing = OutgoingBatch {
             id: batch.id.clone(),
@@ -217,8 +228,10 @@ impl Shipper {
                         .inc();
                     let guard = Arc::clone(&self.guard);
                     let record = batch.clone();
-                    self.blocking(move |store| store.ack_batch(&record, guard.as_ref()))
-                        .await?;
+                    self.blocking("ack_batch", move |store| {
+                        store.ack_batch(&record, guard.as_ref())
+                    })
+                    .await?;
                     self.metrics.events_shipped.inc_by(outgoing.events);
                     tracing::debug!(
                         batch_id = %batch.id,
@@ -284,7 +297,7 @@ impl Shipper {
                     let guard = Arc::clone(&self.guard);
                     let record = batch.clone();
                     let now = jiff::Timestamp::now().as_millisecond();
-                    self.blocking(move |store| {
+                    self.blocking("dead_batch", move |store| {
                         store.dead_batch(&record, &reason, now, guard.as_ref())
                     })
                     .await?;
@@ -299,7 +312,7 @@ impl Shipper {
     async fn publish_outbox(&self) {
         if let Ok(Ok(meta)) = {
             let store = Arc::clone(&self.store);
-            tokio::task::spawn_blocking(move || store.meta()).await
+            self.io.run("meta", move || store.meta()).await
         } {
             self.metrics
                 .outbox_events
@@ -321,10 +334,11 @@ impl Shipper {
 
     async fn blocking<T: Send + 'static>(
         &self,
+        name: &'static str,
         op: impl FnOnce(&dyn EventStore) -> store::Result<T> + Send + 'static,
     ) -> Result<T> {
         let store = Arc::clone(&self.store);
-        Ok(tokio::task::spawn_blocking(move || op(store.as_ref())).await??)
+        Ok(self.io.run(name, move || op(store.as_ref())).await??)
     }
 }
 

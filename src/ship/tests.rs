@@ -107,6 +107,7 @@ fn fixture(records: usize) -> Fixture {
 fn shipper(fx: &Fixture, sink: Arc<dyn Sink>, max_events: usize) -> Shipper {
     Shipper {
         store: fx.store.clone(),
+        io: crate::blocking::IoPool::new("store", 2, Duration::from_secs(30)).unwrap(),
         sink,
         guard: fx.guard.clone(),
         options: ShipperOptions {

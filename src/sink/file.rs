@@ -20,6 +20,8 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+use crate::blocking::IoPool;
+
 use super::{Error, OutgoingBatch, Result, SendFuture, Sink};
 
 /// Committed batch ids remembered for deduplication (re-sends are always recent ones).
@@ -61,6 +63,8 @@ struct JournalPosition {
 #[derive(Debug, Clone)]
 pub struct FileSink {
     state: Arc<Mutex<State>>,
+    /// Threads for writes, with their deadline (`None`: the runtime's blocking threads).
+    io: Option<IoPool>,
 }
 
 impl FileSink {
@@ -86,6 +90,7 @@ impl FileSink {
         // is paused while holding the lock must not stall the caller here.
         Ok(Self {
             state: Arc::new(Mutex::new(state)),
+            io: None,
         })
     }
 }
@@ -103,6 +108,16 @@ impl FileSink {
     }
 }
 
+impl FileSink {
+    /// Writes on `io`'s threads, within its deadline: a hanging volume fails a send as retriable
+    /// instead of holding the shipper.
+    #[must_use]
+    pub fn with_io(mut self, io: IoPool) -> Self {
+        self.io = Some(io);
+        self
+    }
+}
+
 impl Sink for FileSink {
     fn name(&self) -> &'static str {
         "file"
@@ -111,17 +126,26 @@ impl Sink for FileSink {
     fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
         let state = Arc::clone(&self.state);
         let batch = batch.clone();
+        let io = self.io.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
+            let write = move || {
                 let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
                 state.write_batch(&batch)
-            })
-            .await
-            .map_err(|e| Error::Retriable {
-                message: "file sink task failed".to_owned(),
-                retry_after: None,
-                source: Some(Box::new(e)),
-            })?
+            };
+            match io {
+                Some(io) => io.run("write", write).await.map_err(|e| Error::Retriable {
+                    message: "file sink write did not finish in time".to_owned(),
+                    retry_after: None,
+                    source: Some(Box::new(e)),
+                })?,
+                None => tokio::task::spawn_blocking(write)
+                    .await
+                    .map_err(|e| Error::Retriable {
+                        message: "file sink task failed".to_owned(),
+                        retry_after: None,
+                        source: Some(Box::new(e)),
+                    })?,
+            }
         })
     }
 }

@@ -48,6 +48,39 @@ pub struct TermDir {
     pub begun: bool,
 }
 
+/// Who takes a term: the holder, and the Lease object it won the term on. Recorded in the term's
+/// marker, so the store tells which Lease it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TermOwner {
+    /// The lease holder (this replica's identity).
+    pub holder: String,
+    /// The Lease's namespace.
+    #[serde(default)]
+    pub lease_namespace: String,
+    /// The Lease's name.
+    #[serde(default)]
+    pub lease_name: String,
+    /// The Lease's `metadata.uid` (a recreated Lease has a new one).
+    #[serde(default)]
+    pub lease_uid: String,
+}
+
+impl From<&str> for TermOwner {
+    fn from(holder: &str) -> Self {
+        Self {
+            holder: holder.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+impl TermOwner {
+    fn same_lease(&self, other: &Self) -> bool {
+        (&self.lease_namespace, &self.lease_name, &self.lease_uid)
+            == (&other.lease_namespace, &other.lease_name, &other.lease_uid)
+    }
+}
+
 /// What taking over the store did.
 #[derive(Debug)]
 pub struct Handover {
@@ -74,12 +107,13 @@ pub struct Handover {
 /// polled between files so a stop or a lost lease ends a long copy.
 ///
 /// # Errors
-/// [`Error::StaleEpoch`] when a newer term has begun, [`Error::Fenced`] when the lease is lost
-/// or `cancelled` answers true, [`Error::SourceUnsettled`] when the source kept changing, and
-/// I/O or engine errors.
+/// [`Error::StaleEpoch`] when a newer term has begun (or another holder's term with this epoch:
+/// two terms the epoch cannot tell apart, so neither is trusted), [`Error::Fenced`] when the
+/// lease is lost or `cancelled` answers true, [`Error::SourceUnsettled`] when the source kept
+/// changing, and I/O or engine errors.
 pub fn take_over(
     options: &OpenOptions,
-    holder: &str,
+    owner: &TermOwner,
     guard: &dyn Guard,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Handover> {
@@ -88,13 +122,36 @@ pub fn take_over(
     std::fs::create_dir_all(&terms_dir).map_err(io(&terms_dir))?;
     let dirs = scan(root)?;
     let ours = guard.epoch();
-    if let Some(newer) = dirs.iter().filter(|d| d.begun).find(|d| d.epoch > ours) {
+    if let Some(newest) = dirs.iter().filter(|d| d.begun).map(|d| d.epoch).max()
+        && newest > ours
+    {
         return Err(Error::StaleEpoch {
-            stored: newer.epoch,
+            stored: newest,
             ours,
         });
     }
     let source = newest_begun(&dirs).cloned();
+    let previous = source.as_ref().and_then(|s| read_owner(&s.path));
+    if let (Some(source), Some(previous)) = (&source, &previous)
+        && source.epoch == ours
+        && previous.holder != owner.holder
+    {
+        return Err(Error::StaleEpoch {
+            stored: source.epoch,
+            ours,
+        });
+    }
+    if let Some(previous) = &previous
+        && !previous.same_lease(owner)
+    {
+        tracing::warn!(
+            previous_lease = %format!("{}/{}", previous.lease_namespace, previous.lease_name),
+            previous_uid = %previous.lease_uid,
+            lease = %format!("{}/{}", owner.lease_namespace, owner.lease_name),
+            uid = %owner.lease_uid,
+            "The store belongs to another Lease (deleted and recreated, renamed, or restored): this term takes it over from there"
+        );
+    }
     let generation = source.as_ref().map_or(1, |s| s.generation + 1);
     let name = format!("g{generation:010}-e{ours}-{}", nonce());
     let dir = terms_dir.join(&name);
@@ -134,7 +191,10 @@ pub fn take_over(
         &serde_json::json!({
             "generation": generation,
             "epoch": ours,
-            "holder": holder,
+            "holder": owner.holder,
+            "lease_namespace": owner.lease_namespace,
+            "lease_name": owner.lease_name,
+            "lease_uid": owner.lease_uid,
             "source": source.as_ref().and_then(|s| s.path.file_name()).map(|n| n.to_string_lossy()),
             "begun_unix_ms": jiff::Timestamp::now().as_millisecond(),
         }),
@@ -397,6 +457,13 @@ fn fresh_size(path: &Path) -> std::io::Result<u64> {
     use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
     let stat = statx(CWD, path, AtFlags::STATX_FORCE_SYNC, StatxFlags::SIZE)?;
     Ok(stat.stx_size)
+}
+
+/// Who began the term in `dir`, from its marker (`None`: no readable marker, or a store from
+/// before term directories).
+fn read_owner(dir: &Path) -> Option<TermOwner> {
+    let text = std::fs::read_to_string(dir.join(BEGUN_MARKER)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 fn write_marker(dir: &Path, value: &serde_json::Value) -> Result<()> {

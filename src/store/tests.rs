@@ -212,7 +212,7 @@ fn a_database_a_newer_term_wrote_refuses_an_older_term() {
 }
 
 fn take(dir: &std::path::Path, guard: &TestGuard) -> Handover {
-    take_over(&options(dir), "test", guard, &|| false).unwrap()
+    take_over(&options(dir), &"test".into(), guard, &|| false).unwrap()
 }
 
 fn batch(first: u64, last: u64, epoch: i64) -> BatchRecord {
@@ -294,7 +294,13 @@ fn a_new_term_takes_over_a_copy_while_the_old_term_still_has_its_store_open() {
 fn an_older_term_cannot_begin_once_a_newer_one_has() {
     let dir = tempfile::tempdir().unwrap();
     drop(take(dir.path(), &TestGuard::new(5)));
-    let err = take_over(&options(dir.path()), "late", &TestGuard::new(4), &|| false).unwrap_err();
+    let err = take_over(
+        &options(dir.path()),
+        &"late".into(),
+        &TestGuard::new(4),
+        &|| false,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, Error::StaleEpoch { stored: 5, ours: 4 }),
         "{err}"
@@ -315,7 +321,7 @@ fn a_term_that_never_began_is_not_taken_over_and_older_terms_are_removed() {
     // A term that lost its lease while copying gives up and leaves nothing behind …
     let lost = TestGuard::new(2);
     lost.current.store(false, Ordering::SeqCst);
-    let err = take_over(&options(dir.path()), "lost", &lost, &|| false).unwrap_err();
+    let err = take_over(&options(dir.path()), &"lost".into(), &lost, &|| false).unwrap_err();
     assert!(matches!(err, Error::Fenced), "{err}");
     // … and one killed between its copy and its BEGUN marker leaves a directory nobody takes.
     let terms = dir.path().join("store").join(terms::TERMS_DIR);
@@ -359,21 +365,26 @@ fn a_source_written_during_the_copy_is_copied_again_until_two_reads_agree() {
     // file the copy reads, three times: across the first copy and its check).
     let calls = std::sync::atomic::AtomicUsize::new(0);
     let written = std::sync::atomic::AtomicUsize::new(0);
-    let new = take_over(&options(dir.path()), "b", &TestGuard::new(2), &|| {
-        let call = calls.fetch_add(1, Ordering::SeqCst);
-        if call % 2 == 1 && written.load(Ordering::SeqCst) < 3 {
-            let n = 11 + written.fetch_add(1, Ordering::SeqCst);
-            old.store
-                .capture(
-                    &[item(&format!("late{n}"), &n.to_string())],
-                    Some(&n.to_string()),
-                    0,
-                    &old_guard,
-                )
-                .unwrap();
-        }
-        false
-    })
+    let new = take_over(
+        &options(dir.path()),
+        &"b".into(),
+        &TestGuard::new(2),
+        &|| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            if call % 2 == 1 && written.load(Ordering::SeqCst) < 3 {
+                let n = 11 + written.fetch_add(1, Ordering::SeqCst);
+                old.store
+                    .capture(
+                        &[item(&format!("late{n}"), &n.to_string())],
+                        Some(&n.to_string()),
+                        0,
+                        &old_guard,
+                    )
+                    .unwrap();
+            }
+            false
+        },
+    )
     .unwrap();
     assert!(new.attempts >= 2, "copied {} times", new.attempts);
     let meta = new.store.meta().unwrap();
@@ -390,18 +401,23 @@ fn a_source_that_never_stops_changing_is_reported_not_taken() {
     let old_guard = TestGuard::new(1);
     let old = take(dir.path(), &old_guard);
     let writes = std::sync::atomic::AtomicU64::new(0);
-    let err = take_over(&options(dir.path()), "b", &TestGuard::new(2), &|| {
-        let n = writes.fetch_add(1, Ordering::SeqCst);
-        old.store
-            .capture(
-                &[item(&format!("u{n}"), &format!("{}", n + 1))],
-                None,
-                0,
-                &old_guard,
-            )
-            .unwrap();
-        false
-    })
+    let err = take_over(
+        &options(dir.path()),
+        &"b".into(),
+        &TestGuard::new(2),
+        &|| {
+            let n = writes.fetch_add(1, Ordering::SeqCst);
+            old.store
+                .capture(
+                    &[item(&format!("u{n}"), &format!("{}", n + 1))],
+                    None,
+                    0,
+                    &old_guard,
+                )
+                .unwrap();
+            false
+        },
+    )
     .unwrap_err();
     assert!(matches!(err, Error::SourceUnsettled { .. }), "{err}");
     assert_eq!(

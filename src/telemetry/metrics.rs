@@ -58,6 +58,17 @@ pub struct Metrics {
     pub lease_renew_duration: Histogram,
     /// `kevents_lease_renew_failures_total`: failed lease renewals (errors and conflicts).
     pub lease_renew_failures: IntCounter,
+    /// `kevents_capture_stalled`: 1 while this replica leads but its pipeline makes no capture
+    /// progress (failing, restarting, or a store call stuck past its deadline).
+    pub capture_stalled: IntGauge,
+    /// `kevents_pipeline_failures_total`: leader pipeline runs that ended in an error.
+    pub pipeline_failures: IntCounter,
+    /// `kevents_leader_stepdowns_total`: times this replica released the lease because its
+    /// pipeline could not make progress.
+    pub leader_stepdowns: IntCounter,
+    /// `kevents_identity_clash`: 1 while another process holds the Lease under this replica's
+    /// identity.
+    pub identity_clash: IntGauge,
     /// `kevents_events_received_total`: ADDED/MODIFIED events read from the API server.
     pub events_received: IntCounter,
     /// `kevents_events_captured_total`: new event versions durably captured.
@@ -281,6 +292,23 @@ impl Metrics {
             "kevents_resource_version_rewinds_total",
             "Relists whose resourceVersion was below the checkpoint (restored API server data)",
         )?;
+        let capture_stalled = gauge(
+            "kevents_capture_stalled",
+            "1 while this replica leads but its pipeline makes no capture progress (failing, \
+             restarting, or a store call stuck past its deadline)",
+        )?;
+        let pipeline_failures = counter(
+            "kevents_pipeline_failures_total",
+            "Leader pipeline runs that ended in an error",
+        )?;
+        let leader_stepdowns = counter(
+            "kevents_leader_stepdowns_total",
+            "Times this replica released the lease because its pipeline could not make progress",
+        )?;
+        let identity_clash = gauge(
+            "kevents_identity_clash",
+            "1 while another process holds the Lease under this replica's identity",
+        )?;
         let checkpoint_age = Gauge::new(
             "kevents_checkpoint_age_seconds",
             "Seconds since the stored checkpoint last advanced",
@@ -381,6 +409,10 @@ impl Metrics {
             leader_transitions,
             lease_renew_duration,
             lease_renew_failures,
+            capture_stalled,
+            pipeline_failures,
+            leader_stepdowns,
+            identity_clash,
             events_received,
             events_captured,
             events_duplicate,

@@ -4,9 +4,11 @@
 //! status/readiness board that `/status` and `/readyz` read. It never decides anything about the
 //! pipeline; components report into it.
 
+mod liveness;
 mod metrics;
 mod status;
 
+pub use liveness::Liveness;
 pub use metrics::Metrics;
 pub use status::StatusBoard;
 

@@ -61,6 +61,16 @@ impl StatusBoard {
             .remove(condition);
     }
 
+    /// True while `condition` is not raised.
+    #[must_use]
+    pub fn is_ready(&self, condition: &'static str) -> bool {
+        !self
+            .not_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(condition)
+    }
+
     /// `Ok` when ready, otherwise the reasons.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let reasons: Vec<String> = self

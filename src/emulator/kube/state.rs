@@ -384,7 +384,18 @@ impl KubeState {
             .lock()
             .write(resource, &key(ns, name), Instant::now(), ttl, |cur| {
                 let Some(cur) = cur else {
-                    // Both resources allow create-on-update.
+                    // Both resources allow create-on-update, but a PUT carries its object's uid
+                    // as a precondition: an update of an object that was deleted meanwhile fails
+                    // (the apiserver's `Preconditions.Check` against an empty object).
+                    if let Some(uid) = obj.meta().uid.as_deref().filter(|u| !u.is_empty()) {
+                        return Err(ApiError::conflict(
+                            view.group_resource(),
+                            name,
+                            &format!(
+                                "Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                            ),
+                        ));
+                    }
                     fill_system_fields(&mut obj);
                     let errs = validate_create(view, &obj);
                     if !errs.is_empty() {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::{
-    Environment, Error, RecordShapeConfig, Result, duration_field, map,
+    Environment, Error, RecordShapeConfig, Result, duration_field, map, scalar,
     units::{format_bytes, format_duration, parse_bytes},
 };
 
@@ -223,6 +223,7 @@ pub(super) struct RawAdx {
     mapping: Option<String>,
     format: Option<String>,
     mode: Option<String>,
+    #[serde(default, deserialize_with = "scalar::boolean")]
     ingest_by_tags: Option<bool>,
     streaming_max_bytes: Option<Value>,
     request_timeout: Option<String>,
@@ -250,6 +251,7 @@ struct RawAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFailedIngestions {
+    #[serde(default, deserialize_with = "scalar::boolean")]
     enabled: Option<bool>,
     interval: Option<String>,
 }
@@ -321,8 +323,10 @@ impl RawAdx {
             }
             .to_owned()
         });
+        // An empty string (`${VAR:-}` of an unset variable) is unset, as for every size key.
         let streaming_max_bytes = match &self.streaming_max_bytes {
             None => DEFAULT_STREAMING_MAX_BYTES,
+            Some(Value::String(text)) if text.trim().is_empty() => DEFAULT_STREAMING_MAX_BYTES,
             Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
             Some(Value::String(text)) => {
                 parse_bytes(text).map_err(|m| Error::invalid("sink.adx.streaming_max_bytes", m))?

@@ -2,8 +2,11 @@
 //!
 //! Owns the expansion syntax: `${VAR}` (an unset variable is an error), `${VAR:-default}` (the
 //! default when unset or empty) and `$$` (a literal `$`). It works on YAML string scalars after
-//! parsing, so an expanded value can never inject YAML structure. It never logs a value: expanded
-//! values may be secrets.
+//! parsing, so an expanded value can never inject YAML structure, and the result is always a
+//! string: `name: ${CLUSTER}` with `CLUSTER=2024` is the string `2024`, never an integer, and
+//! `true`, `null`, `1e3` or `0x10` likewise stay as written. The keys that are numbers or booleans
+//! read their string back themselves (`super::scalar`). It never logs a value: expanded values may
+//! be secrets.
 
 use serde_yaml_ng::Value;
 
@@ -48,23 +51,9 @@ fn expand_at(
             if !text.contains('$') {
                 return Ok(());
             }
-            let whole_reference = is_single_reference(text);
-            let expanded = expand_str(text, path, lookup)?;
-            // `port: ${PORT}` should give a number, not the string "9102": re-read a value that was
-            // one whole reference as a YAML scalar (never as a mapping or a sequence).
-            *value = if whole_reference {
-                match serde_yaml_ng::from_str::<Value>(&expanded) {
-                    Ok(
-                        scalar @ (Value::Number(_)
-                        | Value::Bool(_)
-                        | Value::String(_)
-                        | Value::Null),
-                    ) if !expanded.trim().is_empty() => scalar,
-                    _ => Value::String(expanded),
-                }
-            } else {
-                Value::String(expanded)
-            };
+            // Always a string, even for `${VAR}` alone: the key's own type decides how it is
+            // read, so a string key keeps `2024` or `true` exactly as the variable holds it.
+            *text = expand_str(text, path, lookup)?;
             Ok(())
         }
         Value::Sequence(items) => {
@@ -94,10 +83,6 @@ fn expand_at(
         Value::Tagged(tagged) => expand_at(&mut tagged.value, path, lookup),
         Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
     }
-}
-
-fn is_single_reference(text: &str) -> bool {
-    text.starts_with("${") && text.ends_with('}') && text[2..].find('}') == Some(text.len() - 3)
 }
 
 /// Expands one string. `key` names the configuration key in errors.
@@ -222,17 +207,30 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_reference_is_reread_as_a_scalar_and_errors_carry_the_path() {
+    fn a_whole_reference_stays_a_string_and_errors_carry_the_path() {
         let mut tree: Value = serde_yaml_ng::from_str(
             "admin:\n  port: ${PORT}\n  name: x-${PORT}\nlist: [\"${NOPE}\"]",
         )
         .unwrap();
         let err = expand_tree(&mut tree, &env).unwrap_err();
         assert!(err.to_string().starts_with("list[0]:"), "{err}");
-        let mut tree: Value =
-            serde_yaml_ng::from_str("admin:\n  port: ${PORT}\n  name: x-${PORT}").unwrap();
-        expand_tree(&mut tree, &env).unwrap();
-        assert_eq!(tree["admin"]["port"], Value::Number(9102.into()));
-        assert_eq!(tree["admin"]["name"], Value::String("x-9102".into()));
+        let mut tree: Value = serde_yaml_ng::from_str(
+            "admin:\n  port: ${PORT}\n  name: x-${PORT}\n  flag: ${FLAG}\n  none: ${NULL}\n  \
+             empty: ${EMPTY:-}\n  list:\n    - ${PORT}",
+        )
+        .unwrap();
+        let lookup = |name: &str| match name {
+            "FLAG" => Some("true".to_owned()),
+            "NULL" => Some("~".to_owned()),
+            other => env(other),
+        };
+        expand_tree(&mut tree, &lookup).unwrap();
+        let admin = &tree["admin"];
+        assert_eq!(admin["port"], Value::String("9102".into()));
+        assert_eq!(admin["name"], Value::String("x-9102".into()));
+        assert_eq!(admin["flag"], Value::String("true".into()));
+        assert_eq!(admin["none"], Value::String("~".into()));
+        assert_eq!(admin["empty"], Value::String(String::new()));
+        assert_eq!(admin["list"][0], Value::String("9102".into()));
     }
 }

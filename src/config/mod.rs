@@ -9,6 +9,7 @@ mod adx;
 mod expand;
 mod pipeline;
 mod raw;
+mod scalar;
 pub mod units;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};

@@ -11,7 +11,7 @@ use serde_yaml_ng::Value;
 use super::{
     Environment, Error, EventApi, Result,
     adx::{AdxConfig, RawAdx, print_adx},
-    duration_field, map,
+    duration_field, map, scalar,
     units::{format_bytes, format_duration, parse_bytes},
 };
 
@@ -141,6 +141,7 @@ pub(super) struct RawSource {
     initial_list: Option<String>,
     watch_timeout: Option<String>,
     watch_idle_grace: Option<String>,
+    #[serde(default, deserialize_with = "scalar::whole")]
     page_size: Option<u32>,
     #[serde(default)]
     namespaces: RawIncludeExclude,
@@ -170,12 +171,14 @@ pub(super) struct RawStore {
     seen_retention: Option<String>,
     event_ttl: Option<String>,
     lock_timeout: Option<String>,
+    #[serde(default, deserialize_with = "scalar::whole")]
     max_commit_events: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawShipper {
+    #[serde(default, deserialize_with = "scalar::whole")]
     max_batch_events: Option<usize>,
     max_batch_bytes: Option<Value>,
     max_batch_age: Option<String>,
@@ -205,6 +208,7 @@ pub(super) struct RawSink {
 struct RawFileSink {
     path: Option<PathBuf>,
     max_bytes: Option<Value>,
+    #[serde(default, deserialize_with = "scalar::whole")]
     max_files: Option<usize>,
 }
 
@@ -213,9 +217,12 @@ pub const DEFAULT_STORE_PATH: &str = "/var/lib/kevents/store";
 /// The API server's default `--event-ttl`.
 pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
 
+/// A size: a YAML integer (bytes) or a string such as `64MiB` (or `${VAR}` holding one). An empty
+/// string is unset, like a missing key, so `${VAR:-}` of an unset variable means the default.
 fn bytes_field(key: &str, value: Option<&Value>, default: u64) -> Result<u64> {
     match value {
         None => Ok(default),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(default),
         Some(Value::Number(n)) => n
             .as_u64()
             .ok_or_else(|| Error::invalid(key, format!("`{n}` is not a positive size"))),

@@ -338,3 +338,154 @@ fn pipeline_sections_validate_and_name_bad_keys() {
         "{no_path}"
     );
 }
+
+/// An environment where `VALUE` holds `value` and nothing else is set.
+fn parse_with_value(text: &str, value: &str) -> Result<Config> {
+    let var = |name: &str| (name == "VALUE").then(|| value.to_owned());
+    Config::parse(
+        text,
+        &Environment {
+            var: &var,
+            ..env_with(&[])
+        },
+    )
+}
+
+#[test]
+fn string_keys_keep_a_variable_that_looks_like_a_number_boolean_or_null() {
+    let text = "cluster:\n  name: ${VALUE}\n  region: ${VALUE}\n  environment: ${VALUE}\nleader:\n  identity: ${VALUE}\nsink:\n  type: adx\n  adx:\n    ingest_endpoint: https://ingest-c.westeurope.kusto.windows.net\n    database: ${VALUE}\n    auth:\n      mode: client_secret\n      tenant_id: ${VALUE}\n      client_id: ${VALUE}\n      client_secret: ${VALUE}\n";
+    for value in [
+        "2024", "1e3", "true", "null", "0x10", "~", "yes", "1_000", "False", "0o17", ".inf", "-1",
+    ] {
+        let config = parse_with_value(text, value).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(config.cluster.name, value);
+        assert_eq!(config.cluster.region, value);
+        assert_eq!(config.cluster.environment, value);
+        assert_eq!(config.leader.identity, value);
+        let SinkConfig::Adx(adx) = &config.sink else {
+            panic!("not adx")
+        };
+        assert_eq!(adx.database, value);
+        let AdxAuthConfig::ClientSecret {
+            tenant_id,
+            client_id,
+            client_secret,
+            ..
+        } = &adx.auth
+        else {
+            panic!("{:?}", adx.auth)
+        };
+        assert_eq!(tenant_id, value);
+        assert_eq!(client_id, value);
+        assert_eq!(client_secret.expose(), value);
+    }
+}
+
+#[test]
+fn numeric_keys_read_their_number_from_a_variable() {
+    let text = "cluster:\n  name: a\nadmin:\n  listen: 127.0.0.1:${VALUE}\nsource:\n  page_size: ${VALUE}\nstore:\n  max_commit_events: ${VALUE}\nshipper:\n  max_batch_events: ${VALUE}\nsink:\n  type: file\n  file:\n    path: /tmp/x.ndjson\n    max_bytes: ${VALUE}\n    max_files: ${VALUE}\n";
+    let config = parse_with_value(text, "9102").unwrap();
+    assert_eq!(config.admin.listen.port(), 9102);
+    assert_eq!(config.source.page_size, 9102);
+    assert_eq!(config.store.max_commit_events, 9102);
+    assert_eq!(config.shipper.max_batch_events, 9102);
+    assert_eq!(
+        config.sink,
+        SinkConfig::File {
+            path: "/tmp/x.ndjson".into(),
+            max_bytes: 9102,
+            max_files: 9102,
+        }
+    );
+}
+
+#[test]
+fn a_variable_that_is_not_a_number_is_rejected_naming_the_key() {
+    let cases = [
+        ("source:\n  page_size: ${VALUE}", "source.page_size"),
+        (
+            "store:\n  max_commit_events: ${VALUE}",
+            "store.max_commit_events",
+        ),
+        (
+            "shipper:\n  max_batch_events: ${VALUE}",
+            "shipper.max_batch_events",
+        ),
+    ];
+    for value in ["abc", "1e3", "0x10", "-5", "~"] {
+        for (body, key) in cases {
+            let err = parse_with_value(&format!("{MINIMAL}{body}\n"), value).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("{key}: `{value}` is not a whole number")),
+                "{value}: {text}"
+            );
+        }
+    }
+    let err = parse_with_value(
+        "cluster:\n  name: a\nsink:\n  type: file\n  file:\n    path: /tmp/x\n    max_files: ${VALUE}\n",
+        "abc",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("sink.file.max_files: `abc` is not a whole number"),
+        "{err}"
+    );
+    let err =
+        parse_with_value(&format!("{MINIMAL}source:\n  page_size: ${{VALUE}}\n"), "0").unwrap_err();
+    assert!(err.to_string().starts_with("source.page_size:"), "{err}");
+}
+
+fn adx_flags(flags: &str) -> String {
+    adx(&format!(
+        "    ingest_endpoint: https://ingest-c.westeurope.kusto.windows.net\n    database: k8s\n    auth:\n      mode: none\n{flags}"
+    ))
+}
+
+#[test]
+fn boolean_keys_read_true_or_false_from_a_variable() {
+    let text = adx_flags(
+        "    ingest_by_tags: ${VALUE}\n    failed_ingestions:\n      enabled: ${VALUE}\n",
+    );
+    for (value, expected) in [("true", true), ("TRUE", true), ("false", false)] {
+        let config = parse_with_value(&text, value).unwrap();
+        let SinkConfig::Adx(adx) = &config.sink else {
+            panic!("not adx")
+        };
+        assert_eq!(adx.ingest_by_tags, expected, "{value}");
+        assert_eq!(adx.failed_ingestions.enabled, expected, "{value}");
+    }
+    for value in ["yes", "1", "null"] {
+        let err = parse_with_value(&text, value).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "sink.adx.ingest_by_tags: `{value}` is not `true` or `false`"
+            )),
+            "{value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_variable_leaves_a_numeric_or_boolean_key_at_its_default() {
+    let text = "cluster:\n  name: a\nsource:\n  page_size: ${VALUE:-}\nstore:\n  max_commit_events: ${VALUE:-}\n  max_outbox_bytes: ${VALUE:-}\nshipper:\n  max_batch_events: ${VALUE:-}\nsink:\n  type: file\n  file:\n    path: /tmp/x.ndjson\n    max_bytes: ${VALUE:-}\n    max_files: ${VALUE:-}\n";
+    let config = parse_with_value(text, "").unwrap();
+    let defaults = Config::parse(
+        "cluster:\n  name: a\nsink:\n  type: file\n  file:\n    path: /tmp/x.ndjson\n",
+        &env_with(&[]),
+    )
+    .unwrap();
+    assert_eq!(config, defaults);
+    assert_eq!(config.source.page_size, 500);
+    let text = adx_flags(
+        "    ingest_by_tags: ${VALUE:-}\n    streaming_max_bytes: ${VALUE:-}\n    failed_ingestions:\n      enabled: ${VALUE:-}\n",
+    );
+    let config = parse_with_value(&text, "").unwrap();
+    let SinkConfig::Adx(adx) = &config.sink else {
+        panic!("not adx")
+    };
+    assert!(!adx.ingest_by_tags);
+    assert!(!adx.failed_ingestions.enabled);
+    assert_eq!(adx.streaming_max_bytes, DEFAULT_STREAMING_MAX_BYTES);
+}

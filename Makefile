@@ -11,7 +11,7 @@ DRILL_LONG_RUNS ?= 20
 DRILL_SHORT := handover pause partition rolling apiserver-down compaction adx-429 read-only-store long-outage
 # The same failovers with replicas on two nodes: one share seen through two bindfs mounts (locks do
 # not cross them; sizes cached like SMB `actimeo`), with the seed's actimeo=30 and with 0.
-DRILL_TWO_NODE := pause partition handover
+DRILL_TWO_NODE := pause partition handover lease-deleted lease-renamed sick-leader
 # Tag for `make image` (needs a Docker engine; this project's CI has none).
 IMAGE ?= kevents:dev
 # Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static),

@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, AdminState},
-    blocking::IoPool,
+    blocking::{IoPool, Stuck},
     config::Config,
     leader::{Elector, ElectorHandle, Fence, LeadershipWatch},
     pipeline::{self, Failure},
+    store,
     telemetry::{Liveness, Metrics, StatusBoard, error_chain},
 };
 
@@ -71,9 +72,9 @@ pub async fn run(
     );
 
     let liveness = Arc::new(Liveness::new(elector_stale_after(&config)));
-    let io = IoPool::new("store", STORE_IO_THREADS, STORE_IO_DEADLINE)
+    let io = IoPool::new("store", STORE_IO_THREADS, config.store.io_timeout)
         .context("starting the store I/O threads")?;
-    let sink_io = IoPool::new("file-sink", 1, STORE_IO_DEADLINE)
+    let sink_io = IoPool::new("file-sink", 1, config.store.io_timeout)
         .context("starting the file-sink I/O threads")?;
     liveness.watch_pool(io.clone());
     liveness.watch_pool(sink_io.clone());
@@ -153,7 +154,6 @@ pub async fn run(
 
 /// Threads for store calls: capture, shipper and maintenance can each have one in flight.
 const STORE_IO_THREADS: usize = 4;
-const STORE_IO_DEADLINE: Duration = Duration::from_secs(30);
 /// First delay before a failed pipeline is started again; it doubles with every failure in a row.
 const RESTART_INITIAL: Duration = Duration::from_secs(1);
 /// Longest delay before a failed pipeline is started again.
@@ -168,6 +168,8 @@ const HOLD_OFF_LEASES: u32 = 2;
 const HOLD_OFF_MAX: Duration = Duration::from_secs(600);
 /// How often the supervisor looks at a running pipeline's progress.
 const PROGRESS_TICK: Duration = Duration::from_secs(1);
+/// How often a follower checks that the store's volume answers from its node.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The elector loop counts as wedged when it has not turned for this long: every turn takes at
 /// most a few API calls bounded by the retry period, plus a wait of at most a few retry periods.
@@ -199,6 +201,11 @@ struct Supervisor<'a> {
     step_downs: u32,
     stepping_down: bool,
     last_error: Option<String>,
+    probe: Option<JoinHandle<Result<std::io::Result<()>, Stuck>>>,
+    probe_due: tokio::time::Instant,
+    store_reachable: bool,
+    restart_initial: Duration,
+    restart_max: Duration,
 }
 
 impl<'a> Supervisor<'a> {
@@ -214,6 +221,11 @@ impl<'a> Supervisor<'a> {
             step_downs: 0,
             stepping_down: false,
             last_error: None,
+            probe: None,
+            probe_due: tokio::time::Instant::now(),
+            store_reachable: true,
+            restart_initial: RESTART_INITIAL,
+            restart_max: RESTART_MAX,
         }
     }
 
@@ -263,14 +275,15 @@ impl<'a> Supervisor<'a> {
                 changed = leadership.changed() => if changed.is_err() { break } else { None },
                 outcome = finished => Some(outcome),
                 () = restart => None,
-                _ = tick.tick(), if has_run => None,
+                _ = tick.tick() => None,
             };
             match event {
                 Some(outcome) => {
                     let run = self.running.take();
                     self.ended(run, outcome);
                 }
-                None => self.check_progress(),
+                None if has_run => self.check_progress(),
+                None => self.probe_store(current.is_some()),
             }
         }
         stop_pipeline(self.running.take(), self.stop_budget).await;
@@ -319,6 +332,67 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// A follower checks every [`PROBE_INTERVAL`] that the store's volume answers from its node,
+    /// and stays out of the election while it does not: winning a term it cannot serve would
+    /// only delay the replica that can.
+    fn probe_store(&mut self, leading: bool) {
+        if leading {
+            return;
+        }
+        if let Some(task) = self.probe.take_if(|task| task.is_finished()) {
+            let answer = match futures::FutureExt::now_or_never(task) {
+                Some(Ok(Ok(Ok(())))) => Ok(()),
+                Some(Ok(Ok(Err(error)))) => {
+                    Err(format!("the store volume answers with an error: {error}"))
+                }
+                Some(Ok(Err(stuck))) => Err(stuck.to_string()),
+                Some(Err(join)) => Err(format!("the store probe failed: {join}")),
+                None => return,
+            };
+            self.store_answers(answer);
+        }
+        let now = tokio::time::Instant::now();
+        if self.probe.is_some() || now < self.probe_due {
+            return;
+        }
+        self.probe_due = now + PROBE_INTERVAL;
+        if let Some(overrun) = self.context.io.stuck().first() {
+            // Do not send another call into a volume that already holds one.
+            let reason = format!(
+                "store call `{}` stuck for {}s",
+                overrun.op,
+                overrun.running_for.as_secs()
+            );
+            self.store_answers(Err(reason));
+            return;
+        }
+        let io = self.context.io.clone();
+        let root = self.context.config.store.path.clone();
+        self.probe = Some(tokio::spawn(async move {
+            io.run("probe", move || store::probe(&root)).await
+        }));
+    }
+
+    fn store_answers(&mut self, answer: Result<(), String>) {
+        let reachable = answer.is_ok();
+        if reachable == self.store_reachable {
+            return;
+        }
+        self.store_reachable = reachable;
+        self.elector.campaign(reachable);
+        match answer {
+            Ok(()) => tracing::info!(
+                path = %self.context.config.store.path.display(),
+                "The store volume answers again; competing for the lease"
+            ),
+            Err(reason) => tracing::warn!(
+                path = %self.context.config.store.path.display(),
+                reason,
+                "The store volume does not answer from this node; not competing for the lease until it does"
+            ),
+        }
+    }
+
     fn ended(
         &mut self,
         run: Option<Running>,
@@ -354,7 +428,7 @@ impl<'a> Supervisor<'a> {
                     "The store holds a term at or past this one, from another Lease (deleted and recreated, renamed, or restored); advancing the lease epoch past it"
                 );
                 self.elector.advance_epoch(run.epoch, stored);
-                self.restart_at = Some(tokio::time::Instant::now() + RESTART_INITIAL);
+                self.restart_at = Some(tokio::time::Instant::now() + self.restart_initial);
             }
             Failure::Stuck => {
                 tracing::error!(epoch = run.epoch, error = %text, "A store call hangs");
@@ -369,7 +443,7 @@ impl<'a> Supervisor<'a> {
                 self.step_down(&reason);
             }
             Failure::Other => {
-                let delay = restart_delay(self.failures);
+                let delay = self.restart_delay();
                 tracing::error!(
                     epoch = run.epoch,
                     failures = self.failures,
@@ -381,6 +455,14 @@ impl<'a> Supervisor<'a> {
                 self.restart_at = Some(tokio::time::Instant::now() + delay);
             }
         }
+    }
+
+    /// Back-off before the restart after the current run of failures: 1 s, 2 s, 4 s … up to
+    /// [`RESTART_MAX`].
+    fn restart_delay(&self) -> Duration {
+        self.restart_initial
+            .saturating_mul(2u32.saturating_pow(self.failures.saturating_sub(1)))
+            .min(self.restart_max)
     }
 
     fn step_down(&mut self, reason: &str) {
@@ -431,16 +513,10 @@ impl<'a> Supervisor<'a> {
                 "step_downs_in_a_row": self.step_downs,
                 "last_error": self.last_error,
                 "restart_in_seconds": restart_in,
+                "store_reachable": self.store_reachable,
             }),
         );
     }
-}
-
-/// Back-off before the `failures`-th restart in a row: 1 s, 2 s, 4 s … up to [`RESTART_MAX`].
-fn restart_delay(failures: u32) -> Duration {
-    RESTART_INITIAL
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
-        .min(RESTART_MAX)
 }
 
 fn start_pipeline(
@@ -543,4 +619,117 @@ async fn kube_client(config: &Config, kubeconfig: Option<&Path>) -> anyhow::Resu
     client_config.default_retry = false;
     client_config.connect_timeout = Some(config.leader.retry_period.max(Duration::from_secs(1)));
     kube::Client::try_from(client_config).context("building the Kubernetes client")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::{
+        config::Environment,
+        leader::{Leadership, LeaseId, Request},
+    };
+
+    fn context(store: &Path) -> pipeline::Context {
+        let text = format!(
+            "cluster:\n  name: t\nleader:\n  lease_duration: 15s\nstore:\n  path: {}\nsink:\n  type: stdout\n",
+            store.display()
+        );
+        let config = Config::parse(&text, &Environment::process()).unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        pipeline::Context {
+            client,
+            config: Arc::new(config),
+            metrics: Metrics::new().unwrap(),
+            board: Arc::new(StatusBoard::new()),
+            io: IoPool::new("store", 2, Duration::from_secs(5)).unwrap(),
+            sink_io: IoPool::new("file-sink", 1, Duration::from_secs(5)).unwrap(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_pipeline_restarts_with_growing_back_off_then_the_leader_steps_down() {
+        let dir = tempfile::tempdir().unwrap();
+        // A store path under a plain file: every take-over fails.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let context = context(&dir.path().join("file/store"));
+        let (handle, mut requests) = ElectorHandle::channel();
+        let (_tx, leadership) = watch::channel(Some(Leadership {
+            holder: "t".into(),
+            epoch: 1,
+            valid_until: Instant::now() + Duration::from_secs(600),
+            lease: LeaseId::default(),
+        }));
+        let mut supervisor = Supervisor::new(&context, handle, Duration::from_secs(5));
+        supervisor.restart_initial = Duration::from_millis(40);
+        supervisor.restart_max = Duration::from_millis(160);
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let run = supervisor.run(leadership, &shutdown);
+        tokio::pin!(run);
+        let request = tokio::select! {
+            () = &mut run => panic!("the supervisor ended"),
+            request = requests.recv() => request.unwrap(),
+        };
+        let took = started.elapsed();
+        assert!(
+            matches!(&request, Request::StepDown { hold_off, .. } if *hold_off == Duration::from_secs(30)),
+            "{request:?}"
+        );
+        assert_eq!(context.metrics.pipeline_failures.get(), 5);
+        // Back-off 40 + 80 + 160 + 160 ms between the five runs.
+        assert!(
+            took >= Duration::from_millis(440),
+            "stepped down after {took:?}"
+        );
+        assert_eq!(context.metrics.capture_stalled.get(), 1);
+        let status = context.board.snapshot();
+        assert_eq!(status["pipeline"]["failures_in_a_row"], 5, "{status}");
+        assert!(
+            context.board.readiness().is_err(),
+            "a leader that cannot capture is not ready"
+        );
+        // No more runs while stepping down, though the (test) elector never released.
+        tokio::select! {
+            () = &mut run => panic!("the supervisor ended"),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        assert_eq!(context.metrics.pipeline_failures.get(), 5);
+        shutdown.cancel();
+        run.await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_holds_a_newer_term_makes_the_leader_advance_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        // A term 7 began in the store (a Lease that was deleted since).
+        let term = store.join("terms/g0000000001-e7-0000abcd");
+        std::fs::create_dir_all(&term).unwrap();
+        std::fs::write(term.join("BEGUN"), br#"{"holder":"old","epoch":7}"#).unwrap();
+        let context = context(&store);
+        let (handle, mut requests) = ElectorHandle::channel();
+        let (_tx, leadership) = watch::channel(Some(Leadership {
+            holder: "t".into(),
+            epoch: 0,
+            valid_until: Instant::now() + Duration::from_secs(600),
+            lease: LeaseId::default(),
+        }));
+        let supervisor = Supervisor::new(&context, handle, Duration::from_secs(5));
+        let shutdown = CancellationToken::new();
+        let run = supervisor.run(leadership, &shutdown);
+        tokio::pin!(run);
+        let request = tokio::select! {
+            () = &mut run => panic!("the supervisor ended"),
+            request = requests.recv() => request.unwrap(),
+        };
+        assert_eq!(request, Request::AdvanceEpoch { from: 0, past: 7 });
+        shutdown.cancel();
+        run.await;
+    }
 }

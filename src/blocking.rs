@@ -11,6 +11,7 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender},
     },
     time::{Duration, Instant},
@@ -41,11 +42,40 @@ pub struct Overrun {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Progress of a long call: each [`Progress::tick`] restarts its deadline, so a call that keeps
+/// moving (a copy, file by file) is never taken for a hung one, and one that stops is.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    base: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The call moved on.
+    pub fn tick(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the start or the last tick.
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
 /// What one worker thread is doing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Busy {
     op: &'static str,
-    since: Instant,
+    progress: Progress,
     deadline: Duration,
 }
 
@@ -132,11 +162,29 @@ impl IoPool {
         deadline: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Stuck> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.run_progressing(op, deadline, move |_| f()).await
+    }
+
+    /// Runs `f` on a thread of the pool; gives up waiting once `deadline` passed without a
+    /// [`Progress::tick`] from `f`.
+    ///
+    /// # Errors
+    /// [`Stuck`] when the deadline passes without progress, or the call panicked.
+    pub async fn run_progressing<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        deadline: Duration,
+        f: impl FnOnce(&Progress) -> T + Send + 'static,
+    ) -> Result<T, Stuck> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         let workers: Vec<_> = self.inner.workers.iter().map(Arc::clone).collect();
+        let progress = Progress::new();
+        let watched = progress.clone();
         let job: Job = Box::new(move || {
-            let slot = claim(&workers, op, deadline);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            // Queued time counts against the deadline, running time restarts it.
+            progress.tick();
+            let slot = claim(&workers, op, deadline, &progress);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&progress)));
             if let Some(slot) = slot {
                 *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
@@ -152,25 +200,31 @@ impl IoPool {
         if self.inner.jobs.try_send(job).is_err() {
             return Err(stuck);
         }
-        match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) | Err(_) => Err(stuck),
+        loop {
+            let left = deadline.saturating_sub(watched.idle());
+            if left.is_zero() {
+                return Err(stuck);
+            }
+            match tokio::time::timeout(left, &mut rx).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(_)) => return Err(stuck),
+                Err(_) => {}
+            }
         }
     }
 
-    /// The calls still running past their deadline.
+    /// The calls still running past their deadline (since their last progress).
     #[must_use]
     pub fn stuck(&self) -> Vec<Overrun> {
-        let now = Instant::now();
         self.inner
             .workers
             .iter()
-            .filter_map(|slot| *slot.lock().unwrap_or_else(PoisonError::into_inner))
-            .filter(|busy| now.duration_since(busy.since) > busy.deadline)
+            .filter_map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .filter(|busy| busy.progress.idle() > busy.deadline)
             .map(|busy| Overrun {
                 pool: self.inner.name,
                 op: busy.op,
-                running_for: now.duration_since(busy.since),
+                running_for: busy.progress.idle(),
             })
             .collect()
     }
@@ -182,13 +236,14 @@ fn claim(
     workers: &[Arc<Mutex<Option<Busy>>>],
     op: &'static str,
     deadline: Duration,
+    progress: &Progress,
 ) -> Option<Arc<Mutex<Option<Busy>>>> {
     for slot in workers {
         let mut busy = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if busy.is_none() {
             *busy = Some(Busy {
                 op,
-                since: Instant::now(),
+                progress: progress.clone(),
                 deadline,
             });
             return Some(Arc::clone(slot));
@@ -226,6 +281,17 @@ mod tests {
     #[tokio::test]
     async fn calls_queued_behind_hung_threads_time_out_and_a_panic_is_an_error() {
         let pool = IoPool::new("test", 1, Duration::from_millis(50)).unwrap();
+        // A call that keeps ticking outlives its deadline.
+        let long = pool
+            .run_progressing("copy", Duration::from_millis(50), |progress| {
+                for _ in 0..6 {
+                    std::thread::sleep(Duration::from_millis(25));
+                    progress.tick();
+                }
+                "copied"
+            })
+            .await;
+        assert_eq!(long.unwrap(), "copied");
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let _ = pool.run("hang", move || hold.recv().ok()).await;
         assert!(pool.run("queued", || ()).await.is_err());

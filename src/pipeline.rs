@@ -38,8 +38,6 @@ const SOURCE_CHANNEL_CAPACITY: usize = 256;
 
 /// Readiness condition raised while the leader has not finished its first list or resume.
 pub const READY_CONDITION: &str = "pipeline";
-/// Taking the store over copies it: its deadline is this many store-call deadlines.
-const TAKE_OVER_DEADLINE_FACTOR: u32 = 10;
 
 /// Why a pipeline run ended early.
 #[derive(Debug, thiserror::Error)]
@@ -234,15 +232,14 @@ async fn take_over_until_stopped(
         let cancelled = Arc::clone(&cancelled);
         let guard = Arc::clone(guard);
         let owner = owner.clone();
-        io.run_within(
-            "take_over",
-            io.deadline() * TAKE_OVER_DEADLINE_FACTOR,
-            move || {
-                store::take_over(&options, &owner, guard.as_ref(), &|| {
-                    cancelled.load(Ordering::Relaxed)
-                })
-            },
-        )
+        // A copy of a large store takes long, but moves: it is stuck only when a file or a
+        // chunk takes longer than a store call's deadline.
+        io.run_progressing("take_over", io.deadline(), move |progress| {
+            store::take_over(&options, &owner, guard.as_ref(), &|| {
+                progress.tick();
+                cancelled.load(Ordering::Relaxed)
+            })
+        })
     };
     tokio::select! {
         biased;

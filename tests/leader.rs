@@ -645,7 +645,7 @@ async fn a_deleted_lease_is_recreated_as_a_new_term_that_acts_only_after_the_ren
         .unwrap();
     let renew_deadline = Duration::from_millis(800);
     assert!(
-        demoted.elapsed() >= renew_deadline - Duration::from_millis(100),
+        demoted.elapsed() >= renew_deadline.saturating_sub(Duration::from_millis(100)),
         "acted on a recreated Lease after {:?}, before a leader it was deleted under lost its term",
         demoted.elapsed()
     );

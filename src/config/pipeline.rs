@@ -75,6 +75,9 @@ pub struct StoreConfig {
     pub event_ttl: Duration,
     /// How long a new leader retries while the store's file lock is held.
     pub lock_timeout: Duration,
+    /// Deadline of one store call (and of one file-sink write): a call on the volume that takes
+    /// longer counts as hung; the leader steps down and `/livez` fails while it lasts.
+    pub io_timeout: Duration,
     /// Events captured per transaction at most (group commit).
     pub max_commit_events: usize,
 }
@@ -171,6 +174,7 @@ pub(super) struct RawStore {
     seen_retention: Option<String>,
     event_ttl: Option<String>,
     lock_timeout: Option<String>,
+    io_timeout: Option<String>,
     #[serde(default, deserialize_with = "scalar::whole")]
     max_commit_events: Option<usize>,
 }
@@ -355,6 +359,7 @@ impl RawStore {
                 self.lock_timeout.as_deref(),
                 Duration::from_secs(60),
             )?,
+            io_timeout: io_timeout(self.io_timeout.as_deref())?,
             max_commit_events: positive(
                 "store.max_commit_events",
                 self.max_commit_events.unwrap_or(2000),
@@ -547,8 +552,24 @@ pub(super) fn print_store(store: &StoreConfig) -> Value {
         ),
         ("event_ttl", format_duration(store.event_ttl).into()),
         ("lock_timeout", format_duration(store.lock_timeout).into()),
+        ("io_timeout", format_duration(store.io_timeout).into()),
         ("max_commit_events", store.max_commit_events.into()),
     ])
+}
+
+/// Default deadline of a store call: far above a healthy share's worst commit (a few hundred ms
+/// on Azure Files), well below what an operator would wait before calling the mount hung.
+const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn io_timeout(text: Option<&str>) -> Result<Duration> {
+    let timeout = duration_field("store.io_timeout", text, DEFAULT_IO_TIMEOUT)?;
+    if timeout < Duration::from_secs(1) {
+        return Err(Error::invalid(
+            "store.io_timeout",
+            "must be at least 1s: a healthy share can take hundreds of milliseconds per commit",
+        ));
+    }
+    Ok(timeout)
 }
 
 pub(super) fn print_shipper(shipper: &ShipperConfig) -> Value {

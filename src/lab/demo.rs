@@ -69,6 +69,31 @@ pub fn lease_holder(emulator: &KubeEmulator) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// The holder of the Lease `name` in the lab namespace, if any.
+#[must_use]
+pub fn lease_holder_named(emulator: &KubeEmulator, name: &str) -> Option<String> {
+    emulator
+        .state()
+        .lease(LEASE_NAMESPACE, name)
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// A Lease of the lab namespace other than the default one, seen through the emulator.
+pub struct NamedLease<'a> {
+    /// The API server.
+    pub emulator: &'a KubeEmulator,
+    /// The Lease's name.
+    pub name: &'a str,
+}
+
+impl LeaseView for NamedLease<'_> {
+    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send {
+        std::future::ready(lease_holder_named(self.emulator, self.name))
+    }
+}
+
 /// Something that can tell who holds the lab Lease: the emulator (from its state) or a
 /// [`crate::lab::backend::Backend`] (through the API).
 pub trait LeaseView {

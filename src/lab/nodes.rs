@@ -250,6 +250,45 @@ impl Nodes {
             .collect()
     }
 
+    /// The node replica `slot` runs on (round-robin placement).
+    #[must_use]
+    pub fn node_of(&self, slot: usize) -> usize {
+        slot.checked_rem(self.mounts.len()).unwrap_or(0)
+    }
+
+    /// The process id of the FUSE daemon serving node `index`: stopping it makes every call
+    /// through that node's mount hang, as on a node whose SMB mount stopped answering.
+    #[must_use]
+    pub fn daemon_pid(&self, index: usize) -> Option<u32> {
+        let mountpoint = self
+            .mounts
+            .get(index)?
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            let is_bindfs = args.first().is_some_and(|a| a.ends_with(b"bindfs"));
+            if is_bindfs && args.last() == Some(&mountpoint.as_slice()) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
     /// Unmounts every node (lazily when busy).
     ///
     /// # Errors

@@ -70,6 +70,8 @@ pub const STORE_PLACEHOLDER: &str = "{store}";
 #[derive(Debug)]
 pub struct Replicas {
     options: ReplicaOptions,
+    /// `leader.lease_name` of processes started from now on.
+    lease_name: String,
     /// The store path of each slot (empty: the pipeline YAML is used as it is).
     stores: Vec<PathBuf>,
     /// The replicas, by slot.
@@ -109,6 +111,7 @@ impl Replicas {
         std::fs::create_dir_all(&options.workdir)?;
         let mut set = Self {
             options,
+            lease_name: crate::lab::demo::LEASE_NAME.to_owned(),
             stores,
             replicas: Vec::new(),
         };
@@ -131,12 +134,13 @@ impl Replicas {
         };
         let config = format!(
             "cluster:\n  name: lab\n  region: local\n  environment: test\n\
-             leader:\n  lease_name: kevents\n  lease_namespace: {ns}\n  identity: {identity}\n  \
+             leader:\n  lease_name: {lease}\n  lease_namespace: {ns}\n  identity: {identity}\n  \
              lease_duration: {ld}\n  renew_deadline: {rd}\n  retry_period: {rp}\n\
              admin:\n  listen: {admin}\n\
              log:\n  level: {level}\n\
              shutdown:\n  grace_period: 10s\n{pipeline}",
             ns = o.lease_namespace,
+            lease = self.lease_name,
             ld = o.lease_duration,
             rd = o.renew_deadline,
             rp = o.retry_period,
@@ -168,6 +172,17 @@ impl Replicas {
             admin,
             child: Some(child),
         })
+    }
+
+    /// Processes started from now on use the Lease `name` (an operator renaming it).
+    pub fn set_lease_name(&mut self, name: &str) {
+        name.clone_into(&mut self.lease_name);
+    }
+
+    /// The Lease name processes are started with.
+    #[must_use]
+    pub fn lease_name(&self) -> &str {
+        &self.lease_name
     }
 
     /// The slot of the replica whose identity is `holder`.

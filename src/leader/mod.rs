@@ -74,31 +74,58 @@ impl LeaseId {
 }
 
 /// Requests to the elector from the supervisor.
-#[derive(Debug)]
-enum Command {
-    StepDown { hold_off: Duration, reason: String },
-    AdvanceEpoch { from: i64, past: i64 },
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Release the lease (if held) and stay follower for `hold_off`.
+    StepDown {
+        /// How long to stay follower.
+        hold_off: Duration,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Raise the term `from` above `past`.
+    AdvanceEpoch {
+        /// The term the request is about (ignored if no longer held).
+        from: i64,
+        /// The store's term to pass.
+        past: i64,
+    },
+    /// Compete for the lease or not.
+    Campaign(bool),
 }
 
 /// Asks the elector to step down or to advance its epoch; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ElectorHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::UnboundedSender<Request>,
 }
 
 impl ElectorHandle {
+    /// A handle whose requests arrive on the returned receiver (what an elector reads; tests).
+    #[must_use]
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Request>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
     /// Release the lease (if held) and stay follower for `hold_off`, so another replica leads.
     pub fn step_down(&self, hold_off: Duration, reason: impl Into<String>) {
-        let _ = self.tx.send(Command::StepDown {
+        let _ = self.tx.send(Request::StepDown {
             hold_off,
             reason: reason.into(),
         });
     }
 
+    /// Compete for the lease (`true`, the default) or not: a replica whose node cannot reach
+    /// the store stays out of the election instead of winning a term it cannot serve.
+    pub fn campaign(&self, on: bool) {
+        let _ = self.tx.send(Request::Campaign(on));
+    }
+
     /// Raise the term `from` (if still held) to an epoch above `past` by a conditional write of
     /// the Lease: the store holds a term `past` from a Lease that was deleted or renamed.
     pub fn advance_epoch(&self, from: i64, past: i64) {
-        let _ = self.tx.send(Command::AdvanceEpoch { from, past });
+        let _ = self.tx.send(Request::AdvanceEpoch { from, past });
     }
 }
 
@@ -241,7 +268,7 @@ pub struct Elector {
     held: Option<Held>,
     consecutive_errors: u32,
     wake: Arc<Notify>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Request>,
     handle: ElectorHandle,
     hold_off_until: Option<Instant>,
     liveness: Option<Arc<Liveness>>,
@@ -249,6 +276,7 @@ pub struct Elector {
     /// not match was written by another process using the same identity.
     last_held: Option<(String, i64)>,
     clash: bool,
+    campaigning: bool,
 }
 
 impl Elector {
@@ -256,7 +284,7 @@ impl Elector {
     #[must_use]
     pub fn new(api: Api<Lease>, config: LeaderConfig) -> Self {
         let (tx, _) = watch::channel(None);
-        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (handle, commands) = ElectorHandle::channel();
         Self {
             api,
             config,
@@ -268,11 +296,12 @@ impl Elector {
             consecutive_errors: 0,
             wake: Arc::new(Notify::new()),
             commands,
-            handle: ElectorHandle { tx: commands_tx },
+            handle,
             hold_off_until: None,
             liveness: None,
             last_held: None,
             clash: false,
+            campaigning: true,
         }
     }
 
@@ -340,13 +369,17 @@ impl Elector {
                 return self;
             }
             let now = Instant::now();
-            let holding_off = self.hold_off_until.is_some_and(|until| now < until);
+            let holding_off =
+                !self.campaigning || self.hold_off_until.is_some_and(|until| now < until);
             let next = if self.held.is_some() {
                 self.renew_once().await
             } else if holding_off {
                 // Turn the loop at least every retry period, so liveness sees it running.
-                self.hold_off_until
-                    .map_or(now, |until| until.min(now + self.config.retry_period))
+                let turn = now + self.config.retry_period;
+                match self.hold_off_until {
+                    Some(until) if now < until => until.min(turn),
+                    _ => turn,
+                }
             } else {
                 if self.hold_off_until.take().is_some() {
                     tracing::info!(holder = %self.config.identity, "Back-off over; competing for the lease again");
@@ -521,7 +554,12 @@ impl Elector {
                 }
                 self.publish_leadership(start);
                 self.publish_status();
-                start + self.config.retry_period
+                let next = start + self.config.retry_period;
+                match &self.held {
+                    // Publish as soon as the wait for a possible earlier leader is over.
+                    Some(held) if !held.published => next.min(held.acting_from),
+                    _ => next,
+                }
             }
             Err(error) => {
                 if let Some(metrics) = &self.metrics {
@@ -740,9 +778,9 @@ impl Elector {
         }
     }
 
-    async fn handle_command(&mut self, command: Command) {
+    async fn handle_command(&mut self, command: Request) {
         match command {
-            Command::StepDown { hold_off, reason } => {
+            Request::StepDown { hold_off, reason } => {
                 self.hold_off_until = Some(Instant::now() + hold_off);
                 if self.held.is_some() {
                     if let Some(metrics) = &self.metrics {
@@ -758,7 +796,13 @@ impl Elector {
                 }
                 self.publish_status();
             }
-            Command::AdvanceEpoch { from, past } => self.advance_epoch(from, past).await,
+            Request::AdvanceEpoch { from, past } => self.advance_epoch(from, past).await,
+            Request::Campaign(on) => {
+                if on != self.campaigning {
+                    self.campaigning = on;
+                    self.publish_status();
+                }
+            }
         }
     }
 
@@ -975,6 +1019,7 @@ impl Elector {
                 "seconds_since_last_renew": since_renew,
                 "stepped_down_for_seconds": hold_off,
                 "identity_clash": self.clash,
+                "campaigning": self.campaigning,
             }),
         );
     }

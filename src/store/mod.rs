@@ -16,7 +16,7 @@ pub mod terms;
 use std::path::PathBuf;
 
 pub use sled_store::{OpenOptions, Opened, SledStore};
-pub use terms::{Handover, TermOwner, take_over};
+pub use terms::{Handover, TermOwner, probe, take_over};
 
 /// Layout version written into new stores; a store with a newer version is quarantined.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -111,6 +111,9 @@ pub struct Handover {
 /// two terms the epoch cannot tell apart, so neither is trusted), [`Error::Fenced`] when the
 /// lease is lost or `cancelled` answers true, [`Error::SourceUnsettled`] when the source kept
 /// changing, and I/O or engine errors.
+///
+/// `cancelled` is asked between files and between chunks of a file; a caller can count those
+/// calls as progress.
 pub fn take_over(
     options: &OpenOptions,
     owner: &TermOwner,
@@ -382,6 +385,7 @@ fn read_tree(
                 && let Some(read) = read_file(
                     &source.join(&relative),
                     target.map(|t| t.join(&relative)).as_deref(),
+                    keep_going,
                 )?
             {
                 digest.insert(relative, read);
@@ -409,8 +413,13 @@ fn skipped(name: &OsStr, top: bool, legacy: bool) -> bool {
 }
 
 /// Reads one file to its end after refreshing its attributes from the server, copying it to
-/// `target` (synced) if given. `None` when it vanished meanwhile.
-fn read_file(path: &Path, target: Option<&Path>) -> Result<Option<(u64, u32)>> {
+/// `target` (synced) if given. `None` when it vanished meanwhile. `keep_going` is asked between
+/// chunks (it also reports progress to the caller).
+fn read_file(
+    path: &Path,
+    target: Option<&Path>,
+    keep_going: &dyn Fn() -> bool,
+) -> Result<Option<(u64, u32)>> {
     let expected = match fresh_size(path) {
         Ok(size) => size,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -428,6 +437,9 @@ fn read_file(path: &Path, target: Option<&Path>) -> Result<Option<(u64, u32)>> {
     let mut buffer = vec![0u8; 1 << 20];
     let mut length = 0u64;
     loop {
+        if !keep_going() {
+            return Err(Error::Fenced);
+        }
         let read = file.read(&mut buffer).map_err(io(path))?;
         if read == 0 {
             break;
@@ -450,6 +462,16 @@ fn read_file(path: &Path, target: Option<&Path>) -> Result<Option<(u64, u32)>> {
         crc.sum()
     };
     Ok(Some((length.max(expected), crc)))
+}
+
+/// Checks that the store's volume answers from this node: creates the store directory if needed
+/// and reads its attributes from the server (a hung mount blocks here; run it with a deadline).
+///
+/// # Errors
+/// The I/O error the volume answered with.
+pub fn probe(root: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    fresh_size(root).map(|_| ())
 }
 
 /// The file's size as the server has it now, not as this node cached it.

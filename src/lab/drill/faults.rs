@@ -46,6 +46,35 @@ pub fn set_immutable(dir: &Path, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node's mount made to hang by stopping its FUSE daemon; it answers again when dropped.
+#[derive(Debug)]
+pub struct HungMount {
+    pid: nix::unistd::Pid,
+}
+
+impl HungMount {
+    /// Stops the FUSE daemon `pid` (SIGSTOP): every call through its mount blocks until
+    /// [`HungMount::release`] or drop.
+    ///
+    /// # Errors
+    /// Fails if the signal cannot be sent.
+    pub fn hang(pid: u32) -> anyhow::Result<Self> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+            .context("stopping the node's FUSE daemon")?;
+        Ok(Self { pid })
+    }
+
+    /// Lets the mount answer again.
+    pub fn release(self) {}
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// The store term directories (`…/terms/<name>/…`) process `pid` has a file open in, by name.
 #[must_use]
 pub fn open_term_dirs(pid: u32) -> BTreeSet<String> {

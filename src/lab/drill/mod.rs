@@ -23,8 +23,8 @@ use crate::{
     },
     lab::{
         demo::{
-            LEASE_NAMESPACE, ground_truth, lab_pipeline_yaml_at, lease_holder, wait_for_new_leader,
-            wait_leader_ready,
+            LEASE_NAMESPACE, NamedLease, ground_truth, lab_pipeline_yaml_at, lease_holder_named,
+            wait_for_new_leader, wait_leader_ready,
         },
         nodes::{self, Ground, Nodes},
         oracle::{self, Report},
@@ -243,6 +243,8 @@ pub struct LabSpec {
     /// Waits inside a store commit and inside a file-sink write (after their fence checks), so
     /// a pause can land in those windows (`diagnostics.stall_*`).
     pub stalls: Option<(Duration, Duration)>,
+    /// Lines added to the replicas' `store:` section (two-space indented).
+    pub store_extra: String,
 }
 
 impl Default for LabSpec {
@@ -253,6 +255,7 @@ impl Default for LabSpec {
             update_ratio: 0.3,
             drain_timeout: Duration::from_secs(90),
             stalls: None,
+            store_extra: String::new(),
         }
     }
 }
@@ -355,7 +358,12 @@ impl Lab {
         let (adx, pipeline, sink) = match spec.sink {
             LabSink::File => (
                 None,
-                lab_pipeline_yaml_at(STORE_PLACEHOLDER, &options.workdir, "500ms", ""),
+                lab_pipeline_yaml_at(
+                    STORE_PLACEHOLDER,
+                    &options.workdir,
+                    "500ms",
+                    &spec.store_extra,
+                ),
                 SinkView::File(options.workdir.join("out/events.ndjson")),
             ),
             LabSink::AdxStreaming => {
@@ -366,10 +374,11 @@ impl Lab {
                 .await
                 .context("starting the ADX emulator (run `make azurite` first)")?;
                 let yaml = format!(
-                    "store:\n  path: {store}\n  lock_timeout: 30s\n\
+                    "store:\n  path: {store}\n  lock_timeout: 30s\n{store_extra}\
                      shipper:\n  max_batch_age: 500ms\n  retry_initial: 200ms\n  retry_max: 5s\n\
                      record:\n  extra_columns: [Uid, ResourceVersion]\n{sink}",
                     store = STORE_PLACEHOLDER,
+                    store_extra = spec.store_extra,
                     sink = adx.sink_yaml(ADX_DATABASE, "streaming", ""),
                 );
                 let view = SinkView::Adx {
@@ -419,7 +428,7 @@ impl Lab {
             nodes,
         };
         lab.refresh_targets();
-        wait_leader_ready(&lab.emulator, &lab.replicas, Duration::from_secs(60))
+        wait_leader_ready(&lab.lease(), &lab.replicas, Duration::from_secs(60))
             .await
             .context("no replica became a ready leader")?;
         lab.generate(lab.options.events_per_second, lab.spec.update_ratio);
@@ -468,6 +477,21 @@ impl Lab {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = targets;
     }
 
+    /// The Lease the replicas compete for now.
+    #[must_use]
+    pub fn lease(&self) -> NamedLease<'_> {
+        NamedLease {
+            emulator: &self.emulator,
+            name: self.replicas.lease_name(),
+        }
+    }
+
+    /// The node mounts of a multi-node ground.
+    #[must_use]
+    pub fn nodes(&self) -> Option<&Nodes> {
+        self.nodes.as_ref()
+    }
+
     /// Marks a fault of `kind` now: a failover gap is measured around it.
     pub fn fault(&mut self, kind: &'static str) {
         self.faults.push((now_ms(), kind));
@@ -488,7 +512,8 @@ impl Lab {
     /// # Errors
     /// Fails if no lab replica holds the lease.
     pub fn leader(&self) -> anyhow::Result<(usize, String)> {
-        let holder = lease_holder(&self.emulator).context("nobody holds the lease")?;
+        let holder = lease_holder_named(&self.emulator, self.replicas.lease_name())
+            .context("nobody holds the lease")?;
         let slot = self
             .replicas
             .slot_of(&holder)
@@ -499,7 +524,7 @@ impl Lab {
     /// Waits for a leader other than `previous`; returns how long it took from `since`.
     pub async fn next_leader(&self, previous: &str, since: Instant) -> Option<Duration> {
         wait_for_new_leader(
-            &self.emulator,
+            &self.lease(),
             &self.replicas,
             Some(previous),
             self.options.lease_duration * 4 + Duration::from_secs(10),
@@ -510,7 +535,7 @@ impl Lab {
 
     /// Waits for a ready leader (any); returns how long it took from `since`.
     pub async fn ready_leader(&self, since: Instant, timeout: Duration) -> Option<Duration> {
-        wait_leader_ready(&self.emulator, &self.replicas, timeout)
+        wait_leader_ready(&self.lease(), &self.replicas, timeout)
             .await
             .map(|_| since.elapsed())
     }
@@ -609,7 +634,7 @@ impl Lab {
             let log = self.options.workdir.join(format!("replica-{slot}.log"));
             let quarantined_before = count_in(&log, "quarantined");
             self.restart(slot).await?;
-            let ready = wait_leader_ready(&self.emulator, &self.replicas, Duration::from_secs(60))
+            let ready = wait_leader_ready(&self.lease(), &self.replicas, Duration::from_secs(60))
                 .await
                 .is_some();
             // Long enough for a re-send of anything in flight (batch age 500 ms).
@@ -795,7 +820,12 @@ pub const SCENARIOS: &[&str] = &[
     "read-only-store",
     "long-outage",
     "storm",
+    "lease-deleted",
+    "lease-renamed",
 ];
+
+/// Scenarios that need the multi-node ground (`--nodes 2`): a fault on one node only.
+pub const MULTI_NODE_SCENARIOS: &[&str] = &["sick-leader"];
 
 /// The long scenarios (`make drill-long`).
 pub const LONG_SCENARIOS: &[&str] = &["adx-outage"];
@@ -819,9 +849,13 @@ pub async fn run(name: &str, options: DrillOptions) -> anyhow::Result<DrillRepor
         "long-outage" => scenarios::long_outage(options).await,
         "storm" => scenarios::storm(options).await,
         "adx-outage" => scenarios::adx_outage(options).await,
+        "lease-deleted" => scenarios::lease_deleted(options).await,
+        "lease-renamed" => scenarios::lease_renamed(options).await,
+        "sick-leader" => scenarios::sick_leader(options).await,
         other => anyhow::bail!(
-            "unknown drill `{other}`; known: {}, {}",
+            "unknown drill `{other}`; known: {}, {} (two nodes), {} (long)",
             SCENARIOS.join(", "),
+            MULTI_NODE_SCENARIOS.join(", "),
             LONG_SCENARIOS.join(", ")
         ),
     }?;

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use anyhow::Context as _;
+
 use super::{
     DrillOptions, DrillReport, Finish, Lab, LabSink, LabSpec, admin_get, faults, now_ms, summary,
 };
 use crate::emulator::kube::KubeEmulatorConfig;
+use crate::lab::demo::LEASE_NAMESPACE;
 
 /// Graceful handover bound (SIGTERM of the leader → another leads).
 const GRACEFUL_BOUND: Duration = Duration::from_secs(3);
@@ -739,6 +742,293 @@ pub(super) async fn adx_outage(options: DrillOptions) -> anyhow::Result<DrillRep
     report.bound_p99("graceful failover", &graceful, GRACEFUL_BOUND);
     report.record(lab.finish().await?);
     Ok(report)
+}
+
+/// An operator deletes the Lease while the generator writes (`kubectl delete lease`, a namespace
+/// clean-up, a re-install): a replica recreates it, waits out the renew deadline of the leader it
+/// may have been deleted under, finds the store at a higher term and advances its epoch past it.
+pub(super) async fn lease_deleted(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let bound = kill_bound(&options);
+    let mut report = DrillReport::new(
+        "lease-deleted",
+        format!(
+            "the Lease is deleted while the generator writes: a leader captures again within lease_duration + 2 x retry_period = {}s (p99) of the deletion; nothing lost, nothing duplicated",
+            bound.as_secs()
+        ),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(lab.emulator.client(), LEASE_NAMESPACE);
+    let mut advanced = 0;
+    for run in 0..options.runs {
+        let (_, holder) = lab.leader()?;
+        let before = lab_lease_epoch(&lab);
+        lab.fault("lease deleted");
+        let deleted = Instant::now();
+        leases
+            .delete(
+                lab.replicas.lease_name(),
+                &kube::api::DeleteParams::default(),
+            )
+            .await
+            .with_context(|| format!("run {run}: deleting the Lease"))?;
+        match lab.ready_leader(deleted, Duration::from_secs(60)).await {
+            Some(took) => report.abrupt.push(took),
+            None => report.violations.push(format!(
+                "run {run}: no ready leader within 60s of deleting the Lease held by {holder}"
+            )),
+        }
+        if lab_lease_epoch(&lab) > before {
+            advanced += 1;
+        }
+        // Let the new term capture before the next deletion, so each gap is its own.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lab.revive().await?;
+    }
+    report.figures.push(format!(
+        "runs whose new term's epoch went past the deleted Lease's: {advanced} of {}",
+        options.runs
+    ));
+    if advanced < options.runs {
+        report
+            .violations
+            .push("a term after a deletion did not advance past the store's epoch".to_owned());
+    }
+    report.record(lab.finish().await?);
+    let gaps = gaps_of(&report, "lease deleted");
+    report.bound_p99("capture gap after deleting the Lease", &gaps, bound);
+    Ok(report)
+}
+
+/// The lab Lease's `leaseTransitions` (the epoch of the current term).
+fn lab_lease_epoch(lab: &Lab) -> i64 {
+    lab.emulator
+        .state()
+        .lease(LEASE_NAMESPACE, lab.replicas.lease_name())
+        .and_then(|l| l.spec)
+        .and_then(|s| s.lease_transitions)
+        .map_or(-1, i64::from)
+}
+
+fn gaps_of(report: &DrillReport, kind: &str) -> Vec<Duration> {
+    report
+        .gaps
+        .iter()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, gap)| *gap)
+        .collect()
+}
+
+/// An operator changes `leader.lease_name` and restarts every replica on the same store: the
+/// new Lease starts at term 0, the store is at a higher one; the new leader advances past it and
+/// resumes from the checkpoint (no relist).
+pub(super) async fn lease_renamed(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let bound = kill_bound(&options);
+    let mut report = DrillReport::new(
+        "lease-renamed",
+        format!(
+            "every replica is stopped and started with another leader.lease_name on the same store: a leader is ready within lease_duration + 2 x retry_period = {}s (p99) of the restart and resumes from the stored checkpoint (no relist); nothing lost, nothing duplicated",
+            bound.as_secs()
+        ),
+        options.runs,
+    );
+    let mut lab = Lab::start(options.clone()).await?;
+    let mut leaders = Vec::new();
+    for run in 0..options.runs {
+        lab.leader()?;
+        lab.fault("lease renamed");
+        for slot in 0..lab.replicas.replicas.len() {
+            let _ = lab.replicas.signal(slot, Signal::SIGTERM);
+        }
+        for slot in 0..lab.replicas.replicas.len() {
+            if lab
+                .replicas
+                .wait_exit(slot, Duration::from_secs(20))
+                .is_none()
+            {
+                report.violations.push(format!(
+                    "run {run}: replica {slot} did not exit within 20s of SIGTERM"
+                ));
+            }
+        }
+        lab.replicas
+            .set_lease_name(&format!("kevents-renamed-{run}"));
+        let restarted = Instant::now();
+        for slot in 0..lab.replicas.replicas.len() {
+            lab.restart(slot).await?;
+        }
+        match lab.ready_leader(restarted, Duration::from_secs(60)).await {
+            Some(took) => report.graceful.push(took),
+            None => report.violations.push(format!(
+                "run {run}: no ready leader within 60s on the renamed Lease"
+            )),
+        }
+        if let Ok((_, holder)) = lab.leader() {
+            leaders.push(holder);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let finish = lab.finish().await?;
+    let relisted = leaders
+        .iter()
+        .filter(|id| finish.captures.relists.get(*id).is_some_and(|n| *n > 0))
+        .count();
+    report.figures.push(format!(
+        "leaders on a renamed Lease that relisted instead of resuming: {relisted} of {}",
+        leaders.len()
+    ));
+    if relisted > 0 {
+        report
+            .violations
+            .push("a leader on a renamed Lease relisted instead of resuming".to_owned());
+    }
+    let unobserved = leaders
+        .iter()
+        .filter(|id| !finish.captures.relists.contains_key(*id))
+        .count();
+    if unobserved > 0 {
+        report.violations.push(format!(
+            "{unobserved} leader(s) on a renamed Lease were never scraped: their relists are unknown"
+        ));
+    }
+    report.record(finish);
+    let restarts = report.graceful.clone();
+    report.bound_p99(
+        "restart on a renamed Lease → ready leader",
+        &restarts,
+        bound,
+    );
+    Ok(report)
+}
+
+/// The leader's node mount hangs (its FUSE daemon stopped, as an SMB mount that stops
+/// answering): the leader's store call overruns `store.io_timeout`, it steps down and reports
+/// itself wedged; a replica on the other node, whose mount answers, leads and captures.
+pub(super) async fn sick_leader(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let io_timeout = Duration::from_secs(5);
+    let hang = Duration::from_secs(20);
+    // Overrun (io_timeout), a replica on the hung node that wins meanwhile overruns its
+    // hand-over too (io_timeout), then a lease round.
+    let bound = io_timeout * 2 + options.lease_duration + options.retry_period * 2;
+    let mut report = DrillReport::new(
+        "sick-leader",
+        format!(
+            "the leader's node mount hangs for {}s (its FUSE daemon stopped; store.io_timeout {}s): a replica on another node leads and captures within 2 x io_timeout + lease_duration + 2 x retry_period = {}s (p99); the sick leader's /livez fails while its call hangs; leadership stays on a healthy node until the mount answers; nothing lost, nothing duplicated",
+            hang.as_secs(),
+            io_timeout.as_secs(),
+            bound.as_secs()
+        ),
+        options.runs,
+    );
+    anyhow::ensure!(
+        options.ground.is_multi_node(),
+        "sick-leader needs the multi-node ground (--nodes 2): one node's mount hangs while another's answers"
+    );
+    let spec = LabSpec {
+        store_extra: format!(
+            "  io_timeout: {}s
+",
+            io_timeout.as_secs()
+        ),
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::start_with(options.clone(), spec).await?;
+    let mut wedged = 0;
+    let mut unwedged = 0;
+    for run in 0..options.runs {
+        let (slot, holder) = lab.leader()?;
+        let nodes = lab.nodes().context("no node mounts")?;
+        let node = nodes.node_of(slot);
+        let pid = nodes
+            .daemon_pid(node)
+            .with_context(|| format!("no FUSE daemon found for node {node}"))?;
+        let admin = lab.replicas.replicas[slot].admin;
+        lab.fault("mount hang");
+        let hung_at = Instant::now();
+        let hung = faults::HungMount::hang(pid)?;
+        // A leader on another node, capturing.
+        let mut moved = None;
+        let mut saw_wedged = false;
+        while hung_at.elapsed() < bound * 3 {
+            if !saw_wedged && admin_get(admin, "/livez").await.is_none() {
+                saw_wedged = true;
+            }
+            if let Ok((now, _)) = lab.leader()
+                && lab.nodes().is_some_and(|n| n.node_of(now) != node)
+                && lab
+                    .ready_leader(hung_at, Duration::from_millis(200))
+                    .await
+                    .is_some()
+            {
+                moved = Some(hung_at.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match moved {
+            Some(took) => report.abrupt.push(took),
+            None => report.violations.push(format!(
+                "run {run}: no ready leader on another node within {:?} of {holder}'s mount hanging",
+                bound * 3
+            )),
+        }
+        // Until the mount answers again: the sick leader reports itself wedged, and leadership
+        // never goes back to the hung node.
+        while hung_at.elapsed() < hang {
+            if !saw_wedged && admin_get(admin, "/livez").await.is_none() {
+                saw_wedged = true;
+            }
+            if let Ok((now, who)) = lab.leader()
+                && lab.nodes().is_some_and(|n| n.node_of(now) == node)
+                && moved.is_some()
+            {
+                report.violations.push(format!(
+                    "run {run}: {who} on the hung node leads again while its mount hangs"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if saw_wedged {
+            wedged += 1;
+        } else {
+            report.violations.push(format!(
+                "run {run}: {holder}'s /livez never failed while its store call hung"
+            ));
+        }
+        hung.release();
+        // The stuck call returns once the mount answers: the process heals without a restart.
+        let healed = wait_for_async(Duration::from_secs(30), || admin_get(admin, "/livez")).await;
+        if healed {
+            unwedged += 1;
+        }
+        lab.revive().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report.figures.push(format!(
+        "sick leaders whose /livez failed during the hang: {wedged} of {}; live again after it: {unwedged} of {}",
+        options.runs, options.runs
+    ));
+    report.record(lab.finish().await?);
+    let gaps = gaps_of(&report, "mount hang");
+    report.bound_p99("capture gap after the leader's mount hung", &gaps, bound);
+    Ok(report)
+}
+
+/// Polls `probe` every 200 ms until it answers `Some` (true) or `timeout` passes (false).
+async fn wait_for_async<F, T>(timeout: Duration, mut probe: impl FnMut() -> F) -> bool
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if probe().await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -78,6 +78,10 @@ pub async fn run(
         .context("starting the file-sink I/O threads")?;
     liveness.watch_pool(io.clone());
     liveness.watch_pool(sink_io.clone());
+    // A follower's probe of the store volume is meant to hang with it: its thread is not a sign
+    // of a wedged process, so liveness does not watch it.
+    let probe_io = IoPool::new("store-probe", 1, config.store.io_timeout)
+        .context("starting the store probe thread")?;
 
     let listener = TcpListener::bind(config.admin.listen)
         .await
@@ -123,6 +127,7 @@ pub async fn run(
     Supervisor::new(
         &context,
         elector_handle,
+        probe_io,
         grace.mul_f64(PIPELINE_SHARE_OF_GRACE),
     )
     .run(leadership, &shutdown)
@@ -193,6 +198,7 @@ struct Running {
 struct Supervisor<'a> {
     context: &'a pipeline::Context,
     elector: ElectorHandle,
+    probe_io: IoPool,
     stop_budget: Duration,
     running: Option<Running>,
     restart_at: Option<tokio::time::Instant>,
@@ -209,10 +215,16 @@ struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(context: &'a pipeline::Context, elector: ElectorHandle, stop_budget: Duration) -> Self {
+    fn new(
+        context: &'a pipeline::Context,
+        elector: ElectorHandle,
+        probe_io: IoPool,
+        stop_budget: Duration,
+    ) -> Self {
         Self {
             context,
             elector,
+            probe_io,
             stop_budget,
             running: None,
             restart_at: None,
@@ -366,7 +378,7 @@ impl<'a> Supervisor<'a> {
             self.store_answers(Err(reason));
             return;
         }
-        let io = self.context.io.clone();
+        let io = self.probe_io.clone();
         let root = self.context.config.store.path.clone();
         self.probe = Some(tokio::spawn(async move {
             io.run("probe", move || store::probe(&root)).await
@@ -432,6 +444,14 @@ impl<'a> Supervisor<'a> {
             }
             Failure::Stuck => {
                 tracing::error!(epoch = run.epoch, error = %text, "A store call hangs");
+                self.step_down(&text);
+            }
+            Failure::Superseded => {
+                tracing::error!(
+                    epoch = run.epoch,
+                    error = %text,
+                    "Another leader took the store over while this one led: two Leases lead one store (leader.lease_name changed during a rolling update, or two installations share the store); stepping down"
+                );
                 self.step_down(&text);
             }
             Failure::Other if self.failures >= STEP_DOWN_AFTER_FAILURES => {
@@ -665,7 +685,12 @@ mod tests {
             valid_until: Instant::now() + Duration::from_secs(600),
             lease: LeaseId::default(),
         }));
-        let mut supervisor = Supervisor::new(&context, handle, Duration::from_secs(5));
+        let mut supervisor = Supervisor::new(
+            &context,
+            handle,
+            IoPool::new("store-probe", 1, Duration::from_secs(5)).unwrap(),
+            Duration::from_secs(5),
+        );
         supervisor.restart_initial = Duration::from_millis(40);
         supervisor.restart_max = Duration::from_millis(160);
         let shutdown = CancellationToken::new();
@@ -720,7 +745,12 @@ mod tests {
             valid_until: Instant::now() + Duration::from_secs(600),
             lease: LeaseId::default(),
         }));
-        let supervisor = Supervisor::new(&context, handle, Duration::from_secs(5));
+        let supervisor = Supervisor::new(
+            &context,
+            handle,
+            IoPool::new("store-probe", 1, Duration::from_secs(5)).unwrap(),
+            Duration::from_secs(5),
+        );
         let shutdown = CancellationToken::new();
         let run = supervisor.run(leadership, &shutdown);
         tokio::pin!(run);

@@ -82,6 +82,9 @@ pub enum Failure {
     },
     /// A call on the store's volume hangs: this replica cannot lead.
     Stuck,
+    /// A newer term took the store over while this one ran: another leader writes the store
+    /// (two Leases lead it); this replica must not fight back.
+    Superseded,
     /// Anything else: restart with back-off.
     Other,
 }
@@ -92,9 +95,12 @@ impl Error {
     pub fn failure(&self) -> Failure {
         let mut current: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = current {
-            if let Some(store::Error::StaleEpoch { stored, .. }) = e.downcast_ref::<store::Error>()
-            {
-                return Failure::BehindStore { stored: *stored };
+            match e.downcast_ref::<store::Error>() {
+                Some(store::Error::StaleEpoch { stored, .. }) => {
+                    return Failure::BehindStore { stored: *stored };
+                }
+                Some(store::Error::Superseded { .. }) => return Failure::Superseded,
+                _ => {}
             }
             if e.downcast_ref::<Stuck>().is_some() {
                 return Failure::Stuck;
@@ -152,12 +158,13 @@ pub async fn run_with_sink(
         lease_uid: lease.uid,
     };
     let store = open_store(&config, &metrics, &io, &owner, &guard, &stop).await?;
-    let Some(store) = store else {
+    let Some((store, generation)) = store else {
         board.set_ready(READY_CONDITION);
         return Ok(());
     };
     let result = run_stages(
-        &config, client, &metrics, &board, &store, &io, &sink_io, guard, fence, sink, &stop,
+        &config, client, &metrics, &board, &store, generation, &io, &sink_io, guard, fence, sink,
+        &stop,
     )
     .await;
     // Flush and close before the lease may be released.
@@ -180,7 +187,7 @@ async fn open_store(
     owner: &TermOwner,
     guard: &Arc<dyn Guard>,
     stop: &CancellationToken,
-) -> Result<Option<Arc<SledStore>>, Error> {
+) -> Result<Option<(Arc<SledStore>, u64)>, Error> {
     let options = OpenOptions {
         path: config.store.path.clone(),
         cache_capacity: config.store.cache_capacity,
@@ -214,7 +221,7 @@ async fn open_store(
     handover
         .store
         .set_commit_stall(config.diagnostics.stall_store_commit);
-    Ok(Some(Arc::new(handover.store)))
+    Ok(Some((Arc::new(handover.store), handover.generation)))
 }
 
 /// Takes the store over in a blocking task; a stop ends the wait at once and tells the copy to
@@ -261,6 +268,7 @@ async fn run_stages(
     metrics: &Metrics,
     board: &Arc<StatusBoard>,
     store: &Arc<SledStore>,
+    generation: u64,
     io: &IoPool,
     sink_io: &IoPool,
     guard: Arc<dyn Guard>,
@@ -371,6 +379,12 @@ async fn run_stages(
             )
         });
     }
+    {
+        let stop = stages.clone();
+        let io = io.clone();
+        let root = config.store.path.clone();
+        tasks.spawn(async move { ("term watch", watch_term(root, generation, io, stop).await) });
+    }
     if let Some(path) = config.diagnostics.fence_log.clone() {
         let stop = stages.clone();
         let interval = config.diagnostics.fence_log_interval;
@@ -453,6 +467,41 @@ pub fn record_options(config: &Config) -> RecordOptions {
         cluster: config.cluster.name.clone(),
         region: config.cluster.region.clone(),
         environment: config.cluster.environment.clone(),
+    }
+}
+
+/// How often a running term checks that no newer term took the store over.
+const TERM_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Ends with [`store::Error::Superseded`] when a newer term began in the store while this one
+/// runs: a leader on another Lease (renamed during a rolling update, or a second installation on
+/// the same store). Stepping down ends the double leadership within one check.
+async fn watch_term(
+    root: std::path::PathBuf,
+    generation: u64,
+    io: IoPool,
+    stop: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut ticker = tokio::time::interval(TERM_CHECK_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let root = root.clone();
+        match io
+            .run("newer_term", move || {
+                store::terms::newer_term(&root, generation)
+            })
+            .await
+        {
+            Ok(Ok(Some(path))) => return Err(Box::new(store::Error::Superseded { path })),
+            Ok(Ok(None)) => {}
+            // A listing that fails here fails capture too; that stage reports it.
+            Ok(Err(error)) => tracing::debug!(error = %error, "Listing the store's terms failed"),
+            Err(stuck) => return Err(Box::new(stuck)),
+        }
     }
 }
 

@@ -63,6 +63,13 @@ pub enum Error {
         /// Copies made.
         attempts: u32,
     },
+    /// While this term was running, a newer term took the store over (a leader on another Lease,
+    /// or one that started while this replica's lease still looked valid to it).
+    #[error("a newer term took the store over ({path}) while this one was running")]
+    Superseded {
+        /// The newer term's directory.
+        path: PathBuf,
+    },
     /// Another process holds the store's file lock.
     #[error("store {path} is locked by another process")]
     Locked {

@@ -88,6 +88,8 @@ pub struct Handover {
     pub store: SledStore,
     /// This term's directory.
     pub dir: PathBuf,
+    /// This term's generation (hand-overs since the store was created).
+    pub generation: u64,
     /// The directory taken over (`None`: a new store).
     pub source: Option<PathBuf>,
     /// Bytes copied from it.
@@ -209,6 +211,7 @@ pub fn take_over(
     Ok(Handover {
         store,
         dir,
+        generation,
         source: source.map(|s| s.path),
         copied_bytes: copy.bytes,
         attempts: copy.attempts,
@@ -216,6 +219,18 @@ pub fn take_over(
         quarantined: opened.quarantined,
         removed,
     })
+}
+
+/// A begun term newer than `generation` under `root`, if any: a running term that finds one has
+/// been superseded.
+///
+/// # Errors
+/// Fails if the store directory cannot be listed.
+pub fn newer_term(root: &Path, generation: u64) -> Result<Option<PathBuf>> {
+    Ok(scan(root)?
+        .into_iter()
+        .find(|d| d.begun && d.generation > generation)
+        .map(|d| d.path))
 }
 
 /// The directory of the newest begun term under `root` (what the next leader takes over).

@@ -215,6 +215,77 @@ fn take(dir: &std::path::Path, guard: &TestGuard) -> Handover {
     take_over(&options(dir), &"test".into(), guard, &|| false).unwrap()
 }
 
+#[test]
+fn another_holders_term_with_the_same_epoch_is_refused_and_a_running_term_sees_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = take_over(
+        &options(dir.path()),
+        &"a".into(),
+        &TestGuard::new(5),
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(first.generation, 1);
+    drop(first.store);
+    // The same epoch from another holder (a second Lease that also counted to 5): the two terms
+    // cannot be ordered, so the later one is refused and must advance its epoch.
+    let err = take_over(
+        &options(dir.path()),
+        &"b".into(),
+        &TestGuard::new(5),
+        &|| false,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleEpoch { stored: 5, ours: 5 }),
+        "{err}"
+    );
+    // The same holder restarting its pipeline within its term takes over.
+    let again = take_over(
+        &options(dir.path()),
+        &"a".into(),
+        &TestGuard::new(5),
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(again.generation, 2);
+    let root = options(dir.path()).path;
+    assert_eq!(terms::newer_term(&root, 2).unwrap(), None);
+    drop(again.store);
+    let next = take_over(
+        &options(dir.path()),
+        &"b".into(),
+        &TestGuard::new(6),
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(
+        terms::newer_term(&root, 2).unwrap().as_deref(),
+        Some(next.dir.as_path()),
+        "a term that ran at generation 2 must see that a newer one began"
+    );
+}
+
+#[test]
+fn the_marker_records_the_lease_a_term_was_won_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = TermOwner {
+        holder: "a".into(),
+        lease_namespace: "kevents".into(),
+        lease_name: "kevents".into(),
+        lease_uid: "uid-1".into(),
+    };
+    let taken = take_over(&options(dir.path()), &owner, &TestGuard::new(1), &|| false).unwrap();
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(taken.dir.join(terms::BEGUN_MARKER)).unwrap())
+            .unwrap();
+    assert_eq!(marker["lease_uid"], "uid-1");
+    assert_eq!(marker["lease_name"], "kevents");
+    assert_eq!(marker["lease_namespace"], "kevents");
+    assert_eq!(marker["holder"], "a");
+    assert_eq!(marker["epoch"], 1);
+}
+
 fn batch(first: u64, last: u64, epoch: i64) -> BatchRecord {
     BatchRecord {
         id: BatchRecord::id_for("s", first, last),
@@ -371,7 +442,9 @@ fn a_source_written_during_the_copy_is_copied_again_until_two_reads_agree() {
         &TestGuard::new(2),
         &|| {
             let call = calls.fetch_add(1, Ordering::SeqCst);
-            if call % 2 == 1 && written.load(Ordering::SeqCst) < 3 {
+            // Every seventh call (calls come per file and per chunk): spread over the copy
+            // and the read that checks it.
+            if call % 7 == 6 && written.load(Ordering::SeqCst) < 3 {
                 let n = 11 + written.fetch_add(1, Ordering::SeqCst);
                 old.store
                     .capture(

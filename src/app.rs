@@ -175,6 +175,8 @@ const HOLD_OFF_MAX: Duration = Duration::from_secs(600);
 const PROGRESS_TICK: Duration = Duration::from_secs(1);
 /// How often a follower checks that the store's volume answers from its node.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A probe unanswered for `store.io_timeout` / this (at least 1 s) counts as not answering.
+const PROBE_PATIENCE_DIVISOR: u32 = 5;
 
 /// The elector loop counts as wedged when it has not turned for this long: every turn takes at
 /// most a few API calls bounded by the retry period, plus a wait of at most a few retry periods.
@@ -208,6 +210,7 @@ struct Supervisor<'a> {
     stepping_down: bool,
     last_error: Option<String>,
     probe: Option<JoinHandle<Result<std::io::Result<()>, Stuck>>>,
+    probe_started: tokio::time::Instant,
     probe_due: tokio::time::Instant,
     store_reachable: bool,
     restart_initial: Duration,
@@ -234,6 +237,7 @@ impl<'a> Supervisor<'a> {
             stepping_down: false,
             last_error: None,
             probe: None,
+            probe_started: tokio::time::Instant::now(),
             probe_due: tokio::time::Instant::now(),
             store_reachable: true,
             restart_initial: RESTART_INITIAL,
@@ -364,7 +368,22 @@ impl<'a> Supervisor<'a> {
             self.store_answers(answer);
         }
         let now = tokio::time::Instant::now();
-        if self.probe.is_some() || now < self.probe_due {
+        if self.probe.is_some() {
+            // A healthy share answers a stat in milliseconds: one that has not answered for a
+            // fifth of the call deadline is not one to lead on (the leader on a hung node steps
+            // down after the whole deadline; this replica must be out of the race by then).
+            let patience = (self.context.config.store.io_timeout / PROBE_PATIENCE_DIVISOR)
+                .max(Duration::from_secs(1));
+            let waited = now.duration_since(self.probe_started);
+            if waited > patience {
+                self.store_answers(Err(format!(
+                    "the store probe has not answered for {}s",
+                    waited.as_secs()
+                )));
+            }
+            return;
+        }
+        if now < self.probe_due {
             return;
         }
         self.probe_due = now + PROBE_INTERVAL;
@@ -380,6 +399,7 @@ impl<'a> Supervisor<'a> {
         }
         let io = self.probe_io.clone();
         let root = self.context.config.store.path.clone();
+        self.probe_started = now;
         self.probe = Some(tokio::spawn(async move {
             io.run("probe", move || store::probe(&root)).await
         }));

@@ -521,7 +521,13 @@ impl<'a> Supervisor<'a> {
 
     fn publish(&self, leading: bool) {
         let board = &self.context.board;
-        let stalled = leading && (self.failures > 0 || self.running.is_none());
+        // Stalled: leading without a pipeline, or with one restarted after failures that has not
+        // reached ready yet.
+        let stalled = leading
+            && self
+                .running
+                .as_ref()
+                .is_none_or(|run| self.failures > 0 && run.ready_since.is_none());
         self.context.metrics.capture_stalled.set(i64::from(stalled));
         let state = match (leading, &self.running) {
             (false, _) => "follower",

@@ -419,6 +419,26 @@ async fn lease_conflicts(backend: Backend) {
     let upsert = send(&backend, "PUT", &format!("{LEASES}/pin-2"), absent).await;
     assert_eq!(upsert.code, 201, "{}", upsert.text);
 
+    // But an update of a Lease that was deleted meanwhile, carrying the deleted object's uid (as
+    // a renewal does), fails on that uid precondition instead of bringing the Lease back.
+    let renewed = upsert.json();
+    let deleted = raw(&backend, "DELETE", &format!("{LEASES}/pin-2"), None).await;
+    assert_eq!(deleted.code, 200, "{}", deleted.text);
+    let renewal = send(&backend, "PUT", &format!("{LEASES}/pin-2"), renewed.clone()).await;
+    let refused = renewal.expect(409);
+    assert_eq!(refused["reason"], "Conflict", "{}", backend.name());
+    let uid = renewed["metadata"]["uid"].as_str().unwrap();
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Precondition failed: UID in precondition: {uid}")),
+        "{}: {}",
+        backend.name(),
+        refused["message"]
+    );
+    assert_eq!(get(&backend, &format!("{LEASES}/pin-2")).await.code, 404);
+
     let missing = get(&backend, &format!("{LEASES}/nope")).await;
     assert_eq!(
         missing.expect(404)["details"],

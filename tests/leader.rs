@@ -657,3 +657,54 @@ async fn a_deleted_lease_is_recreated_as_a_new_term_that_acts_only_after_the_ren
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livez_fails_once_the_election_loop_stops_and_not_while_the_api_server_is_down() {
+    use kevents::{
+        admin::{self, AdminState},
+        telemetry::{Liveness, Metrics, StatusBoard},
+    };
+    let emulator = emulator().await;
+    // A turn of the loop takes at most a call timeout (1 s here) and a back-off of 4 retry periods.
+    let liveness = Arc::new(Liveness::new(Duration::from_secs(4)));
+    let candidate = elector(&emulator, "live", 1_000).with_liveness(Arc::clone(&liveness));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin_stop = CancellationToken::new();
+    let server = tokio::spawn(admin::serve(
+        listener,
+        AdminState {
+            metrics: Metrics::new().unwrap(),
+            board: Arc::new(StatusBoard::new()),
+            liveness: Arc::clone(&liveness),
+        },
+        admin_stop.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let livez = || async {
+        let answer = http
+            .get(format!("http://{addr}/livez"))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(candidate.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(livez().await.0, 200);
+    // The API server answering nothing but errors is a dependency down, not a wedged process.
+    emulator.state().faults().partition("", None);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(livez().await.0, 200, "a down API server failed liveness");
+    emulator.state().faults().heal(None);
+    // The election loop stops (its task is gone): liveness fails with the reason.
+    task.abort();
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (code, body) = livez().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("leader election loop"), "{body}");
+    admin_stop.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -167,10 +167,12 @@ const RESTART_MAX: Duration = Duration::from_secs(30);
 const STEP_DOWN_AFTER_FAILURES: u32 = 5;
 /// A run that stayed ready this long clears the failure count.
 const STABLE_RUN: Duration = Duration::from_secs(60);
-/// After stepping down, stay follower for this many lease durations (doubling with each step-down
-/// in a row, up to [`HOLD_OFF_MAX`]).
+/// After stepping down, stay follower for this many lease durations, doubling with each step-down
+/// in a row (no pipeline of this replica reached ready in between) up to [`HOLD_OFF_MAX_LEASES`].
+/// Short on purpose: a hold-off only has to let another replica win the next term; a long one
+/// would leave nobody leading once every replica has stepped down in turn.
 const HOLD_OFF_LEASES: u32 = 2;
-const HOLD_OFF_MAX: Duration = Duration::from_secs(600);
+const HOLD_OFF_MAX_LEASES: u32 = 4;
 /// How often the supervisor looks at a running pipeline's progress.
 const PROGRESS_TICK: Duration = Duration::from_secs(1);
 /// How often a follower checks that the store's volume answers from its node.
@@ -323,18 +325,21 @@ impl<'a> Supervisor<'a> {
         let ready = self.context.board.is_ready(pipeline::READY_CONDITION);
         let now = tokio::time::Instant::now();
         match (ready, run.ready_since) {
-            (true, None) => run.ready_since = Some(now),
+            (true, None) => {
+                run.ready_since = Some(now);
+                // This replica can serve a term again: the next step-down starts short.
+                self.step_downs = 0;
+            }
             (false, Some(_)) => run.ready_since = None,
             _ => {}
         }
         if run
             .ready_since
             .is_some_and(|since| now.duration_since(since) >= STABLE_RUN)
-            && (self.failures > 0 || self.step_downs > 0)
+            && self.failures > 0
         {
             tracing::info!(epoch = run.epoch, "The leader pipeline runs steadily again");
             self.failures = 0;
-            self.step_downs = 0;
             self.last_error = None;
         }
         let stuck = self.context.io.stuck();
@@ -514,7 +519,7 @@ impl<'a> Supervisor<'a> {
         let lease = self.context.config.leader.lease_duration;
         let hold_off = (lease * HOLD_OFF_LEASES)
             .saturating_mul(2u32.saturating_pow(self.step_downs - 1))
-            .min(HOLD_OFF_MAX);
+            .min(lease * HOLD_OFF_MAX_LEASES);
         self.elector.step_down(hold_off, reason);
         self.restart_at = Some(tokio::time::Instant::now() + hold_off);
     }
@@ -644,19 +649,153 @@ async fn watch_lease(
 /// Builds the Kubernetes client: an explicit kubeconfig, else in-cluster config or `KUBECONFIG`.
 /// The client's own retries are off: the elector and the source retry on their own schedule.
 async fn kube_client(config: &Config, kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    use std::net::IpAddr;
+
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+
+    /// The `proxy-url` of the current context's cluster: an explicit choice, used as kubectl uses
+    /// it (before the environment, whatever `NO_PROXY` says).
+    fn kubeconfig_proxy(file: &Kubeconfig) -> Option<String> {
+        let context = file.current_context.as_deref()?;
+        let named = file.contexts.iter().find(|c| c.name == context)?;
+        let cluster = &named.context.as_ref()?.cluster;
+        let named = file.clusters.iter().find(|c| &c.name == cluster)?;
+        named
+            .cluster
+            .as_ref()?
+            .proxy_url
+            .clone()
+            .filter(|url| !url.trim().is_empty())
+    }
+
+    /// The first of `names` that is set and not blank, with its name. Upper case first, as
+    /// reqwest (the ADX client) reads them, so both clients of this process pick the same value.
+    fn env(names: [&'static str; 2]) -> Option<(&'static str, String)> {
+        names.into_iter().find_map(|name| {
+            let value = std::env::var(name).ok()?;
+            (!value.trim().is_empty()).then(|| (name, value.trim().to_owned()))
+        })
+    }
+
+    /// Whether a `NO_PROXY` list covers `host`, as curl reads it: entries separated by commas or
+    /// blanks; `*` covers every host; an IP address or a CIDR block covers the addresses in it; a
+    /// name covers itself and its subdomains, case-insensitively, with or without a leading `.`
+    /// (or `*.`). Entries carry no port.
+    fn no_proxy_covers(list: &str, host: &str) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.');
+        let ip = host.parse::<IpAddr>().ok();
+        let in_block = |entry: &str, ip: IpAddr| {
+            let Some((net, bits)) = entry.split_once('/') else {
+                return false;
+            };
+            let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
+                return false;
+            };
+            match (net, ip) {
+                (IpAddr::V4(net), IpAddr::V4(ip)) if bits <= 32 => {
+                    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                    u32::from(net) & mask == u32::from(ip) & mask
+                }
+                (IpAddr::V6(net), IpAddr::V6(ip)) if bits <= 128 => {
+                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                    u128::from(net) & mask == u128::from(ip) & mask
+                }
+                _ => false,
+            }
+        };
+        list.split([',', ' ', '\t'])
+            .map(|entry| entry.trim().trim_start_matches('[').trim_end_matches(']'))
+            .filter(|entry| !entry.is_empty())
+            .any(|entry| {
+                if entry == "*" {
+                    return true;
+                }
+                if let Some(ip) = ip {
+                    return entry.parse::<IpAddr>().is_ok_and(|e| e == ip) || in_block(entry, ip);
+                }
+                let name = entry.strip_prefix("*.").or_else(|| entry.strip_prefix('.'));
+                let name = name.unwrap_or(entry).trim_end_matches('.');
+                if name.is_empty() || name.len() > host.len() {
+                    return false;
+                }
+                let (head, tail) = host.split_at(host.len() - name.len());
+                tail.eq_ignore_ascii_case(name) && (head.is_empty() || head.ends_with('.'))
+            })
+    }
+
     let path = kubeconfig.or(config.kubernetes.kubeconfig.as_deref());
-    let mut client_config = match path {
+    let (mut client_config, explicit_proxy) = match path {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
+            let file = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            let proxy = kubeconfig_proxy(&file);
+            let loaded = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+            (loaded, proxy)
         }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration: not in a cluster, and no kubeconfig found")?,
+        None => {
+            let loaded = kube::Config::infer().await.context(
+                "no Kubernetes configuration: not in a cluster, and no kubeconfig found",
+            )?;
+            // `infer` takes `$KUBECONFIG` or `~/.kube/config` when it can; in a pod there is none.
+            let proxy = Kubeconfig::read().ok().as_ref().and_then(kubeconfig_proxy);
+            (loaded, proxy)
+        }
     };
+
+    // kube 5 would take HTTPS_PROXY for any API server from a kubeconfig (never HTTP_PROXY),
+    // none in a pod, and tests NO_PROXY against the proxy's own address: decide here instead.
+    let api_server = client_config.cluster_url.clone();
+    let host = api_server.host().unwrap_or_default();
+    let from_env = match api_server.scheme_str() {
+        Some("https") => env(["HTTPS_PROXY", "https_proxy"]),
+        Some("http") => env(["HTTP_PROXY", "http_proxy"]),
+        _ => None,
+    };
+    let proxy = match (explicit_proxy, from_env) {
+        (Some(url), _) => Some(("the kubeconfig's proxy-url", url)),
+        (None, Some((name, url))) => match env(["NO_PROXY", "no_proxy"]) {
+            Some((no_proxy, list)) if no_proxy_covers(&list, host) => {
+                tracing::info!(api_server = %host, "{no_proxy} covers the Kubernetes API server");
+                None
+            }
+            _ => Some((name, url)),
+        },
+        (None, None) => None,
+    };
+    if let Some((source, url)) = proxy {
+        // curl reads a proxy without a scheme as `http://`. The value is never logged nor put in
+        // an error (it may carry credentials): only the proxy's host and port are.
+        let url = if url.contains("://") {
+            url
+        } else {
+            format!("http://{url}")
+        };
+        let uri = url
+            .parse::<http::Uri>()
+            .with_context(|| format!("{source} is not a valid proxy URL"))?;
+        let port = match uri.scheme_str() {
+            Some("http") => uri.port_u16().unwrap_or(80),
+            Some("https") => uri.port_u16().unwrap_or(443),
+            _ => {
+                anyhow::bail!("{source}: the Kubernetes client takes http:// and https:// proxies")
+            }
+        };
+        let address = format!("{}:{port}", uri.host().unwrap_or_default());
+        tracing::info!(
+            api_server = %host,
+            proxy = %address,
+            "Kubernetes API through the proxy in {source}"
+        );
+        client_config.proxy_url = Some(uri);
+    } else {
+        client_config.proxy_url = None;
+    }
+
     let identity = HeaderValue::from_str(&config.leader.identity)
         .context("leader.identity is not a valid HTTP header value")?;
     client_config

@@ -271,11 +271,14 @@ mod tests {
         // The other thread still serves calls.
         assert_eq!(pool.run("add", || 2 + 2).await.unwrap(), 4);
         release.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            pool.stuck().is_empty(),
-            "a call that returned is no longer stuck"
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pool.stuck().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "a call that returned is still stuck"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
@@ -283,9 +286,9 @@ mod tests {
         let pool = IoPool::new("test", 1, Duration::from_millis(50)).unwrap();
         // A call that keeps ticking outlives its deadline.
         let long = pool
-            .run_progressing("copy", Duration::from_millis(50), |progress| {
-                for _ in 0..6 {
-                    std::thread::sleep(Duration::from_millis(25));
+            .run_progressing("copy", Duration::from_millis(300), |progress| {
+                for _ in 0..8 {
+                    std::thread::sleep(Duration::from_millis(60));
                     progress.tick();
                 }
                 "copied"

@@ -112,8 +112,9 @@ async fn delivery_equals_ground_truth_across_sigterm_and_kill_9(mode: Mode) -> A
         (0, 0, 0)
     );
     if mode.streams() {
-        // Both new leaders looked up what their predecessor had left unconfirmed.
-        assert!(stats.queries >= 2, "{stats:?}");
+        // The leader after the kill -9 looked up what its predecessor had left unconfirmed (a
+        // SIGTERMed leader finishes its send in flight and acknowledges it: nothing to look up).
+        assert!(stats.queries >= 1, "{stats:?}");
     }
     lab.stop().await;
     stats

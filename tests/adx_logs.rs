@@ -116,7 +116,25 @@ async fn no_token_secret_assertion_or_sas_signature_is_ever_logged() {
         },
         stop.clone(),
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Capturing before the generator starts: a replica that creates the Lease acts only after
+    // its renew deadline, and versions superseded before the first list are not this test's.
+    let http = reqwest::Client::new();
+    let leading = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = http.get(format!("http://{admin}/status")).send().await;
+        if let Ok(answer) = status
+            && let Ok(status) = answer.json::<serde_json::Value>().await
+            && status["leader"]["role"] == "leader"
+            && status["ready"] == true
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < leading,
+            "never a ready leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     kube.state().set_generator(Some(GeneratorConfig {
         events_per_second: 100.0,
         update_ratio: 0.3,

@@ -61,6 +61,9 @@ pub enum Error {
     Stuck(#[from] crate::blocking::Stuck),
 }
 
+/// How long a stopping shipper waits for the send in flight to finish while its term is current.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(5);
+
 /// `type Result<T> = Result<T, ship::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -207,15 +210,28 @@ impl Shipper {
                 return Err(store::Error::Fenced.into());
             }
             let started = Instant::now();
-            // A send that outlives the term is abandoned; the batch stays recorded, and the next
-            // leader re-sends it with the same id.
+            let send = if recovered {
+                self.sink.resend(&outgoing)
+            } else {
+                self.sink.send(&outgoing)
+            };
+            tokio::pin!(send);
             let result = tokio::select! {
-                () = stop.cancelled() => return Ok(Delivery::Stopped),
-                result = if recovered {
-                    self.sink.resend(&outgoing)
-                } else {
-                    self.sink.send(&outgoing)
-                } => result,
+                () = stop.cancelled() => {
+                    // A stop while this term is still current (a shutdown, a rolling update):
+                    // finish the send in flight, bounded, so it ends acknowledged rather than
+                    // "maybe delivered" for the next leader. A send that outlives that, or the
+                    // term, is abandoned; the batch stays recorded, and the next leader re-sends
+                    // it with the same id.
+                    if !self.guard.is_current() {
+                        return Ok(Delivery::Stopped);
+                    }
+                    match tokio::time::timeout(IN_FLIGHT_GRACE, &mut send).await {
+                        Ok(result) if self.guard.is_current() => result,
+                        _ => return Ok(Delivery::Stopped),
+                    }
+                }
+                result = &mut send => result,
             };
             self.metrics
                 .batch_send_duration

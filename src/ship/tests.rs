@@ -234,3 +234,59 @@ async fn a_small_trickle_waits_for_max_age_then_ships_as_one_batch() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(sink.delivered.lock().unwrap().len(), 1);
 }
+
+/// A sink whose sends take `delay`; tells when a send has started.
+struct SlowSink {
+    delay: Duration,
+    started: Notify,
+    delivered: Mutex<Vec<String>>,
+}
+
+impl Sink for SlowSink {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.started.notify_one();
+            tokio::time::sleep(self.delay).await;
+            self.delivered.lock().unwrap().push(batch.id.clone());
+            Ok(())
+        })
+    }
+}
+
+async fn stop_during_a_send(current_at_stop: bool) -> (Fixture, Arc<SlowSink>) {
+    let fx = fixture(3);
+    let sink = Arc::new(SlowSink {
+        delay: Duration::from_millis(300),
+        started: Notify::new(),
+        delivered: Mutex::new(Vec::new()),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper(&fx, sink.clone(), 100).run(stop.clone()));
+    sink.started.notified().await;
+    fx.guard.current.store(current_at_stop, Ordering::SeqCst);
+    stop.cancel();
+    let _ = task.await.unwrap();
+    (fx, sink)
+}
+
+#[tokio::test]
+async fn a_stop_while_the_term_is_current_finishes_the_send_in_flight_and_acknowledges_it() {
+    let (fx, sink) = stop_during_a_send(true).await;
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert!(
+        fx.store.inflight_batches().unwrap().is_empty(),
+        "the finished send was left for the next leader as maybe delivered"
+    );
+    assert_eq!(fx.store.meta().unwrap().outbox_events, 0);
+}
+
+#[tokio::test]
+async fn a_stop_after_the_term_ended_abandons_the_send_and_leaves_the_batch_recorded() {
+    let (fx, sink) = stop_during_a_send(false).await;
+    assert!(sink.delivered.lock().unwrap().is_empty());
+    assert_eq!(fx.store.inflight_batches().unwrap().len(), 1);
+    assert_eq!(fx.store.meta().unwrap().outbox_events, 3);
+}

@@ -272,3 +272,133 @@ async fn start_lab_with_secret(adx_config: AdxEmulatorConfig) -> adx_common::Lab
     })
     .await
 }
+
+/// The identity holds Database Ingestor only, so the engine answers the re-send check
+/// query 403. A new leader that takes over while ADX holds a stored batch it never confirmed must
+/// not retry that query forever (the shipper sends one batch at a time, so everything would
+/// stall): it reports the missing role once and re-sends the batch queued with its `ingest-by`
+/// tag. Property: nothing is missing; the only repeat is the batch whose streamed copy could not
+/// be looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_that_may_not_query_re_sends_queued_and_delivery_goes_on() {
+    let mut lab = start_lab(AdxEmulatorConfig::default(), "streaming", "", 2, 60.0).await;
+    lab.adx.state().set_query_forbidden(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill the leader while ADX has stored a batch and holds back its answer.
+    lab.adx.state().set_answer_delay(Duration::from_secs(1));
+    assert!(
+        adx_common::wait_until(Duration::from_secs(20), || lab.adx.state().answers_held()
+            > 0)
+        .await,
+        "no streaming request while answers were held"
+    );
+    lab.fail_over(nix::sys::signal::Signal::SIGKILL).await;
+    lab.adx.state().set_answer_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let report = lab.drain(Duration::from_secs(30)).await;
+    let leader = lab.leader();
+    let metrics = lab.admin(leader, "/metrics").await;
+    let logs = lab.logs();
+    let stats = lab.adx.state().stats();
+    println!("query forbidden after a failover: {report:?} {stats:?}");
+    assert!(report.stored > 300, "{report:?}");
+    assert_eq!(report.missing, 0, "{report:?}\n{logs}");
+    assert!(
+        report.duplicated <= 300,
+        "at most the one batch: {report:?}"
+    );
+    assert!(
+        metric_in(
+            &metrics,
+            "kevents_adx_managed_fallbacks_total{reason=\"query_forbidden\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_in(
+            &metrics,
+            "kevents_adx_requests_total{operation=\"query\",outcome=\"permanent_error\"}"
+        ),
+        1,
+        "one refused query, then none: {metrics}"
+    );
+    assert!(stats.queued_ingestions >= 1, "{stats:?}");
+    assert_eq!(stats.queries, 0, "{stats:?}");
+    assert_eq!(
+        logs.matches("needs the Database Viewer role").count(),
+        1,
+        "{logs}"
+    );
+    lab.stop().await;
+}
+
+/// ADX refuses streaming requests as too large (413) below the sink's own limit. Streaming
+/// mode halves them until they fit, so delivery goes on exactly; when a single record is too
+/// large alone, its batch goes to the dead tree with that reason and later batches still arrive.
+/// Nothing is retried forever with the same body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_streaming_requests_are_halved_and_a_record_too_large_alone_goes_to_dead() {
+    let lab = start_lab(AdxEmulatorConfig::default(), "streaming", "", 1, 60.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = lab.leader();
+    // A single record (about 350 bytes of gzip) fits under 600 bytes; a batch of 15 does not.
+    let rows_before = lab.adx.state().row_count(DB, TABLE);
+    lab.adx.state().set_streaming_limit(600, 413);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = lab.admin(leader, "/metrics").await;
+    let refused = lab
+        .adx
+        .state()
+        .requests()
+        .iter()
+        .filter(|r| r.streaming && r.status == 413)
+        .count();
+    assert!(refused > 0, "the limit bit");
+    assert!(
+        lab.adx.state().row_count(DB, TABLE) > rows_before + 100,
+        "halved batches arrived"
+    );
+    assert_eq!(metric_in(&metrics, "kevents_dead_batches_total"), 0);
+    // Now no record fits alone.
+    lab.adx.state().set_streaming_limit(200, 413);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lab.adx.state().set_streaming_limit(4 << 20, 413);
+    let rows_at_reset = lab.adx.state().row_count(DB, TABLE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = lab.drain(Duration::from_secs(20)).await;
+    let metrics = lab.admin(leader, "/metrics").await;
+    let dead_events = metric_in(&metrics, "kevents_events_dead_total");
+    println!("413 halving: {report:?}, refused {refused}, dead events {dead_events}");
+    assert!(
+        metric_in(&metrics, "kevents_dead_batches_total") >= 1,
+        "{metrics}"
+    );
+    assert_eq!(report.duplicated, 0, "{report:?}");
+    assert!(report.missing > 0, "{report:?}");
+    // A batch in flight when the limit dropped may have delivered a prefix before going dead.
+    assert!(report.missing as u64 <= dead_events, "{report:?}");
+    assert!(
+        lab.adx.state().row_count(DB, TABLE) > rows_at_reset + 50,
+        "later batches arrived"
+    );
+    let logs = lab.logs();
+    assert!(
+        logs.contains("too large for streaming ingestion even alone"),
+        "the dead tree's reason names it:\n{logs}"
+    );
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = serde_json::from_str(&lab.admin(leader, "/status").await).unwrap();
+        if status["outbox"]["events"].as_u64() == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["outbox"]["events"].as_u64(), Some(0), "{status}");
+    assert_eq!(
+        status["outbox"]["dead_events"].as_u64(),
+        Some(dead_events),
+        "{status}"
+    );
+    lab.stop().await;
+}

@@ -528,3 +528,339 @@ async fn a_token_that_expires_is_refreshed_ahead_of_expiry_and_after_a_401() {
     );
     adx.shutdown().await;
 }
+
+/// A refused lookup (403: the identity has Database Ingestor, not Database Viewer) is a
+/// configuration error reported once; the batch is re-sent queued with its `ingest-by` tag
+/// instead of the lookup being retried forever, and later re-sends skip the lookup.
+#[tokio::test]
+async fn a_re_send_the_identity_may_not_look_up_goes_queued_with_its_tag_and_is_reported_once() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    adx.state().set_query_forbidden(true);
+    let (logs, _guard) = adx_common::Logs::capture();
+    let mut expected = 0;
+    for (mode, prefix, first) in [
+        (AdxMode::Managed, "qf-m", 0),
+        (AdxMode::Streaming, "qf-s", 1000),
+    ] {
+        // No `ingest_by_tags`: a re-send is tagged anyway.
+        let (sink, metrics) = sink(&config(&adx, mode));
+        let streamed = adx.state().stats().streaming_requests;
+        let skipped = adx.state().stats().skipped_existing;
+        // A new leader re-sends a batch its predecessor recorded; it goes queued.
+        let batch = synthetic_batch(prefix, first, 20);
+        sink.resend(&batch).await.unwrap();
+        expected += 20;
+        assert_eq!(
+            adx.wait_for_rows(DB, TABLE, expected, Duration::from_secs(20))
+                .await,
+            expected,
+            "{mode:?}"
+        );
+        // Another failover re-sends it again: no lookup this time, and the DM drops the repeat
+        // by its tag.
+        sink.resend(&batch).await.unwrap();
+        assert!(
+            wait_until(Duration::from_secs(20), || adx
+                .state()
+                .stats()
+                .skipped_existing
+                == skipped + 1)
+            .await,
+            "{mode:?}: the second copy is dropped by its ingest-by tag"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(adx.state().row_count(DB, TABLE), expected, "{mode:?}");
+        assert_eq!(
+            adx.state().stats().streaming_requests,
+            streamed,
+            "{mode:?}: nothing streamed"
+        );
+        let tagged = adx
+            .state()
+            .messages()
+            .iter()
+            .filter(|text| {
+                use base64::Engine as _;
+                let json = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .unwrap();
+                String::from_utf8_lossy(&json).contains(&format!("ingest-by:{}", batch.id))
+            })
+            .count();
+        assert_eq!(tagged, 2, "{mode:?}: both copies carry the tag");
+        assert_eq!(
+            metric(
+                &metrics,
+                "kevents_adx_managed_fallbacks_total{reason=\"query_forbidden\"}"
+            ),
+            2,
+            "{mode:?}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "kevents_adx_requests_total{operation=\"query\",outcome=\"permanent_error\"}"
+            ),
+            1,
+            "{mode:?}: one refused query, then none"
+        );
+        assert_eq!(
+            metric(&metrics, "kevents_adx_batches_total{stage=\"queued\"}"),
+            2,
+            "{mode:?}"
+        );
+    }
+    // Once per sink (two sinks here), not per batch.
+    assert_eq!(logs.count("Database Viewer"), 2, "{}", logs.text());
+    assert_eq!(adx.state().stats().queries, 0);
+    adx.shutdown().await;
+}
+
+/// A table without a streaming ingestion policy, and a body ADX finds too large (413, or 400
+/// `Stream_InputStreamTooLarge`): permanent refusals of streaming, not of the batch, so managed
+/// mode sends such batches queued instead of dead-lettering them, logging each cause once.
+#[tokio::test]
+async fn managed_mode_sends_queued_when_streaming_is_off_for_the_table_or_a_body_is_too_large() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let (logs, _guard) = adx_common::Logs::capture();
+    adx.state().set_streaming_policy(TABLE, false);
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Managed));
+    for i in 0..3 {
+        sink.send(&synthetic_batch("off", i * 10, 10))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        adx.wait_for_rows(DB, TABLE, 30, Duration::from_secs(20))
+            .await,
+        30
+    );
+    let refused: Vec<_> = adx
+        .state()
+        .requests()
+        .into_iter()
+        .filter(|r| r.streaming)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "streaming paused after the refusal: {refused:?}"
+    );
+    assert_eq!(refused[0].status, 400);
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_managed_fallbacks_total{reason=\"policy_off\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        logs.count("Streaming ingestion is not enabled"),
+        1,
+        "{}",
+        logs.text()
+    );
+    // Too large, as a 400 and as a 413; the sink's own limit (4 MiB) would have let them through.
+    adx.state().set_streaming_policy(TABLE, true);
+    let (sink, metrics) = sink_of(&config(&adx, AdxMode::Managed));
+    adx.state().set_streaming_limit(700, 400);
+    sink.send(&synthetic_batch("big", 100, 64)).await.unwrap();
+    sink.send(&synthetic_batch("big", 200, 64)).await.unwrap();
+    adx.state().set_streaming_limit(700, 413);
+    sink.send(&synthetic_batch("big", 300, 64)).await.unwrap();
+    // A small batch still streams.
+    sink.send(&synthetic_batch("big", 400, 2)).await.unwrap();
+    assert_eq!(
+        adx.wait_for_rows(DB, TABLE, 30 + 3 * 64 + 2, Duration::from_secs(20))
+            .await,
+        30 + 3 * 64 + 2
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "kevents_adx_managed_fallbacks_total{reason=\"too_large\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        metric(&metrics, "kevents_adx_batches_total{stage=\"streaming\"}"),
+        1
+    );
+    assert_eq!(
+        logs.count("refused a streaming request as too large"),
+        1,
+        "{}",
+        logs.text()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        adx.state().row_count(DB, TABLE),
+        30 + 3 * 64 + 2,
+        "each batch once"
+    );
+    adx.shutdown().await;
+}
+
+/// Streaming mode halves a request ADX finds too large, by records, until the pieces fit: each
+/// refused body is followed by two smaller requests, never sent again as it was. A record too
+/// large on its own is a permanent error naming it; the records before it are in ADX.
+#[tokio::test]
+async fn streaming_mode_halves_a_request_adx_finds_too_large_and_fails_a_record_too_large_alone() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    // About 560 bytes of gzip hold 8 synthetic records; 64 records are about 1.8 KiB.
+    adx.state().set_streaming_limit(700, 413);
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Streaming));
+    sink.send(&synthetic_batch("half", 0, 64)).await.unwrap();
+    assert_eq!(adx.state().row_count(DB, TABLE), 64);
+    let statuses: Vec<u16> = adx.state().requests().iter().map(|r| r.status).collect();
+    let refused = statuses.iter().filter(|s| **s == 413).count();
+    let stored = statuses.iter().filter(|s| **s == 200).count();
+    assert!(refused >= 3, "{statuses:?}");
+    assert_eq!(stored, refused + 1, "a binary split: {statuses:?}");
+    assert_eq!(adx.state().stats().streaming_rows, 64, "each record once");
+    assert_eq!(
+        metric(&metrics, "kevents_adx_batches_total{stage=\"streaming\"}"),
+        1
+    );
+    // Ten records, one too large alone (an incompressible message), ten more.
+    let mut payload = synthetic_batch("giant", 100, 10).payload.to_vec();
+    let mut giant: serde_json::Value =
+        serde_json::from_str(&kevents::lab::adx::synthetic_record(110)).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    giant["Message"] = serde_json::Value::String(
+        (0..3000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + u8::try_from(state % 26).unwrap())
+            })
+            .collect(),
+    );
+    payload.extend_from_slice(format!("{giant}\n").as_bytes());
+    payload.extend_from_slice(&synthetic_batch("giant", 111, 10).payload);
+    let batch = OutgoingBatch {
+        id: "giant-000000000100-000000000120".to_owned(),
+        payload: payload.into(),
+        events: 21,
+    };
+    let before = adx.state().requests().len();
+    let error = sink.send(&batch).await.unwrap_err();
+    assert!(!error.is_retriable(), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("record 11 of the batch"), "{text}");
+    assert!(
+        text.contains("00000000-0000-4000-8000-000000000110"),
+        "{text}"
+    );
+    assert!(text.contains("Stream_InputStreamTooLarge"), "{text}");
+    // The records before it landed, it and the ones after it did not.
+    let rows = adx.state().rows(DB, TABLE);
+    assert_eq!(rows.len(), 64 + 10);
+    assert_eq!(rows[64]["Uid"], "00000000-0000-4000-8000-000000000100");
+    assert_eq!(rows[73]["Uid"], "00000000-0000-4000-8000-000000000109");
+    // Log2 steps down to the record, not a retry loop.
+    assert!(adx.state().requests().len() - before <= 8);
+    adx.shutdown().await;
+}
+
+/// The schema of a cluster that keeps the fluent-bit shape: the seed's table with a mapping that
+/// also takes `$.log.Uid` and `$.log.ResourceVersion` (the manifest's advice), and Fluent Bit's
+/// own layout, the whole record in a `dynamic` `log` column.
+const FLUENT_BIT_KQL: &str = r#"
+.create-or-alter table KubeEvents ingestion json mapping "FluentBitKeyed"
+    ```[
+    {"column": "TimeGenerated", "Properties": {"Path": "$.TimeGenerated"}},
+    {"column": "Name", "Properties": {"Path": "$.log.Name"}},
+    {"column": "Uid", "Properties": {"Path": "$.log.Uid"}},
+    {"column": "ResourceVersion", "Properties": {"Path": "$.log.ResourceVersion"}}
+    ]```
+.create table FluentBitLogs (TimeGenerated: datetime, log: dynamic)
+.create-or-alter table FluentBitLogs ingestion json mapping "FluentBitLog"
+    ```[
+    {"column": "TimeGenerated", "Properties": {"Path": "$.TimeGenerated"}},
+    {"column": "log", "Properties": {"Path": "$.log"}}
+    ]```
+"#;
+
+/// With `record.shape: fluent-bit` the key sits under `log`: the lookup finds a re-sent batch
+/// that is already in the table, whether the table keeps the key in columns or in `log`.
+#[tokio::test]
+async fn a_recovered_fluent_bit_batch_already_in_adx_is_found_by_its_key_under_log() {
+    let adx = emulator(AdxEmulatorConfig {
+        kql: format!(
+            "{}\n{FLUENT_BIT_KQL}",
+            kevents::emulator::adx::kql::KUBE_EVENTS_KQL
+        ),
+        ..AdxEmulatorConfig::default()
+    })
+    .await;
+    for (table, mapping, first) in [
+        (TABLE, "FluentBitKeyed", 0),
+        ("FluentBitLogs", "FluentBitLog", 100),
+    ] {
+        let mut cfg = config(&adx, AdxMode::Streaming);
+        cfg.table = table.to_owned();
+        cfg.mapping = mapping.to_owned();
+        let (sink, metrics) = sink(&cfg);
+        let delivered = adx_common::fluent_bit_batch(table, first, 30);
+        sink.send(&delivered).await.unwrap();
+        assert_eq!(adx.state().row_count(DB, table), 30, "{table}");
+        let streamed = adx.state().stats().streaming_requests;
+        // A new leader re-sends what the old one recorded: one batch ADX stored, one it never saw.
+        sink.resend(&delivered).await.unwrap();
+        sink.resend(&adx_common::fluent_bit_batch(table, first + 30, 20))
+            .await
+            .unwrap();
+        assert_eq!(
+            adx.state().row_count(DB, table),
+            50,
+            "{table}: nothing twice"
+        );
+        assert_eq!(
+            adx.state().stats().streaming_requests,
+            streamed + 1,
+            "{table}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "kevents_adx_batches_total{stage=\"already_ingested\"}"
+            ),
+            1,
+            "{table}"
+        );
+    }
+    let logs = adx.state().rows(DB, "FluentBitLogs");
+    assert_eq!(
+        logs[0]["log"]["Uid"],
+        "00000000-0000-4000-8000-000000000100"
+    );
+    adx.shutdown().await;
+}
+
+/// What ADX holds of a batch is a prefix of its records (requests go in order and stop at the
+/// first failure): an earlier attempt that split the batch and stopped midway left its first
+/// records there. A re-send finds where that prefix ends and sends only the rest.
+#[tokio::test]
+async fn a_re_sent_batch_whose_first_records_adx_holds_sends_only_the_rest() {
+    let adx = emulator(AdxEmulatorConfig::default()).await;
+    let (sink, metrics) = sink(&config(&adx, AdxMode::Streaming));
+    // The earlier attempt: its first 13 records landed.
+    sink.send(&synthetic_batch("prefix", 0, 13)).await.unwrap();
+    let full = synthetic_batch("prefix", 0, 40);
+    sink.resend(&full).await.unwrap();
+    let rows = adx.state().rows(DB, TABLE);
+    let mut uids: Vec<&str> = rows.iter().map(|r| r["Uid"].as_str().unwrap()).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!((rows.len(), uids.len()), (40, 40), "each record once");
+    assert_eq!(
+        metric(&metrics, "kevents_adx_batches_total{stage=\"streaming\"}"),
+        2
+    );
+    // A binary search over the prefix: a handful of queries, not one per record.
+    let queries = adx.state().stats().queries;
+    assert!(queries <= 10, "{queries}");
+    adx.shutdown().await;
+}

@@ -39,8 +39,18 @@ pub const ADX_OUTCOMES: &[&str] = &["success", "throttled", "retriable_error", "
 pub const ADX_ROUTES: &[&str] = &["queued", "streaming", "already_ingested"];
 /// `reason` values of `kevents_adx_managed_fallbacks_total`.
 /// `resend`: a batch that may have reached ADX goes queued, where `ingest-by` tags drop a repeat.
-pub const ADX_FALLBACK_REASONS: &[&str] =
-    &["transient", "throttled", "too_large", "suspended", "resend"];
+/// `policy_off`: the table's streaming ingestion policy is off (streaming is retried every 15 min).
+/// `query_forbidden`: such a batch could not be looked up (403: the identity lacks Database
+/// Viewer), so it goes queued with its tag; in streaming mode too, when an ingest endpoint is set.
+pub const ADX_FALLBACK_REASONS: &[&str] = &[
+    "transient",
+    "throttled",
+    "too_large",
+    "suspended",
+    "resend",
+    "policy_off",
+    "query_forbidden",
+];
 /// `reason` values of `kevents_adx_ingestion_failures_total` (the DM's `FailureStatus`).
 pub const ADX_FAILURE_STATUSES: &[&str] = &["permanent", "transient", "exhausted", "unknown"];
 
@@ -133,7 +143,8 @@ pub struct Metrics {
     pub adx_compressed_bytes: IntCounter,
     /// `kevents_adx_blob_already_uploaded_total`: uploads answered 409 (a re-send).
     pub adx_blob_already_uploaded: IntCounter,
-    /// `kevents_adx_managed_fallbacks_total{reason}`: managed-mode batches sent queued.
+    /// `kevents_adx_managed_fallbacks_total{reason}`: batches sent queued instead of streaming
+    /// (managed mode; in streaming mode, re-sends that could not be looked up).
     pub adx_managed_fallbacks: IntCounterVec,
     /// `kevents_adx_token_refreshes_total{outcome}`: AAD token fetches.
     pub adx_token_refreshes: IntCounterVec,
@@ -376,7 +387,8 @@ impl Metrics {
         )?;
         let adx_managed_fallbacks = labelled(
             "kevents_adx_managed_fallbacks_total",
-            "Managed-mode batches sent through queued ingestion instead of streaming",
+            "Batches sent through queued ingestion instead of streaming (managed mode, or a \
+             re-send that could not be looked up)",
             "reason",
             ADX_FALLBACK_REASONS,
         )?;

@@ -40,6 +40,66 @@ pub fn metric(metrics: &Metrics, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Log lines of the sink, captured on this thread (a `#[tokio::test]` runs the sink's futures
+/// on its own thread, so parallel tests do not mix).
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Captures `kevents` events at info and above until the guard is dropped.
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("kevents=info"))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// How many captured lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A batch in the `fluent-bit` record shape (`{"TimeGenerated": …, "log": {…}}`, with `Uid` and
+/// `ResourceVersion` under `log`), from the same synthetic records as `synthetic_batch`.
+pub fn fluent_bit_batch(prefix: &str, first: u64, count: u64) -> kevents::sink::OutgoingBatch {
+    let mut payload = Vec::new();
+    for n in first..first + count {
+        let mut log: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&kevents::lab::adx::synthetic_record(n)).unwrap();
+        let time = log.remove("TimeGenerated").unwrap();
+        let record = serde_json::json!({"TimeGenerated": time, "log": log});
+        payload.extend_from_slice(record.to_string().as_bytes());
+        payload.push(b'\n');
+    }
+    kevents::sink::OutgoingBatch {
+        id: format!("{prefix}-{first:012}-{:012}", first + count - 1),
+        payload: payload.into(),
+        events: count,
+    }
+}
+
 pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {

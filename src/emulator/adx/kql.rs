@@ -312,14 +312,92 @@ fn convert(value: Option<&Value>, kind: &str) -> Value {
     }
 }
 
-/// The one query shape the emulator answers: `T | where C == "v" and … | count` (the table and
-/// columns bare or as `['name']`), which the sink sends to check whether a batch is in a table.
+/// The one query shape the emulator answers: `T | where E == "v" and … | count`, which the sink
+/// sends to check whether a batch is in a table. The table is bare or `['name']`; each `E` is a
+/// column (bare or `['name']`), `tostring(E)`, `column_ifexists('name', E)`, `dynamic(null)`, or
+/// a property of one (`E.name`, as in `log.Uid` on a `dynamic` column); literals are `"…"` or
+/// `'…'`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountQuery {
     /// The table.
     pub table: String,
-    /// `(column, value)` pairs that must all hold.
-    pub conditions: Vec<(String, String)>,
+    /// `(expression, value)` pairs that must all hold.
+    pub conditions: Vec<(Expr, String)>,
+}
+
+/// A scalar expression of a [`CountQuery`] condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// A column of the table: the query fails when the table has no such column.
+    Column(String),
+    /// A string literal.
+    Text(String),
+    /// `dynamic(null)`.
+    Null,
+    /// `tostring(E)`: strings as they are, null as `""`, anything else as its JSON text.
+    ToString(Box<Expr>),
+    /// `column_ifexists('name', E)`: the column if the table has it, else `E`.
+    ColumnIfExists(String, Box<Expr>),
+    /// `E.name`: a property of a `dynamic` value (null when absent).
+    Member(Box<Expr>, String),
+}
+
+impl Expr {
+    /// The first column this expression needs that `has_column` denies (ADX answers such a query
+    /// with a semantic error).
+    #[must_use]
+    pub fn unresolved(&self, has_column: &dyn Fn(&str) -> bool) -> Option<String> {
+        match self {
+            Self::Column(name) => (!has_column(name)).then(|| name.clone()),
+            Self::Text(_) | Self::Null => None,
+            Self::ToString(inner) | Self::Member(inner, _) => inner.unresolved(has_column),
+            Self::ColumnIfExists(name, default) => {
+                if has_column(name) {
+                    None
+                } else {
+                    default.unresolved(has_column)
+                }
+            }
+        }
+    }
+
+    /// The value of this expression on `row` (a missing column reads as null).
+    #[must_use]
+    pub fn eval(&self, row: &Map<String, Value>, has_column: &dyn Fn(&str) -> bool) -> Value {
+        match self {
+            Self::Column(name) => row.get(name).cloned().unwrap_or(Value::Null),
+            Self::Text(text) => Value::String(text.clone()),
+            Self::Null => Value::Null,
+            Self::ToString(inner) => Value::String(match inner.eval(row, has_column) {
+                Value::String(text) => text,
+                Value::Null => String::new(),
+                other => other.to_string(),
+            }),
+            Self::ColumnIfExists(name, default) => {
+                if has_column(name) {
+                    row.get(name).cloned().unwrap_or(Value::Null)
+                } else {
+                    default.eval(row, has_column)
+                }
+            }
+            Self::Member(inner, key) => inner
+                .eval(row, has_column)
+                .get(key)
+                .cloned()
+                .unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Whether a value equals a string literal as `==` compares them: strings by text, null never,
+/// other values by their JSON value.
+#[must_use]
+pub fn equals_text(value: &Value, text: &str) -> bool {
+    match value {
+        Value::String(value) => value == text,
+        Value::Null => false,
+        other => serde_json::from_str::<Value>(text).is_ok_and(|v| v == *other),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +406,24 @@ enum Token {
     Text(String),
     Equals,
     Pipe,
+    Open,
+    Close,
+    Comma,
+    Dot,
+}
+
+/// A `'…'` literal at the start of `rest` (backslash escapes): its text and length.
+fn single_quoted(rest: &str) -> Option<(String, usize)> {
+    let mut text = String::new();
+    let mut chars = rest.char_indices().skip(1);
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\'' => return Some((text, at + 1)),
+            '\\' => text.push(chars.next()?.1),
+            c => text.push(c),
+        }
+    }
+    None
 }
 
 fn tokens(query: &str) -> Option<Vec<Token>> {
@@ -337,10 +433,18 @@ fn tokens(query: &str) -> Option<Vec<Token>> {
     while at < bytes.len() {
         let rest = &query[at..];
         let c = bytes[at];
+        let single = match c {
+            b'|' => Some(Token::Pipe),
+            b'(' => Some(Token::Open),
+            b')' => Some(Token::Close),
+            b',' => Some(Token::Comma),
+            b'.' => Some(Token::Dot),
+            _ => None,
+        };
         if c.is_ascii_whitespace() {
             at += 1;
-        } else if c == b'|' {
-            out.push(Token::Pipe);
+        } else if let Some(token) = single {
+            out.push(token);
             at += 1;
         } else if rest.starts_with("==") {
             out.push(Token::Equals);
@@ -358,6 +462,10 @@ fn tokens(query: &str) -> Option<Vec<Token>> {
             let literal = query.get(at..=end)?;
             out.push(Token::Text(serde_json::from_str(literal).ok()?));
             at = end + 1;
+        } else if c == b'\'' {
+            let (text, len) = single_quoted(rest)?;
+            out.push(Token::Text(text));
+            at += len;
         } else if c.is_ascii_alphanumeric() || c == b'_' {
             let len = rest
                 .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
@@ -371,11 +479,52 @@ fn tokens(query: &str) -> Option<Vec<Token>> {
     Some(out)
 }
 
+type Tokens = std::iter::Peekable<std::vec::IntoIter<Token>>;
+
+/// `primary ('.' name)*`, where a primary is a literal, a call or a column.
+fn expression(tokens: &mut Tokens) -> Option<Expr> {
+    let mut expr = match tokens.next()? {
+        Token::Text(text) => Expr::Text(text),
+        Token::Name(name) if tokens.peek() == Some(&Token::Open) => {
+            tokens.next();
+            let expr = match name.as_str() {
+                "dynamic" => {
+                    (tokens.next()? == Token::Name("null".to_owned())).then_some(Expr::Null)?
+                }
+                "tostring" => Expr::ToString(Box::new(expression(tokens)?)),
+                "column_ifexists" => {
+                    let Token::Text(column) = tokens.next()? else {
+                        return None;
+                    };
+                    if tokens.next()? != Token::Comma {
+                        return None;
+                    }
+                    Expr::ColumnIfExists(column, Box::new(expression(tokens)?))
+                }
+                _ => return None,
+            };
+            if tokens.next()? != Token::Close {
+                return None;
+            }
+            expr
+        }
+        Token::Name(name) => Expr::Column(name),
+        _ => return None,
+    };
+    while tokens.peek() == Some(&Token::Dot) {
+        tokens.next();
+        let Token::Name(key) = tokens.next()? else {
+            return None;
+        };
+        expr = Expr::Member(Box::new(expr), key);
+    }
+    Some(expr)
+}
+
 /// Parses a [`CountQuery`]; `None` for anything else.
 #[must_use]
 pub fn parse_count_query(query: &str) -> Option<CountQuery> {
-    let tokens = tokens(query)?;
-    let mut tokens = tokens.into_iter().peekable();
+    let mut tokens = tokens(query)?.into_iter().peekable();
     let Some(Token::Name(table)) = tokens.next() else {
         return None;
     };
@@ -384,12 +533,11 @@ pub fn parse_count_query(query: &str) -> Option<CountQuery> {
     }
     let mut conditions = Vec::new();
     loop {
-        let (Token::Name(column), Token::Equals, Token::Text(value)) =
-            (tokens.next()?, tokens.next()?, tokens.next()?)
-        else {
+        let expr = expression(&mut tokens)?;
+        let (Token::Equals, Token::Text(value)) = (tokens.next()?, tokens.next()?) else {
             return None;
         };
-        conditions.push((column, value));
+        conditions.push((expr, value));
         match tokens.next()? {
             Token::Name(and) if and == "and" => {}
             Token::Pipe => break,
@@ -447,8 +595,8 @@ mod tests {
             Some(CountQuery {
                 table: "KubeEvents".to_owned(),
                 conditions: vec![
-                    ("Uid".to_owned(), "a\"b".to_owned()),
-                    ("ResourceVersion".to_owned(), "12".to_owned()),
+                    (Expr::Column("Uid".to_owned()), "a\"b".to_owned()),
+                    (Expr::Column("ResourceVersion".to_owned()), "12".to_owned()),
                 ],
             })
         );
@@ -458,9 +606,43 @@ mod tests {
             "KubeEvents | where Uid != \"a\" | count",
             "KubeEvents | where Uid == \"a\" or Uid == \"b\" | count",
             "KubeEvents | where Uid == \"a | count",
+            "KubeEvents | where toupper(Uid) == \"a\" | count",
+            "KubeEvents | where column_ifexists(Uid, \"\") == \"a\" | count",
+            "KubeEvents | where dynamic({}) == \"a\" | count",
+            "KubeEvents | where log. == \"a\" | count",
         ] {
             assert_eq!(parse_count_query(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn dynamic_properties_and_column_ifexists_resolve_against_the_table_columns() {
+        let query = r#"['T'] | where column_ifexists('Uid', tostring(column_ifexists('log', dynamic(null)).Uid)) == "u-1" and tostring(log.RV) == '7' | count"#;
+        let parsed = parse_count_query(query).unwrap();
+        let (uid, rv) = (&parsed.conditions[0].0, &parsed.conditions[1].0);
+        let row = |value: Value| match value {
+            Value::Object(map) => map,
+            _ => unreachable!("an object literal"),
+        };
+        // A table with a dynamic `log` column and no `Uid` column.
+        let log_only = |c: &str| c == "log";
+        let with_log = row(serde_json::json!({"log": {"Uid": "u-1", "RV": 7}}));
+        assert!(equals_text(&uid.eval(&with_log, &log_only), "u-1"));
+        assert!(equals_text(&rv.eval(&with_log, &log_only), "7"));
+        assert_eq!(uid.unresolved(&log_only), None);
+        // A table with a `Uid` column (the mapping took `$.log.Uid`): the column wins.
+        let uid_only = |c: &str| c == "Uid";
+        let with_uid = row(serde_json::json!({"Uid": "u-1"}));
+        assert!(equals_text(&uid.eval(&with_uid, &uid_only), "u-1"));
+        assert_eq!(uid.unresolved(&uid_only), None);
+        // `log.RV` names a column this table lacks: a semantic error.
+        assert_eq!(rv.unresolved(&uid_only), Some("log".to_owned()));
+        // Neither column: the condition holds for no row.
+        assert!(!equals_text(
+            &uid.eval(&row(serde_json::json!({})), &|_| false),
+            "u-1"
+        ));
+        assert!(!equals_text(&Value::Null, ""));
     }
 
     #[test]

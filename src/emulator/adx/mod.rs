@@ -1,9 +1,11 @@
 //! Azure Data Explorer emulator over real Azurite: the data management service (`.get ingestion
 //! resources` handing out real SAS URLs it signs itself, `.get kusto identity token`, an
 //! ingestion worker reading the queue, fetching and gunzipping blobs, applying the JSON mapping
-//! and honouring `ingestIfNotExists`), the engine's streaming endpoint, an AAD token endpoint and
-//! an IMDS-style endpoint, with fault knobs and an API to count and dump rows. Tables and mappings
-//! come from `manifests/adx/kube-events.kql`. Wire formats: `reference/adx-ingestion.md`.
+//! and honouring `ingestIfNotExists`), the engine's streaming and query endpoints, an AAD token
+//! endpoint and an IMDS-style endpoint, with fault knobs (among them the refusals of a real
+//! cluster: a table's streaming policy off, the streaming size limit, a caller without Database
+//! Viewer) and an API to count and dump rows. Tables and mappings come from
+//! `manifests/adx/kube-events.kql`. Wire formats: `reference/adx-ingestion.md`.
 //!
 //! Owns the emulator's lifecycle: Azurite (started and stopped with it, or given), the
 //! containers and queues it creates at start, the HTTP server, the worker. It is test

@@ -27,7 +27,7 @@ use super::{
     storage::StorageAccount,
 };
 
-/// The streaming limit the engine enforces (compressed body).
+/// The streaming limit the engine enforces by default (compressed body; settable).
 pub const STREAMING_LIMIT: usize = 4 << 20;
 
 /// What the handlers share.
@@ -60,10 +60,29 @@ pub(super) fn kusto_error(
     message: &str,
     permanent: bool,
 ) -> Response {
+    kusto_error_with(
+        status,
+        code,
+        "Request is invalid and cannot be executed.",
+        kind,
+        message,
+        permanent,
+    )
+}
+
+/// [`kusto_error`] with its own short `message` (a refusal is not "invalid").
+fn kusto_error_with(
+    status: StatusCode,
+    code: &str,
+    summary: &str,
+    kind: &str,
+    message: &str,
+    permanent: bool,
+) -> Response {
     let body = json!({
         "error": {
             "code": code,
-            "message": "Request is invalid and cannot be executed.",
+            "message": summary,
             "@type": kind,
             "@message": message,
             "@context": {
@@ -251,8 +270,11 @@ struct QueryBody {
 }
 
 /// `POST /v1/rest/query`: the engine's query endpoint, for the one shape the sink sends to check
-/// whether a batch is in a table (`T | where C == "v" and … | count`). Outages, latency and auth
-/// apply; count-based faults are left to management and streaming requests.
+/// whether a batch is in a table (`T | where E == "v" and … | count`, see [`kql::CountQuery`]).
+/// Outages, latency and auth apply, and so does the Database Viewer role: without it
+/// ([`AdxState::set_query_forbidden`]) the answer is ADX's 403. A table or column the schema lacks
+/// is ADX's semantic error (400). Count-based faults are left to management and streaming
+/// requests.
 async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let latency = app.state.latency();
     if !latency.is_zero() {
@@ -270,9 +292,23 @@ async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     if let Some(answer) = unauthorized(&app, &headers) {
         return answer;
     }
-    let parsed = serde_json::from_slice::<QueryBody>(&body)
-        .ok()
-        .and_then(|b| Some((kql::parse_count_query(&b.csl)?, b.db)));
+    let body = serde_json::from_slice::<QueryBody>(&body).ok();
+    if app.state.query_forbidden() {
+        // What ADX answers a principal without Database Viewer on the database (the activity
+        // type is the query's).
+        let db = body.as_ref().map_or("", |b| b.db.as_str());
+        return kusto_error_with(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Caller is not authorized to perform this action",
+            "Kusto.DataNode.Exceptions.UnauthorizedDatabaseAccessException",
+            &format!(
+                "Principal 'aadapp=kevents-emulator-caller' is not authorized to read database '{db}'."
+            ),
+            true,
+        );
+    }
+    let parsed = body.and_then(|b| Some((kql::parse_count_query(&b.csl)?, b.db)));
     let Some((count_query, db)) = parsed else {
         return kusto_error(
             StatusCode::BAD_REQUEST,
@@ -282,9 +318,20 @@ async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             true,
         );
     };
-    let count = app
-        .state
-        .count_matching(&db, &count_query.table, &count_query.conditions);
+    let count = match app.state.count_where(&db, &count_query) {
+        Ok(count) => count,
+        Err(name) => {
+            return kusto_error(
+                StatusCode::BAD_REQUEST,
+                "General_BadRequest",
+                "Kusto.Data.Exceptions.SemanticException",
+                &format!(
+                    "Semantic error: 'where' operator: Failed to resolve scalar expression named '{name}'"
+                ),
+                true,
+            );
+        }
+    };
     app.state.count(|s| s.queries += 1);
     Json(json!({"Tables": [{
         "TableName": "Table_0",
@@ -324,13 +371,28 @@ async fn streaming_answer(
     if let Some(answer) = gate(app, headers, true).await {
         return answer;
     }
-    if body.len() > STREAMING_LIMIT {
+    if !app.state.streaming_enabled(table) {
         return kusto_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BadRequest_StreamingIngestionPayloadTooLarge",
-            "Kusto.DataNode.Exceptions.StreamingIngestionRequestException",
-            "The streaming ingestion request is above the 4 MB limit.",
-            false,
+            StatusCode::BAD_REQUEST,
+            "BadRequest_StreamingIngestionPolicyNotEnabled",
+            "Kusto.DataNode.Exceptions.StreamingIngestionPolicyNotEnabledException",
+            &format!(
+                "Streaming ingestion policy is not enabled for table '{table}' in database '{db}'."
+            ),
+            true,
+        );
+    }
+    let (limit, too_large_status) = app.state.streaming_limit();
+    if body.len() > limit {
+        return kusto_error(
+            StatusCode::from_u16(too_large_status).unwrap_or(StatusCode::PAYLOAD_TOO_LARGE),
+            "Stream_InputStreamTooLarge",
+            "Kusto.DataNode.Exceptions.InputStreamTooLargeException",
+            &format!(
+                "The input stream is too large for streaming ingestion: {} bytes, above the limit of {limit} bytes.",
+                body.len()
+            ),
+            true,
         );
     }
     let gzip = headers

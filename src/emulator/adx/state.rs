@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::kql::Schema;
+use super::kql::{CountQuery, Expr, Schema, equals_text};
 
 /// Messages' raw text kept for conformance checks.
 const KEPT_MESSAGES: usize = 10_000;
@@ -59,6 +59,18 @@ pub struct FaultRequest {
     pub sas_lifetime_secs: Option<u64>,
     /// Pause (true) or resume (false) the ingestion worker.
     pub pause_worker: Option<bool>,
+    /// Tables whose streaming ingestion policy is off from now on (replaces the list; empty:
+    /// on for every table). Streaming into one answers a permanent 400
+    /// `BadRequest_StreamingIngestionPolicyNotEnabled`.
+    pub streaming_policy_off: Option<Vec<String>>,
+    /// The largest gzip body a streaming request may carry (default 4 MiB); a larger one is
+    /// refused with a permanent `Stream_InputStreamTooLarge`.
+    pub streaming_limit_bytes: Option<u64>,
+    /// The status of that refusal: 413 (default) or 400.
+    pub too_large_status: Option<u16>,
+    /// Answer every query 403, as ADX answers a principal that holds Database Ingestor but not
+    /// Database Viewer (true), or answer queries again (false).
+    pub query_forbidden: Option<bool>,
 }
 
 /// A burst of 429s.
@@ -101,6 +113,10 @@ struct Faults {
     outage_until: Option<Instant>,
     token_lifetime: Duration,
     sas_lifetime: Duration,
+    streaming_off: HashSet<String>,
+    streaming_limit: usize,
+    too_large_status: u16,
+    query_forbidden: bool,
 }
 
 /// Counters, as `GET /emulator/stats` shows them.
@@ -210,6 +226,10 @@ impl AdxState {
                 outage_until: None,
                 token_lifetime: Duration::from_secs(3599),
                 sas_lifetime: Duration::from_secs(24 * 3600),
+                streaming_off: HashSet::new(),
+                streaming_limit: super::server::STREAMING_LIMIT,
+                too_large_status: 413,
+                query_forbidden: false,
             }),
             stats: Mutex::new(AdxStats::default()),
             messages: Mutex::new(Vec::new()),
@@ -285,13 +305,48 @@ impl AdxState {
     }
 
     /// How many rows of `database.table` have every `(column, value)` of `conditions` (values
-    /// compared as strings).
+    /// compared as strings; a column the row lacks never matches).
     #[must_use]
     pub fn count_matching(
         &self,
         database: &str,
         table: &str,
         conditions: &[(String, String)],
+    ) -> usize {
+        let conditions: Vec<(Expr, String)> = conditions
+            .iter()
+            .map(|(column, value)| (Expr::Column(column.clone()), value.clone()))
+            .collect();
+        self.count_rows(database, table, &conditions, &|_| true)
+    }
+
+    /// Answers a [`CountQuery`] as the engine does: a table or column the schema does not have
+    /// is a semantic error (`Err` names it), otherwise the number of matching rows.
+    ///
+    /// # Errors
+    /// The name of the table or column the query cannot resolve.
+    pub fn count_where(&self, database: &str, query: &CountQuery) -> Result<usize, String> {
+        let schema = self
+            .schema
+            .get(&query.table)
+            .ok_or_else(|| query.table.clone())?;
+        let has_column = |name: &str| schema.columns.iter().any(|(c, _)| c == name);
+        if let Some(name) = query
+            .conditions
+            .iter()
+            .find_map(|(expr, _)| expr.unresolved(&has_column))
+        {
+            return Err(name);
+        }
+        Ok(self.count_rows(database, &query.table, &query.conditions, &has_column))
+    }
+
+    fn count_rows(
+        &self,
+        database: &str,
+        table: &str,
+        conditions: &[(Expr, String)],
+        has_column: &dyn Fn(&str) -> bool,
     ) -> usize {
         lock(&self.tables)
             .get(&(database.to_owned(), table.to_owned()))
@@ -301,13 +356,7 @@ impl AdxState {
                     .filter(|row| {
                         conditions
                             .iter()
-                            .all(|(column, value)| match row.get(column) {
-                                Some(Value::String(text)) => text == value,
-                                Some(Value::Null) | None => false,
-                                Some(other) => {
-                                    serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other)
-                                }
-                            })
+                            .all(|(expr, value)| equals_text(&expr.eval(row, has_column), value))
                     })
                     .count()
             })
@@ -384,6 +433,18 @@ impl AdxState {
         }
         if let Some(secs) = request.sas_lifetime_secs {
             faults.sas_lifetime = Duration::from_secs(secs);
+        }
+        if let Some(tables) = &request.streaming_policy_off {
+            faults.streaming_off = tables.iter().cloned().collect();
+        }
+        if let Some(bytes) = request.streaming_limit_bytes {
+            faults.streaming_limit = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(status) = request.too_large_status {
+            faults.too_large_status = status;
+        }
+        if let Some(forbidden) = request.query_forbidden {
+            faults.query_forbidden = forbidden;
         }
         drop(faults);
         if request.expire_tokens {
@@ -495,6 +556,48 @@ impl AdxState {
 
     pub(super) fn sas_lifetime(&self) -> Duration {
         lock(&self.faults).sas_lifetime
+    }
+
+    /// Turns the streaming ingestion policy of `table` on or off (on for every table at start).
+    /// With it off, streaming into the table answers a permanent 400
+    /// `BadRequest_StreamingIngestionPolicyNotEnabled`, as ADX does.
+    pub fn set_streaming_policy(&self, table: &str, enabled: bool) {
+        let mut faults = lock(&self.faults);
+        if enabled {
+            faults.streaming_off.remove(table);
+        } else {
+            faults.streaming_off.insert(table.to_owned());
+        }
+    }
+
+    pub(super) fn streaming_enabled(&self, table: &str) -> bool {
+        !lock(&self.faults).streaming_off.contains(table)
+    }
+
+    /// Streaming requests whose gzip body is above `bytes` are refused with a permanent
+    /// `Stream_InputStreamTooLarge` answered with `status` (ADX answers 413, or 400 with that
+    /// code). The default is 4 MiB and 413.
+    pub fn set_streaming_limit(&self, bytes: usize, status: u16) {
+        let mut faults = lock(&self.faults);
+        faults.streaming_limit = bytes;
+        faults.too_large_status = status;
+    }
+
+    /// The streaming size limit and the status that refuses a larger body.
+    pub(super) fn streaming_limit(&self) -> (usize, u16) {
+        let faults = lock(&self.faults);
+        (faults.streaming_limit, faults.too_large_status)
+    }
+
+    /// With `true`, every query answers 403 `UnauthorizedDatabaseAccessException`, as ADX answers
+    /// a principal that holds Database Ingestor (all that ingestion needs) but not Database
+    /// Viewer; ingestion is unaffected.
+    pub fn set_query_forbidden(&self, forbidden: bool) {
+        lock(&self.faults).query_forbidden = forbidden;
+    }
+
+    pub(super) fn query_forbidden(&self) -> bool {
+        lock(&self.faults).query_forbidden
     }
 
     /// Pauses or resumes the ingestion worker (messages stay in the queue meanwhile).

@@ -5,10 +5,14 @@
 //! Owns the HTTP conversation with ADX and its storage: AAD tokens (`auth`), ingestion resources
 //! and the identity token (`resources`), blob names, queue messages (`message`), streaming
 //! (`streaming`), the lookup of a streamed batch that may already be in the table before it is
-//! sent again (`verify`), the classification of every failure as retriable or permanent, and the
-//! optional failed-ingestions poller (`failures`). It must never log a token, a secret, an
-//! authorization context or a SAS signature: URLs are logged and put in errors without their
-//! query string, and reqwest errors are stripped of their URL.
+//! sent again (`verify`), the classification of every failure as retriable or permanent, what
+//! managed mode does with each (queued for a too-large batch, a table whose streaming policy is
+//! off, throttling and transient errors, or a re-send the identity may not look up; the batch
+//! fails only for a permanent error of the batch itself), and the optional failed-ingestions
+//! poller (`failures`). A refusal that is a configuration problem is logged once per cause, not
+//! per batch. It must never log a token, a secret, an authorization context or a SAS signature:
+//! URLs are logged and put in errors without their query string, and reqwest errors are stripped
+//! of their URL.
 
 mod auth;
 mod failures;
@@ -18,6 +22,7 @@ mod streaming;
 mod verify;
 
 use std::{
+    collections::HashSet,
     fmt,
     io::Write as _,
     sync::{
@@ -53,7 +58,7 @@ const KUSTO_VERSION: &str = "2024-12-12";
 const MAX_STORAGE_TRIES: usize = 3;
 /// A 429 pauses streaming (managed mode) for this long.
 const THROTTLE_SUSPENSION: Duration = Duration::from_secs(10);
-/// Streaming switched off on the cluster (404) pauses it for this long.
+/// Streaming switched off on the cluster (404) or the table (its policy) pauses it for this long.
 const UNAVAILABLE_SUSPENSION: Duration = Duration::from_secs(15 * 60);
 
 /// The ADX operations, for errors and the `operation` metric label.
@@ -177,6 +182,23 @@ pub enum Error {
         /// Its encoded size.
         bytes: usize,
     },
+    /// One record is too large for a streaming request on its own. The records before it in the
+    /// batch were delivered (requests go in order), it and the ones after it were not.
+    #[error(
+        "record {record} of the batch ({key}) is too large for streaming ingestion even alone \
+         ({bytes} bytes gzip): the records before it were delivered, it and the rest were not"
+    )]
+    RecordTooLarge {
+        /// Its position in the batch, from 1.
+        record: usize,
+        /// Its `Uid` and `ResourceVersion`.
+        key: String,
+        /// The gzip body ADX refused.
+        bytes: usize,
+        /// ADX's answer.
+        #[source]
+        source: Box<Error>,
+    },
     /// Compressing the batch failed.
     #[error("compressing the batch failed")]
     Compress(#[source] std::io::Error),
@@ -208,7 +230,26 @@ impl Error {
                 permanent: true,
                 ..
             } | Self::MessageTooLarge { .. }
+                | Self::RecordTooLarge { .. }
         )
+    }
+
+    /// Streaming ingestion is off for the table (its streaming ingestion policy) or the cluster:
+    /// a permanent 400 that says nothing about the batch.
+    #[must_use]
+    pub fn is_streaming_off(&self) -> bool {
+        match self {
+            Self::Status {
+                operation: Operation::Streaming,
+                code: Some(code),
+                ..
+            } => {
+                let code = code.to_ascii_lowercase();
+                code.contains("streamingingestionpolicynotenabled")
+                    || code.contains("streamingingestiondisabledforcluster")
+            }
+            _ => false,
+        }
     }
 
     /// The request may have been carried out although no answer said so: the connection failed
@@ -320,9 +361,11 @@ impl Http {
         let body = response.bytes().await.unwrap_or_default();
         let (code, message, flag) = parse_error_body(&body);
         let permanent = operation == Operation::Streaming && streaming_is_permanent(status, flag);
+        // A query refused for want of a role will not succeed by being retried either.
+        let refused = operation == Operation::Query && status == StatusCode::FORBIDDEN;
         outcome(if status == StatusCode::TOO_MANY_REQUESTS {
             "throttled"
-        } else if permanent {
+        } else if permanent || refused {
             "permanent_error"
         } else {
             "retriable_error"
@@ -412,9 +455,14 @@ struct Inner {
     resources: ResourceCache,
     engine: Option<Url>,
     queue_cursor: AtomicUsize,
-    streaming_suspended_until: Mutex<Option<Instant>>,
+    /// Until when streaming is paused (managed mode), and the fallback reason meanwhile.
+    streaming_suspended_until: Mutex<Option<(Instant, &'static str)>>,
     recent: Arc<RecentIds>,
     uncertain: verify::Uncertain,
+    /// Set by a 403 on the lookup query: lookups are skipped until then.
+    query_forbidden: Mutex<Option<Instant>>,
+    /// Causes already logged (configuration problems are logged once, not per batch).
+    noted: Mutex<HashSet<&'static str>>,
 }
 
 impl fmt::Debug for AdxSink {
@@ -464,6 +512,8 @@ impl AdxSink {
             streaming_suspended_until: Mutex::new(None),
             recent: Arc::new(RecentIds::default()),
             uncertain: verify::Uncertain::default(),
+            query_forbidden: Mutex::new(None),
+            noted: Mutex::new(HashSet::new()),
         });
         let poller = (config.failed_ingestions.enabled && config.mode != AdxMode::Streaming)
             .then(|| tokio::spawn(failures::poll(Arc::clone(&inner))));
@@ -529,7 +579,7 @@ impl Inner {
         let metrics = &self.http.metrics;
         let result = match self.config.mode {
             AdxMode::Queued => self
-                .send_queued(batch, &compressed, payload.len())
+                .send_queued(batch, &compressed, payload.len(), false)
                 .await
                 .map(|()| "queued"),
             AdxMode::Streaming => {
@@ -565,11 +615,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Managed mode: streaming unless the body is too large or streaming is paused; transient
-    /// errors and throttling fall back to queued, permanent errors fail the batch. A batch that
-    /// may be in ADX already (`recovered`, or an earlier attempt without a clear answer) is
-    /// looked up first and, when absent, sent queued: an earlier queued attempt may still be on
-    /// its way, and its `ingest-by` tag drops the repeat.
+    /// Managed mode: streaming unless the body is too large or streaming is paused. Too large,
+    /// a table whose streaming policy is off, throttling and transient errors fall back to
+    /// queued; only a permanent error of the batch itself fails it. A batch that may be in ADX
+    /// already (`recovered`, or an earlier attempt without a clear answer) is looked up first
+    /// and, when absent, or when the identity may not look it up, sent queued with its `ingest-by`
+    /// tag: an earlier queued attempt may still be on its way, and the tag drops the repeat.
     async fn send_managed(
         &self,
         batch: &OutgoingBatch,
@@ -579,51 +630,89 @@ impl Inner {
     ) -> Result<&'static str> {
         let metrics = &self.http.metrics.adx_managed_fallbacks;
         let fallback_reason = if recovered || self.uncertain.contains(&batch.id) {
-            if self.already_ingested(batch, payload).await? == Some(true) {
-                tracing::info!(
-                    batch_id = %batch.id,
-                    "The batch is in ADX already; not sending it again"
-                );
-                self.uncertain.settle(&batch.id);
-                return Ok("already_ingested");
+            match self.lookup_first(batch, payload).await? {
+                verify::Lookup::Present => {
+                    tracing::info!(
+                        batch_id = %batch.id,
+                        "The batch is in ADX already; not sending it again"
+                    );
+                    self.uncertain.settle(&batch.id);
+                    return Ok("already_ingested");
+                }
+                verify::Lookup::Forbidden => "query_forbidden",
+                verify::Lookup::Absent | verify::Lookup::Unknown => "resend",
             }
-            Some("resend")
         } else if compressed.len() as u64 > self.config.streaming_max_bytes {
-            Some("too_large")
-        } else if self.streaming_suspended() {
-            Some("suspended")
+            "too_large"
+        } else if let Some(reason) = self.streaming_suspension() {
+            reason
         } else {
-            match self.send_streaming(batch, compressed, 1).await {
-                Ok(()) => None,
+            match self.send_streaming(batch, compressed, "1").await {
+                Ok(()) => {
+                    if self.forget("policy_off") {
+                        tracing::info!(
+                            table = %self.config.table,
+                            "ADX accepts streaming ingestion into this table again"
+                        );
+                    }
+                    return Ok("streaming");
+                }
+                // Refusals of the request, not of the batch: checked before `is_permanent`, as
+                // ADX marks them permanent.
+                Err(error) if error.is_too_large() => {
+                    if self.note_once("too_large") {
+                        tracing::warn!(
+                            batch_id = %batch.id,
+                            error = %error_chain(&error),
+                            "ADX refused a streaming request as too large; sending such batches queued (a lower sink.adx.streaming_max_bytes sends them queued without trying)"
+                        );
+                    }
+                    "too_large"
+                }
+                Err(error) if error.is_streaming_off() => {
+                    self.suspend_streaming(UNAVAILABLE_SUSPENSION, "policy_off");
+                    if self.note_once("policy_off") {
+                        tracing::warn!(
+                            batch_id = %batch.id,
+                            table = %self.config.table,
+                            error = %error_chain(&error),
+                            "Streaming ingestion is not enabled for this table (its streaming ingestion policy, or the cluster's): sending batches queued and trying streaming again every 15 minutes. Enable it (`.alter table … policy streamingingestion enable`) or use mode queued"
+                        );
+                    }
+                    "policy_off"
+                }
                 Err(error) if error.is_permanent() => return Err(error),
                 Err(error) if error.is_ambiguous() => {
                     // It may have landed: look before sending it another way.
                     self.uncertain.mark(&batch.id);
-                    if self.already_ingested(batch, payload).await? == Some(true) {
-                        tracing::info!(
-                            batch_id = %batch.id,
-                            error = %error_chain(&error),
-                            "Streaming ingestion answered with an error but stored the batch"
-                        );
-                        self.uncertain.settle(&batch.id);
-                        return Ok("streaming");
+                    match self.lookup_first(batch, payload).await? {
+                        verify::Lookup::Present => {
+                            tracing::info!(
+                                batch_id = %batch.id,
+                                error = %error_chain(&error),
+                                "Streaming ingestion answered with an error but stored the batch"
+                            );
+                            self.uncertain.settle(&batch.id);
+                            return Ok("streaming");
+                        }
+                        verify::Lookup::Forbidden => "query_forbidden",
+                        verify::Lookup::Absent | verify::Lookup::Unknown => {
+                            tracing::info!(
+                                batch_id = %batch.id,
+                                error = %error_chain(&error),
+                                "Streaming ingestion failed and the batch is not in ADX; sending it queued"
+                            );
+                            "transient"
+                        }
                     }
-                    tracing::info!(
-                        batch_id = %batch.id,
-                        error = %error_chain(&error),
-                        "Streaming ingestion failed and the batch is not in ADX; sending it queued"
-                    );
-                    Some("transient")
                 }
                 Err(error) => {
                     let reason = if error.is_throttled() {
-                        self.suspend_streaming(THROTTLE_SUSPENSION);
+                        self.suspend_streaming(THROTTLE_SUSPENSION, "suspended");
                         "throttled"
-                    } else if error.is_too_large() {
-                        "too_large"
                     } else {
                         if error.status() == Some(404) {
-                            self.suspend_streaming(UNAVAILABLE_SUSPENSION);
+                            self.suspend_streaming(UNAVAILABLE_SUSPENSION, "suspended");
                         }
                         "transient"
                     };
@@ -633,50 +722,70 @@ impl Inner {
                         error = %error_chain(&error),
                         "Streaming ingestion failed; sending the batch queued"
                     );
-                    Some(reason)
+                    reason
                 }
             }
         };
-        match fallback_reason {
-            None => Ok("streaming"),
-            Some(reason) => {
-                metrics.with_label_values(&[reason]).inc();
-                self.send_queued(batch, compressed, payload.len()).await?;
-                self.uncertain.settle(&batch.id);
-                Ok("queued")
-            }
-        }
+        metrics.with_label_values(&[fallback_reason]).inc();
+        // A batch that may be in ADX goes with its tag, whatever `ingest_by_tags` says.
+        let dedup = matches!(fallback_reason, "resend" | "query_forbidden");
+        self.send_queued(batch, compressed, payload.len(), dedup)
+            .await?;
+        self.uncertain.settle(&batch.id);
+        Ok("queued")
     }
 
-    fn streaming_suspended(&self) -> bool {
+    /// The fallback reason while streaming is paused (`suspended`, or `policy_off`).
+    fn streaming_suspension(&self) -> Option<&'static str> {
         let until = self
             .streaming_suspended_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        until.is_some_and(|until| Instant::now() < until)
+        until
+            .filter(|(until, _)| Instant::now() < *until)
+            .map(|(_, reason)| reason)
     }
 
-    fn suspend_streaming(&self, period: Duration) {
+    fn suspend_streaming(&self, period: Duration, reason: &'static str) {
         *self
             .streaming_suspended_until
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + period);
+            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now() + period, reason));
     }
 
-    /// Queued ingestion: upload the blob, then enqueue its message. A 403 from storage (an
-    /// expired SAS) refreshes the resources and tries once more.
+    /// True the first time `cause` is noted (until it is forgotten).
+    fn note_once(&self, cause: &'static str) -> bool {
+        self.noted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cause)
+    }
+
+    /// Forgets `cause`; true if it had been noted.
+    fn forget(&self, cause: &'static str) -> bool {
+        self.noted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cause)
+    }
+
+    /// Queued ingestion: upload the blob, then enqueue its message, tagged `ingest-by` when
+    /// configured or when `dedup` asks for it (a re-send). A 403 from storage (an expired SAS)
+    /// refreshes the resources and tries once more.
     async fn send_queued(
         &self,
         batch: &OutgoingBatch,
         compressed: &Bytes,
         raw_size: usize,
+        dedup: bool,
     ) -> Result<()> {
         let mut refreshed = false;
         loop {
             let resources = self.resources().await?;
             let result = async {
                 let blob = self.upload(&resources, batch, compressed).await?;
-                self.enqueue(&resources, batch, &blob, raw_size).await
+                self.enqueue(&resources, batch, &blob, raw_size, dedup)
+                    .await
             }
             .await;
             match result {
@@ -777,6 +886,7 @@ impl Inner {
         batch: &OutgoingBatch,
         blob: &Url,
         raw_size: usize,
+        dedup: bool,
     ) -> Result<()> {
         let id = source_id(&batch.id);
         let message = IngestionMessage {
@@ -788,7 +898,7 @@ impl Inner {
             mapping: &self.config.mapping,
             format: self.config.format,
             authorization_context: &resources.authorization_context,
-            ingest_by: self.config.ingest_by_tags.then_some(batch.id.as_str()),
+            ingest_by: (self.config.ingest_by_tags || dedup).then_some(batch.id.as_str()),
             created: jiff::Timestamp::now(),
         };
         let body = envelope(&message.to_json())?;

@@ -36,6 +36,30 @@ fn streaming_errors_are_permanent_only_when_kusto_says_so_or_a_client_error_has_
 }
 
 #[test]
+fn refusals_of_streaming_itself_are_told_apart_from_permanent_errors_of_the_batch() {
+    let policy_off = r#"{"error":{"code":"BadRequest_StreamingIngestionPolicyNotEnabled","message":"x","@type":"Kusto.DataNode.Exceptions.StreamingIngestionPolicyNotEnabledException","@permanent":true}}"#;
+    let off = status(Operation::Streaming, 400, policy_off);
+    assert!(off.is_permanent() && off.is_streaming_off() && !off.is_too_large());
+    let too_large =
+        r#"{"error":{"code":"Stream_InputStreamTooLarge","message":"x","@permanent":true}}"#;
+    let large = status(Operation::Streaming, 400, too_large);
+    assert!(large.is_permanent() && large.is_too_large() && !large.is_streaming_off());
+    let large = status(Operation::Streaming, 413, too_large);
+    assert!(!large.is_permanent() && large.is_too_large());
+    let bad_mapping =
+        r#"{"error":{"code":"BadRequest_MappingReferenceWasNotFound","@permanent":true}}"#;
+    let mapping = status(Operation::Streaming, 400, bad_mapping);
+    assert!(mapping.is_permanent() && !mapping.is_too_large() && !mapping.is_streaming_off());
+    let record = Error::RecordTooLarge {
+        record: 3,
+        key: "Uid u, ResourceVersion 7".to_owned(),
+        bytes: 5000,
+        source: Box::new(large),
+    };
+    assert!(!record.into_sink_error().is_retriable());
+}
+
+#[test]
 fn storage_errors_keep_the_code_and_drop_the_message() {
     let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate sig=abc</Message></Error>";
     let error = status(Operation::Enqueue, 403, body);

@@ -454,13 +454,7 @@ async fn a_new_leader_is_not_ready_from_the_moment_its_leadership_is_visible() {
     let mut leadership = candidate.subscribe();
     let stop = CancellationToken::new();
     let task = tokio::spawn(candidate.run(stop.clone()));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        leadership.wait_for(Option::is_some),
-    )
-    .await
-    .expect("no leadership")
-    .unwrap();
+    led(&mut leadership, Duration::from_secs(10), "no leadership").await;
     let not_ready = board
         .readiness()
         .expect_err("ready while the pipeline has not started");
@@ -471,6 +465,20 @@ async fn a_new_leader_is_not_ready_from_the_moment_its_leadership_is_visible() {
     assert_eq!(board.snapshot()["leader"]["role"], "leader");
     stop.cancel();
     task.await.unwrap();
+}
+
+/// Waits up to `timeout` for `watch` to publish a leadership, and returns it; panics with `what`.
+async fn led(
+    watch: &mut kevents::leader::LeadershipWatch,
+    timeout: Duration,
+    what: &str,
+) -> kevents::leader::Leadership {
+    tokio::time::timeout(timeout, watch.wait_for(Option::is_some))
+        .await
+        .expect(what)
+        .unwrap()
+        .clone()
+        .unwrap()
 }
 
 /// Samples two leadership channels for `span`: how often both were current at once, and whether
@@ -543,12 +551,7 @@ async fn advancing_the_epoch_raises_lease_transitions_for_the_current_term_only(
     let mut leadership = candidate.subscribe();
     let stop = CancellationToken::new();
     let task = tokio::spawn(candidate.run(stop.clone()));
-    let first = tokio::time::timeout(Duration::from_secs(5), leadership.wait_for(Option::is_some))
-        .await
-        .expect("no leadership")
-        .unwrap()
-        .clone()
-        .unwrap();
+    let first = led(&mut leadership, Duration::from_secs(5), "no leadership").await;
     assert_eq!(first.epoch, 4, "an acquisition adds one transition");
     // A request for a term that is not the current one is ignored.
     handle.advance_epoch(3, 40);
@@ -580,18 +583,17 @@ async fn a_leader_that_steps_down_releases_at_once_and_stays_follower_for_its_ba
     let (mut watch_a, mut watch_b) = (a.subscribe(), b.subscribe());
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
     let task_a = tokio::spawn(a.run(stop_a.clone()));
-    tokio::time::timeout(Duration::from_secs(5), watch_a.wait_for(Option::is_some))
-        .await
-        .expect("no leadership")
-        .unwrap();
+    led(&mut watch_a, Duration::from_secs(5), "no leadership").await;
     let task_b = tokio::spawn(b.run(stop_b.clone()));
     let asked = Instant::now();
     let hold_off = Duration::from_secs(3);
     handle.step_down(hold_off, "test");
-    tokio::time::timeout(Duration::from_secs(3), watch_b.wait_for(Option::is_some))
-        .await
-        .expect("the other replica did not take over after the step-down")
-        .unwrap();
+    led(
+        &mut watch_b,
+        Duration::from_secs(3),
+        "the other replica did not take over after the step-down",
+    )
+    .await;
     assert!(watch_a.borrow().is_none());
     // The other replica stops and releases: the stepped-down one must still wait its back-off.
     stop_b.cancel();
@@ -605,10 +607,12 @@ async fn a_leader_that_steps_down_releases_at_once_and_stays_follower_for_its_ba
     .await;
     assert_eq!(both, 0);
     assert!(!a_led, "led again during its back-off");
-    tokio::time::timeout(Duration::from_secs(5), watch_a.wait_for(Option::is_some))
-        .await
-        .expect("never competed again after its back-off")
-        .unwrap();
+    led(
+        &mut watch_a,
+        Duration::from_secs(5),
+        "never competed again after its back-off",
+    )
+    .await;
     assert!(asked.elapsed() >= hold_off);
     stop_a.cancel();
     task_a.await.unwrap();
@@ -622,12 +626,7 @@ async fn a_deleted_lease_is_recreated_as_a_new_term_that_acts_only_after_the_ren
     let mut leadership = candidate.subscribe();
     let stop = CancellationToken::new();
     let task = tokio::spawn(candidate.run(stop.clone()));
-    let first = tokio::time::timeout(Duration::from_secs(5), leadership.wait_for(Option::is_some))
-        .await
-        .expect("no leadership")
-        .unwrap()
-        .clone()
-        .unwrap();
+    let first = led(&mut leadership, Duration::from_secs(5), "no leadership").await;
     admin
         .delete(LEASE, &kube::api::DeleteParams::default())
         .await
@@ -637,12 +636,7 @@ async fn a_deleted_lease_is_recreated_as_a_new_term_that_acts_only_after_the_ren
         .expect("kept leading on a deleted Lease")
         .unwrap();
     let demoted = Instant::now();
-    let second = tokio::time::timeout(Duration::from_secs(5), leadership.wait_for(Option::is_some))
-        .await
-        .expect("never led again")
-        .unwrap()
-        .clone()
-        .unwrap();
+    let second = led(&mut leadership, Duration::from_secs(5), "never led again").await;
     let renew_deadline = Duration::from_millis(800);
     assert!(
         demoted.elapsed() >= renew_deadline.saturating_sub(Duration::from_millis(100)),

@@ -441,14 +441,7 @@ impl Elector {
         spec.renew_time = Some(stamp);
         spec.lease_transitions = Some(transitions);
         let start = Instant::now();
-        match self
-            .call(
-                "replace",
-                self.api
-                    .replace(&self.config.lease_name, &PostParams::default(), &desired),
-            )
-            .await
-        {
+        match self.replace(&desired).await {
             Ok(updated) => {
                 self.become_leader(updated, start, &observed.holder, start);
                 Attempt::Acquired
@@ -649,14 +642,7 @@ impl Elector {
             spec.lease_duration_seconds = Some(1);
             spec.acquire_time = Some(stamp.clone());
             spec.renew_time = Some(stamp);
-            match self
-                .call(
-                    "replace",
-                    self.api
-                        .replace(&self.config.lease_name, &PostParams::default(), &desired),
-                )
-                .await
-            {
+            match self.replace(&desired).await {
                 Ok(_) => {
                     tracing::info!(holder = %self.config.identity, epoch = held.epoch, "Released the lease");
                     self.publish_status();
@@ -828,14 +814,7 @@ impl Elector {
         spec.lease_transitions = Some(target);
         spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
         let start = Instant::now();
-        match self
-            .call(
-                "replace",
-                self.api
-                    .replace(&self.config.lease_name, &PostParams::default(), &desired),
-            )
-            .await
-        {
+        match self.replace(&desired).await {
             Ok(updated) => {
                 self.observe(&updated, Instant::now());
                 self.last_held = Some((
@@ -977,6 +956,17 @@ impl Elector {
             Ok(Err(source)) => Err(Error::Api { op, source }),
             Err(_) => Err(Error::Timeout { op, after }),
         }
+    }
+
+    /// Writes `desired` (its resourceVersion makes the write conditional), bounded like every
+    /// Lease call.
+    async fn replace(&self, desired: &Lease) -> Result<Lease> {
+        self.call(
+            "replace",
+            self.api
+                .replace(&self.config.lease_name, &PostParams::default(), desired),
+        )
+        .await
     }
 
     fn lease_duration_seconds(&self) -> i32 {

@@ -345,6 +345,7 @@ async fn run_stages(
             max_age: config.shipper.max_batch_age,
             retry_initial: config.shipper.retry_initial,
             retry_max: config.shipper.retry_max,
+            max_awaiting: config.shipper.max_awaiting_batches,
         },
         metrics: metrics.clone(),
         board: Arc::clone(board),

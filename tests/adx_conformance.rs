@@ -74,6 +74,7 @@ async fn the_queue_message_has_exactly_the_documented_fields_types_and_envelope(
         "ApplicationForTracing",
         "ClientVersionForTracing",
         "AdditionalProperties",
+        "IngestionStatusInTable",
     ]
     .into();
     assert_eq!(names, expected);
@@ -112,8 +113,24 @@ async fn the_queue_message_has_exactly_the_documented_fields_types_and_envelope(
     assert_eq!(message["RetainBlobOnSuccess"], Value::Bool(true));
     assert_eq!(message["FlushImmediately"], Value::Bool(false));
     assert_eq!(message["IgnoreSizeLimit"], Value::Bool(false));
-    assert_eq!(message["ReportLevel"], Value::from(0), "FailuresOnly");
-    assert_eq!(message["ReportMethod"], Value::from(0), "Queue");
+    // Status rows (the default): FailuresAndSuccesses into the table, at the row the client
+    // inserted as Pending before posting (PartitionKey = RowKey = Id), in the DM's status table.
+    assert_eq!(
+        message["ReportLevel"],
+        Value::from(2),
+        "FailuresAndSuccesses"
+    );
+    assert_eq!(message["ReportMethod"], Value::from(1), "Table");
+    let status = message["IngestionStatusInTable"].as_object().unwrap();
+    assert_eq!(
+        status.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        ["TableConnectionString", "PartitionKey", "RowKey"].into()
+    );
+    assert_eq!(status["PartitionKey"], id);
+    assert_eq!(status["RowKey"], id);
+    let table = reqwest::Url::parse(status["TableConnectionString"].as_str().unwrap()).unwrap();
+    assert!(table.path().ends_with("/ingestionsstatus"), "{table}");
+    assert!(table.query().unwrap().contains("sig="));
     let created = message["SourceMessageCreationTime"].as_str().unwrap();
     assert!(created.ends_with('Z'), "{created}");
     created.parse::<jiff::Timestamp>().unwrap();

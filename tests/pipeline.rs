@@ -199,7 +199,7 @@ impl Sink for HangingSink {
             if self.hang_first && first {
                 std::future::pending::<()>().await;
             }
-            Ok(())
+            Ok(kevents::sink::Receipt::Delivered)
         })
     }
 }

@@ -155,6 +155,22 @@ pub struct FailedIngestionsConfig {
     pub interval: Duration,
 }
 
+/// Ingestion status reporting for queued ingestion: how kevents learns that a queued batch
+/// landed (or failed) before it deletes it from the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Ask the data management service for a status row per batch (`ReportLevel`
+    /// FailuresAndSuccesses, `ReportMethod` Table) and keep each queued batch until its row is
+    /// final. Off: a batch counts as delivered once its queue message is posted.
+    pub enabled: bool,
+    /// How often the rows of batches awaiting confirmation are read (the first read waits this
+    /// long too; later ones back off to 4×).
+    pub poll_interval: Duration,
+    /// A row still `Pending` this long after it was written is taken as a submission that never
+    /// reached the queue, and the batch is submitted again.
+    pub pending_timeout: Duration,
+}
+
 /// The validated `sink.adx` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdxConfig {
@@ -190,6 +206,8 @@ pub struct AdxConfig {
     pub auth: AdxAuthConfig,
     /// The failed-ingestions poller.
     pub failed_ingestions: FailedIngestionsConfig,
+    /// Ingestion status rows for queued batches.
+    pub status: StatusConfig,
 }
 
 impl AdxConfig {
@@ -232,6 +250,17 @@ pub(super) struct RawAdx {
     auth: RawAuth,
     #[serde(default)]
     failed_ingestions: RawFailedIngestions,
+    #[serde(default)]
+    status: RawStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    #[serde(default, deserialize_with = "scalar::boolean")]
+    enabled: Option<bool>,
+    poll_interval: Option<String>,
+    pending_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,6 +416,31 @@ impl RawAdx {
                 "must be at least 100ms",
             ));
         }
+        let status = StatusConfig {
+            enabled: self.status.enabled.unwrap_or(true),
+            poll_interval: duration_field(
+                "sink.adx.status.poll_interval",
+                self.status.poll_interval.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            pending_timeout: duration_field(
+                "sink.adx.status.pending_timeout",
+                self.status.pending_timeout.as_deref(),
+                Duration::from_secs(3600),
+            )?,
+        };
+        if status.poll_interval < Duration::from_millis(100) {
+            return Err(Error::invalid(
+                "sink.adx.status.poll_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if status.pending_timeout < status.poll_interval * 2 {
+            return Err(Error::invalid(
+                "sink.adx.status.pending_timeout",
+                "must be at least twice sink.adx.status.poll_interval",
+            ));
+        }
         Ok(AdxConfig {
             ingest_endpoint,
             engine_endpoint,
@@ -403,6 +457,7 @@ impl RawAdx {
             token_refresh_margin,
             auth,
             failed_ingestions,
+            status,
         })
     }
 }
@@ -585,6 +640,20 @@ pub(super) fn print_adx(adx: &AdxConfig) -> Value {
                 (
                     "interval",
                     format_duration(adx.failed_ingestions.interval).into(),
+                ),
+            ]),
+        ),
+        (
+            "status",
+            map([
+                ("enabled", adx.status.enabled.into()),
+                (
+                    "poll_interval",
+                    format_duration(adx.status.poll_interval).into(),
+                ),
+                (
+                    "pending_timeout",
+                    format_duration(adx.status.pending_timeout).into(),
                 ),
             ]),
         ),

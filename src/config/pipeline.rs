@@ -95,6 +95,9 @@ pub struct ShipperConfig {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Batches the sink accepted for later processing (ADX queued ingestion) whose outcome is
+    /// not known yet, at most; more wait before being cut.
+    pub max_awaiting_batches: usize,
 }
 
 /// Output record shape.
@@ -188,6 +191,8 @@ pub(super) struct RawShipper {
     max_batch_age: Option<String>,
     retry_initial: Option<String>,
     retry_max: Option<String>,
+    #[serde(default, deserialize_with = "scalar::whole")]
+    max_awaiting_batches: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -406,6 +411,10 @@ impl RawShipper {
             )?,
             retry_initial,
             retry_max,
+            max_awaiting_batches: positive(
+                "shipper.max_awaiting_batches",
+                self.max_awaiting_batches.unwrap_or(64),
+            )?,
         })
     }
 }
@@ -588,6 +597,7 @@ pub(super) fn print_shipper(shipper: &ShipperConfig) -> Value {
             format_duration(shipper.retry_initial).into(),
         ),
         ("retry_max", format_duration(shipper.retry_max).into()),
+        ("max_awaiting_batches", shipper.max_awaiting_batches.into()),
     ])
 }
 

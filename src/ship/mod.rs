@@ -3,9 +3,12 @@
 //!
 //! Owns batching (max events / max bytes / max age), deterministic batch ids, retries with
 //! backoff for retriable sink errors, and the dead tree for permanent ones. A new leader first
-//! re-sends the batches its predecessor recorded but never saw confirmed, with the same ids. Every
-//! store write and every send checks the fence right before acting. It must never delete a record
-//! the sink has not confirmed, and never retry a permanent error.
+//! re-sends the batches its predecessor recorded but never saw confirmed, with the same ids. A
+//! batch the sink only submitted (ADX queued ingestion, processed minutes later) stays in the
+//! outbox, awaiting confirmation, while later batches go out: at most `max_awaiting` at a time;
+//! the sink's confirmation deletes it, sends it again, or moves it to the dead tree. Every store
+//! write and every send checks the fence right before acting. It must never delete a record the
+//! sink has not confirmed, and never retry a permanent error.
 
 use std::{
     sync::Arc,
@@ -17,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     blocking::IoPool,
-    sink::{OutgoingBatch, Sink},
+    sink::{Confirmation, OutgoingBatch, Receipt, Sink},
     store::{self, BatchRecord, EventStore, Guard, OutboxSpan},
     telemetry::error_chain,
     telemetry::{Metrics, StatusBoard},
@@ -36,6 +39,8 @@ pub struct ShipperOptions {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Batches awaiting the sink's confirmation at most; more wait before being cut.
+    pub max_awaiting: usize,
 }
 
 impl Default for ShipperOptions {
@@ -46,6 +51,7 @@ impl Default for ShipperOptions {
             max_age: Duration::from_secs(15),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            max_awaiting: 64,
         }
     }
 }
@@ -91,6 +97,43 @@ enum Delivery {
     Acked,
     Dead,
     Stopped,
+    /// The sink will say later: ask after this long.
+    Submitted(Duration),
+}
+
+/// Which send of a recorded batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendKind {
+    /// Cut by this term.
+    First,
+    /// Recorded by an earlier term, which may have sent it.
+    Recovered,
+    /// The sink said a submission of it will not land.
+    Resubmit,
+}
+
+/// A batch the sink submitted, awaiting its confirmation.
+struct Awaiting {
+    batch: BatchRecord,
+    /// When to ask.
+    check_at: Instant,
+    /// The wait after a pending answer (doubles up to 4× the sink's).
+    wait: Duration,
+}
+
+impl Awaiting {
+    fn new(batch: BatchRecord, after: Duration) -> Self {
+        Self {
+            batch,
+            check_at: Instant::now() + after,
+            wait: after,
+        }
+    }
+}
+
+/// A point in time far enough away to mean "never" in a `select!`.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 impl Shipper {
@@ -108,16 +151,33 @@ impl Shipper {
                 "Re-sending batches recorded by the previous term"
             );
         }
+        let mut awaiting: Vec<Awaiting> = Vec::new();
         for batch in inflight {
             cursor = cursor.max(batch.last + 1);
-            if matches!(self.deliver(&batch, &stop, true).await?, Delivery::Stopped) {
-                return Ok(());
+            match self.deliver(&batch, &stop, SendKind::Recovered).await? {
+                Delivery::Stopped => return Ok(()),
+                Delivery::Submitted(after) => awaiting.push(Awaiting::new(batch, after)),
+                Delivery::Acked | Delivery::Dead => {}
             }
         }
         let mut pending_since: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
+            }
+            if self.confirm_due(&mut awaiting, &stop).await? {
+                return Ok(());
+            }
+            let next_check = awaiting
+                .iter()
+                .map(|a| a.check_at)
+                .min()
+                .unwrap_or_else(far_future);
+            if awaiting.len() >= self.options.max_awaiting.max(1) {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep_until(next_check.into()) => continue,
+                }
             }
             let (max_events, max_bytes) = (self.options.max_events, self.options.max_bytes);
             // Sizes only: the records are read once, when the batch is sent.
@@ -134,6 +194,7 @@ impl Shipper {
                     () = self.wake.notified() => continue,
                     // A safety net: capture always notifies, but never wait forever.
                     () = tokio::time::sleep(self.options.max_age) => continue,
+                    () = tokio::time::sleep_until(next_check.into()) => continue,
                 }
             }
             let since = *pending_since.get_or_insert_with(Instant::now);
@@ -145,16 +206,142 @@ impl Shipper {
                     () = stop.cancelled() => return Ok(()),
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep_until(due.into()) => {}
+                    () = tokio::time::sleep_until(next_check.into()) => {}
                 }
                 continue;
             }
             let batch = self.cut(span).await?;
             cursor = batch.last + 1;
             pending_since = None;
-            if matches!(self.deliver(&batch, &stop, false).await?, Delivery::Stopped) {
-                return Ok(());
+            match self.deliver(&batch, &stop, SendKind::First).await? {
+                Delivery::Stopped => return Ok(()),
+                Delivery::Submitted(after) => {
+                    awaiting.push(Awaiting::new(batch, after));
+                    self.metrics
+                        .batches_awaiting
+                        .set(i64::try_from(awaiting.len()).unwrap_or(i64::MAX));
+                }
+                Delivery::Acked | Delivery::Dead => {}
             }
         }
+    }
+
+    /// Asks the sink about every awaiting batch whose time has come: acknowledges the delivered
+    /// ones, sends again those the sink says will not land, moves the failed ones to the dead
+    /// tree, and asks again later about the rest. True when `stop` ended it.
+    async fn confirm_due(
+        &self,
+        awaiting: &mut Vec<Awaiting>,
+        stop: &CancellationToken,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let mut index = 0;
+        while index < awaiting.len() {
+            if awaiting[index].check_at > now {
+                index += 1;
+                continue;
+            }
+            if !self.guard.is_current() {
+                return Err(store::Error::Fenced.into());
+            }
+            let id = awaiting[index].batch.id.clone();
+            let answer = tokio::select! {
+                () = stop.cancelled() => return Ok(true),
+                answer = self.sink.confirm(&id) => answer,
+            };
+            let entry = &mut awaiting[index];
+            match answer {
+                Ok(Confirmation::Delivered) => {
+                    let batch = awaiting.remove(index);
+                    self.acknowledge(&batch.batch).await?;
+                    continue;
+                }
+                Ok(Confirmation::Pending { check_after }) => {
+                    entry.wait = (entry.wait * 2).clamp(check_after, check_after * 4);
+                    entry.check_at = Instant::now() + entry.wait;
+                }
+                Ok(Confirmation::Resubmit { reason }) => {
+                    let batch = awaiting.remove(index);
+                    self.metrics.batch_resubmissions.inc();
+                    tracing::warn!(
+                        batch_id = %batch.batch.id,
+                        batch_size = batch.batch.events,
+                        reason,
+                        "The sink says the submitted batch will not land; submitting it again"
+                    );
+                    match self.deliver(&batch.batch, stop, SendKind::Resubmit).await? {
+                        Delivery::Stopped => return Ok(true),
+                        Delivery::Submitted(after) => {
+                            awaiting.insert(index, Awaiting::new(batch.batch, after));
+                        }
+                        Delivery::Acked | Delivery::Dead => continue,
+                    }
+                }
+                Err(error) if error.is_retriable() => {
+                    tracing::warn!(
+                        batch_id = %entry.batch.id,
+                        retry_in = ?entry.wait,
+                        error = %error_chain(&error),
+                        "Reading whether a submitted batch landed failed; asking again later"
+                    );
+                    self.board.publish(
+                        "sink",
+                        serde_json::json!({
+                            "sink": self.sink.name(),
+                            "healthy": false,
+                            "last_error": error.to_string(),
+                            "failing_batch": entry.batch.id,
+                        }),
+                    );
+                    entry.wait = (entry.wait * 2).min(self.options.retry_max);
+                    entry.check_at = Instant::now() + entry.wait;
+                }
+                Err(error) => {
+                    let batch = awaiting.remove(index);
+                    self.bury(&batch.batch, &error_chain(&error)).await?;
+                    continue;
+                }
+            }
+            index += 1;
+        }
+        self.metrics
+            .batches_awaiting
+            .set(i64::try_from(awaiting.len()).unwrap_or(i64::MAX));
+        Ok(false)
+    }
+
+    /// Deletes a delivered batch from the outbox (fenced).
+    async fn acknowledge(&self, batch: &BatchRecord) -> Result<()> {
+        let guard = Arc::clone(&self.guard);
+        let record = batch.clone();
+        self.blocking("ack_batch", move |store| {
+            store.ack_batch(&record, guard.as_ref())
+        })
+        .await?;
+        self.metrics.events_shipped.inc_by(batch.events);
+        tracing::debug!(batch_id = %batch.id, batch_size = batch.events, "Batch delivered");
+        Ok(())
+    }
+
+    /// Moves a batch the sink rejected for good to the dead tree (fenced).
+    async fn bury(&self, batch: &BatchRecord, reason: &str) -> Result<()> {
+        tracing::error!(
+            batch_id = %batch.id,
+            batch_size = batch.events,
+            error = %reason,
+            "Sink rejected the batch permanently; moved to the dead tree"
+        );
+        let guard = Arc::clone(&self.guard);
+        let record = batch.clone();
+        let reason = reason.to_owned();
+        let now = jiff::Timestamp::now().as_millisecond();
+        self.blocking("dead_batch", move |store| {
+            store.dead_batch(&record, &reason, now, guard.as_ref())
+        })
+        .await?;
+        self.metrics.dead_batches.inc();
+        self.metrics.events_dead.inc_by(batch.events);
+        Ok(())
     }
 
     /// Records a batch for `span` (fenced) and returns it.
@@ -178,14 +365,15 @@ impl Shipper {
         Ok(batch)
     }
 
-    /// Sends one recorded batch until the sink confirms it (then deletes it) or rejects it for
-    /// good (then moves it to `dead`). A `recovered` batch was recorded by an earlier term, which
-    /// may have delivered it: it goes through [`Sink::resend`].
+    /// Sends one recorded batch until the sink confirms it (then deletes it), submits it (then
+    /// it awaits confirmation) or rejects it for good (then moves it to `dead`). A recovered
+    /// batch was recorded by an earlier term, which may have delivered it: it goes through
+    /// [`Sink::resend`]; a resubmitted one through [`Sink::resubmit`].
     async fn deliver(
         &self,
         batch: &BatchRecord,
         stop: &CancellationToken,
-        recovered: bool,
+        kind: SendKind,
     ) -> Result<Delivery> {
         let (first, last) = (batch.first, batch.last);
         let capacity = usize::try_from(batch.bytes).unwrap_or(0);
@@ -210,10 +398,10 @@ impl Shipper {
                 return Err(store::Error::Fenced.into());
             }
             let started = Instant::now();
-            let send = if recovered {
-                self.sink.resend(&outgoing)
-            } else {
-                self.sink.send(&outgoing)
+            let send = match kind {
+                SendKind::First => self.sink.send(&outgoing),
+                SendKind::Recovered => self.sink.resend(&outgoing),
+                SendKind::Resubmit => self.sink.resubmit(&outgoing),
             };
             tokio::pin!(send);
             let result = tokio::select! {
@@ -237,24 +425,18 @@ impl Shipper {
                 .batch_send_duration
                 .observe(started.elapsed().as_secs_f64());
             match result {
-                Ok(()) => {
+                Ok(receipt) => {
                     self.metrics
                         .batch_sends
                         .with_label_values(&["success"])
                         .inc();
-                    let guard = Arc::clone(&self.guard);
-                    let record = batch.clone();
-                    self.blocking("ack_batch", move |store| {
-                        store.ack_batch(&record, guard.as_ref())
-                    })
-                    .await?;
-                    self.metrics.events_shipped.inc_by(outgoing.events);
-                    tracing::debug!(
-                        batch_id = %batch.id,
-                        batch_size = outgoing.events,
-                        attempt,
-                        "Batch delivered"
-                    );
+                    let delivery = match receipt {
+                        Receipt::Delivered => {
+                            self.acknowledge(batch).await?;
+                            Delivery::Acked
+                        }
+                        Receipt::Submitted { check_after } => Delivery::Submitted(check_after),
+                    };
                     if attempt > 1 {
                         tracing::info!(batch_id = %batch.id, attempt, "Batch delivered after retries");
                         self.board.publish(
@@ -262,7 +444,7 @@ impl Shipper {
                             serde_json::json!({ "sink": self.sink.name(), "healthy": true }),
                         );
                     }
-                    return Ok(Delivery::Acked);
+                    return Ok(delivery);
                 }
                 Err(error) if error.is_retriable() => {
                     self.metrics
@@ -303,22 +485,7 @@ impl Shipper {
                         .batch_sends
                         .with_label_values(&["permanent_error"])
                         .inc();
-                    let reason = error_chain(&error);
-                    tracing::error!(
-                        batch_id = %batch.id,
-                        batch_size = outgoing.events,
-                        error = %reason,
-                        "Sink rejected the batch permanently; moved to the dead tree"
-                    );
-                    let guard = Arc::clone(&self.guard);
-                    let record = batch.clone();
-                    let now = jiff::Timestamp::now().as_millisecond();
-                    self.blocking("dead_batch", move |store| {
-                        store.dead_batch(&record, &reason, now, guard.as_ref())
-                    })
-                    .await?;
-                    self.metrics.dead_batches.inc();
-                    self.metrics.events_dead.inc_by(outgoing.events);
+                    self.bury(batch, &error_chain(&error)).await?;
                     return Ok(Delivery::Dead);
                 }
             }
@@ -342,6 +509,7 @@ impl Shipper {
                     "events": meta.outbox_events,
                     "bytes": meta.outbox_bytes,
                     "dead_events": meta.dead_events,
+                    "awaiting_confirmation": self.metrics.batches_awaiting.get(),
                     "checkpoint": meta.checkpoint,
                 }),
             );

@@ -9,7 +9,7 @@ use std::{
 
 use super::*;
 use crate::{
-    sink::{self, SendFuture},
+    sink::{self, ConfirmFuture, SendFuture},
     store::{CaptureItem, OpenOptions, SledStore},
 };
 
@@ -63,7 +63,7 @@ impl Sink for ScriptedSink {
                 }),
                 None => {
                     self.delivered.lock().unwrap().push(batch.clone());
-                    Ok(())
+                    Ok(Receipt::Delivered)
                 }
             }
         })
@@ -116,6 +116,7 @@ fn shipper(fx: &Fixture, sink: Arc<dyn Sink>, max_events: usize) -> Shipper {
             max_age: Duration::from_millis(20),
             retry_initial: Duration::from_millis(5),
             retry_max: Duration::from_millis(20),
+            max_awaiting: 4,
         },
         metrics: Metrics::new().unwrap(),
         board: Arc::new(StatusBoard::new()),
@@ -251,7 +252,7 @@ impl Sink for SlowSink {
             self.started.notify_one();
             tokio::time::sleep(self.delay).await;
             self.delivered.lock().unwrap().push(batch.id.clone());
-            Ok(())
+            Ok(Receipt::Delivered)
         })
     }
 }
@@ -289,4 +290,234 @@ async fn a_stop_after_the_term_ended_abandons_the_send_and_leaves_the_batch_reco
     assert!(sink.delivered.lock().unwrap().is_empty());
     assert_eq!(fx.store.inflight_batches().unwrap().len(), 1);
     assert_eq!(fx.store.meta().unwrap().outbox_events, 3);
+}
+
+/// What [`DeferredSink::confirm`] answers, in turn; after the script, `Delivered`.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Pending,
+    Resubmit,
+    Fail,
+    Unreadable,
+}
+
+/// A sink that submits every batch (its destination processes it later) and answers
+/// confirmations from a script per batch.
+#[derive(Default)]
+struct DeferredSink {
+    script: Mutex<std::collections::HashMap<String, VecDeque<Answer>>>,
+    default_script: Vec<Answer>,
+    /// (batch id, kind) of every send.
+    sends: Mutex<Vec<(String, &'static str)>>,
+    confirms: Mutex<Vec<String>>,
+    /// Batch ids answered `Delivered`, in order.
+    confirmed: Mutex<Vec<String>>,
+}
+
+impl DeferredSink {
+    fn with(default_script: &[Answer]) -> Self {
+        Self {
+            default_script: default_script.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    fn submit(&self, batch: &OutgoingBatch, kind: &'static str) -> SendFuture<'_> {
+        self.sends.lock().unwrap().push((batch.id.clone(), kind));
+        Box::pin(async {
+            Ok(Receipt::Submitted {
+                check_after: Duration::from_millis(10),
+            })
+        })
+    }
+
+    fn sends_of(&self, kind: &str) -> usize {
+        self.sends
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, k)| *k == kind)
+            .count()
+    }
+}
+
+impl Sink for DeferredSink {
+    fn name(&self) -> &'static str {
+        "deferred"
+    }
+    fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        self.submit(batch, "send")
+    }
+    fn resend<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        self.submit(batch, "resend")
+    }
+    fn resubmit<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        self.submit(batch, "resubmit")
+    }
+    fn confirm<'a>(&'a self, batch_id: &'a str) -> ConfirmFuture<'a> {
+        Box::pin(async move {
+            self.confirms.lock().unwrap().push(batch_id.to_owned());
+            let answer = self
+                .script
+                .lock()
+                .unwrap()
+                .entry(batch_id.to_owned())
+                .or_insert_with(|| self.default_script.iter().cloned().collect())
+                .pop_front();
+            match answer {
+                None => {
+                    self.confirmed.lock().unwrap().push(batch_id.to_owned());
+                    Ok(Confirmation::Delivered)
+                }
+                Some(Answer::Pending) => Ok(Confirmation::Pending {
+                    check_after: Duration::from_millis(10),
+                }),
+                Some(Answer::Resubmit) => Ok(Confirmation::Resubmit {
+                    reason: "lost".to_owned(),
+                }),
+                Some(Answer::Fail) => Err(sink::Error::Permanent {
+                    message: "mapping error".to_owned(),
+                    source: None,
+                }),
+                Some(Answer::Unreadable) => Err(sink::Error::Retriable {
+                    message: "table service 503".to_owned(),
+                    retry_after: None,
+                    source: None,
+                }),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_submitted_batch_stays_in_the_outbox_until_confirmed_while_later_batches_go_out() {
+    let fx = fixture(10);
+    let sink = Arc::new(DeferredSink::with(&[Answer::Pending; 5]));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper(&fx, sink.clone(), 2).run(stop.clone()));
+    // Five batches of two, all submitted before any is confirmed (each is pending 5 times).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.sends_of("send") < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        sink.sends_of("send") >= 4,
+        "later batches waited for the first one's confirmation"
+    );
+    assert!(
+        sink.confirmed.lock().unwrap().len() < 4,
+        "confirmations came too early for this test"
+    );
+    assert!(
+        fx.store.meta().unwrap().outbox_events > 0,
+        "a submitted batch left the outbox before it was confirmed"
+    );
+    run_until_empty_with(task, stop, &fx.store).await;
+    assert_eq!(sink.confirmed.lock().unwrap().len(), 5);
+    assert_eq!(sink.sends_of("send"), 5, "a batch was sent twice");
+    assert!(fx.store.inflight_batches().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn no_more_batches_await_confirmation_than_max_awaiting() {
+    let fx = fixture(20);
+    // Pending for a long time: the shipper must stop cutting at max_awaiting (4).
+    let sink = Arc::new(DeferredSink::with(&[Answer::Pending; 1000]));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper(&fx, sink.clone(), 2).run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sink.sends_of("send"), 4, "{:?}", sink.sends.lock().unwrap());
+    assert_eq!(fx.store.inflight_batches().unwrap().len(), 4);
+    assert_eq!(fx.store.meta().unwrap().outbox_events, 20);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_the_sink_says_will_not_land_is_resubmitted_and_acknowledged_once() {
+    let fx = fixture(2);
+    let sink = Arc::new(DeferredSink::with(&[
+        Answer::Pending,
+        Answer::Unreadable,
+        Answer::Resubmit,
+        Answer::Pending,
+    ]));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper(&fx, sink.clone(), 10).run(stop.clone()));
+    run_until_empty_with(task, stop, &fx.store).await;
+    assert_eq!(sink.sends_of("send"), 1);
+    assert_eq!(sink.sends_of("resubmit"), 1);
+    assert_eq!(sink.confirmed.lock().unwrap().len(), 1);
+    assert!(fx.store.inflight_batches().unwrap().is_empty());
+    assert!(fx.store.dead_batches().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_submitted_batch_that_fails_for_good_goes_to_the_dead_tree_with_the_reason() {
+    let fx = fixture(3);
+    let sink = Arc::new(DeferredSink::with(&[Answer::Pending, Answer::Fail]));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper(&fx, sink.clone(), 10).run(stop.clone()));
+    run_until_empty_with(task, stop, &fx.store).await;
+    let dead = fx.store.dead_batches().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("mapping error"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(sink.confirmed.lock().unwrap().is_empty());
+    assert!(fx.store.inflight_batches().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_recovered_batch_that_was_submitted_is_followed_not_sent_again() {
+    let fx = fixture(4);
+    // An earlier term recorded (and submitted) a batch, then died.
+    let meta = fx.store.meta().unwrap();
+    let earlier = BatchRecord {
+        id: BatchRecord::id_for(&meta.store_id, 1, 4),
+        first: 1,
+        last: 4,
+        events: 4,
+        bytes: 4 * 8,
+        epoch: 1,
+        created_ms: 0,
+    };
+    let span = fx.store.outbox_span(0, 100, 1 << 20).unwrap();
+    let earlier = BatchRecord {
+        first: span.first,
+        last: span.last,
+        id: BatchRecord::id_for(&meta.store_id, span.first, span.last),
+        bytes: span.bytes,
+        ..earlier
+    };
+    fx.store.record_batch(&earlier, fx.guard.as_ref()).unwrap();
+    let sink = Arc::new(DeferredSink::with(&[Answer::Pending]));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper(&fx, sink.clone(), 10).run(stop.clone()));
+    run_until_empty_with(task, stop, &fx.store).await;
+    assert_eq!(sink.sends_of("resend"), 1);
+    assert_eq!(sink.sends_of("send"), 0);
+    assert_eq!(*sink.confirmed.lock().unwrap(), vec![earlier.id.clone()]);
+}
+
+async fn run_until_empty_with(
+    task: tokio::task::JoinHandle<Result<()>>,
+    stop: CancellationToken,
+    store: &SledStore,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (store.meta().unwrap().outbox_events > 0 || !store.inflight_batches().unwrap().is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        store.meta().unwrap().outbox_events,
+        0,
+        "the outbox did not drain"
+    );
 }

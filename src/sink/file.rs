@@ -22,7 +22,7 @@ use std::{
 
 use crate::blocking::IoPool;
 
-use super::{Error, OutgoingBatch, Result, SendFuture, Sink};
+use super::{Error, OutgoingBatch, Receipt, Result, SendFuture, Sink};
 
 /// Committed batch ids remembered for deduplication (re-sends are always recent ones).
 const REMEMBERED_BATCHES: usize = 4096;
@@ -145,7 +145,8 @@ impl Sink for FileSink {
                         retry_after: None,
                         source: Some(Box::new(e)),
                     })?,
-            }
+            }?;
+            Ok(Receipt::Delivered)
         })
     }
 }

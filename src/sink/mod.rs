@@ -1,9 +1,12 @@
 //! Where batches go: one trait for every destination (file, stdout, and Azure Data Explorer).
 //!
 //! Owns the sink contract: `send` delivers a whole batch or fails; a failure says whether a retry
-//! can help (`is_retriable`). A sink must accept the same batch id twice and deliver it once where
-//! its destination allows (the file sink does; stdout cannot). Sinks never touch the store: the
-//! shipper acknowledges batches after `send` returns `Ok`.
+//! can help (`is_retriable`). A destination that processes batches later (ADX queued ingestion)
+//! answers [`Receipt::Submitted`] instead, and [`Sink::confirm`] later says whether the batch
+//! landed, is still pending, must be submitted again, or failed for good. A sink must accept the
+//! same batch id twice and deliver it once where its destination allows (the file sink does;
+//! stdout cannot). Sinks never touch the store: the shipper acknowledges a batch once the sink
+//! says it was delivered.
 
 pub mod adx;
 mod file;
@@ -79,8 +82,43 @@ impl Error {
 /// `type Result<T> = Result<T, sink::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a sink did with a batch it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// The destination holds the batch: the shipper may delete it.
+    Delivered,
+    /// The destination accepted the batch for processing later: the shipper keeps it and asks
+    /// [`Sink::confirm`] after `check_after`.
+    Submitted {
+        /// When to ask first.
+        check_after: Duration,
+    },
+}
+
+/// What became of a submitted batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// It landed: the shipper may delete it.
+    Delivered,
+    /// Not final yet: ask again after `check_after`.
+    Pending {
+        /// When to ask again.
+        check_after: Duration,
+    },
+    /// It will not land as submitted (it failed in a way that may pass, or its submission was
+    /// lost): hand it to [`Sink::resubmit`].
+    Resubmit {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
 /// A boxed future returned by [`Sink::send`].
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Receipt>> + Send + 'a>>;
+
+/// A boxed future returned by [`Sink::confirm`]; a permanent error means the batch failed for
+/// good (it goes to the dead tree), a retriable one that the answer could not be read.
+pub type ConfirmFuture<'a> = Pin<Box<dyn Future<Output = Result<Confirmation>> + Send + 'a>>;
 
 /// A destination for batches.
 pub trait Sink: Send + Sync {
@@ -92,6 +130,16 @@ pub trait Sink: Send + Sync {
     /// or stopped before the answer was recorded). A sink whose destination cannot drop a repeat
     /// by the batch id checks the destination first; by default this is [`Sink::send`].
     fn resend<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        self.send(batch)
+    }
+    /// What became of a batch this sink answered [`Receipt::Submitted`] for (in this term or an
+    /// earlier one). Sinks that never submit need not implement it.
+    fn confirm<'a>(&'a self, batch_id: &'a str) -> ConfirmFuture<'a> {
+        let _ = batch_id;
+        Box::pin(async { Ok(Confirmation::Delivered) })
+    }
+    /// Submits a batch again after [`Confirmation::Resubmit`]; by default [`Sink::send`].
+    fn resubmit<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
         self.send(batch)
     }
 }
@@ -115,7 +163,8 @@ impl Sink for StdoutSink {
                 .map_err(|e| Error::io("writing to stdout", e))?;
             out.flush()
                 .await
-                .map_err(|e| Error::io("flushing stdout", e))
+                .map_err(|e| Error::io("flushing stdout", e))?;
+            Ok(Receipt::Delivered)
         })
     }
 }

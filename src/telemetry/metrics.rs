@@ -31,6 +31,7 @@ pub const ADX_OPERATIONS: &[&str] = &[
     "streaming",
     "query",
     "failed_ingestions_poll",
+    "status_table",
 ];
 /// `outcome` values of `kevents_adx_requests_total`.
 pub const ADX_OUTCOMES: &[&str] = &["success", "throttled", "retriable_error", "permanent_error"];
@@ -50,6 +51,18 @@ pub const ADX_FALLBACK_REASONS: &[&str] = &[
     "resend",
     "policy_off",
     "query_forbidden",
+];
+/// `status` values of `kevents_adx_ingestion_status_total`: what a queued batch's status row
+/// said when it was final, or why it was submitted again (`pending_timeout`, `failed_transient`,
+/// `row_missing`).
+pub const ADX_INGESTION_STATUSES: &[&str] = &[
+    "succeeded",
+    "skipped",
+    "failed_permanent",
+    "partially_succeeded",
+    "failed_transient",
+    "pending_timeout",
+    "row_missing",
 ];
 /// `reason` values of `kevents_adx_ingestion_failures_total` (the DM's `FailureStatus`).
 pub const ADX_FAILURE_STATUSES: &[&str] = &["permanent", "transient", "exhausted", "unknown"];
@@ -153,6 +166,15 @@ pub struct Metrics {
     /// `kevents_adx_ingestion_failures_total{reason}`: failed queued ingestions of this
     /// collector's batches, read from the failed-ingestions queue.
     pub adx_ingestion_failures: IntCounterVec,
+    /// `kevents_adx_ingestion_status_total{status}`: status rows of queued batches read final,
+    /// or read as a reason to submit the batch again.
+    pub adx_ingestion_status: IntCounterVec,
+    /// `kevents_batches_awaiting_confirmation`: batches the sink accepted for later processing
+    /// whose outcome is not known yet (they stay in the outbox).
+    pub batches_awaiting: IntGauge,
+    /// `kevents_batch_resubmissions_total`: submitted batches the sink said would not land, sent
+    /// again.
+    pub batch_resubmissions: IntCounter,
 }
 
 impl Metrics {
@@ -410,6 +432,20 @@ impl Metrics {
             "reason",
             ADX_FAILURE_STATUSES,
         )?;
+        let adx_ingestion_status = labelled(
+            "kevents_adx_ingestion_status_total",
+            "Ingestion status rows of queued batches: final outcomes, and reasons to submit again",
+            "status",
+            ADX_INGESTION_STATUSES,
+        )?;
+        let batches_awaiting = gauge(
+            "kevents_batches_awaiting_confirmation",
+            "Batches accepted by the sink for later processing whose outcome is not known yet",
+        )?;
+        let batch_resubmissions = counter(
+            "kevents_batch_resubmissions_total",
+            "Submitted batches that the sink said would not land, sent again",
+        )?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(leader_transitions.clone()))?;
         registry.register(Box::new(lease_renew_duration.clone()))?;
@@ -461,6 +497,9 @@ impl Metrics {
             adx_token_refreshes,
             adx_resource_refreshes,
             adx_ingestion_failures,
+            adx_ingestion_status,
+            batches_awaiting,
+            batch_resubmissions,
         })
     }
 

@@ -68,6 +68,8 @@ pub struct Azurite {
     pub blob_endpoint: Url,
     /// `http://127.0.0.1:PORT` of the queue service.
     pub queue_endpoint: Url,
+    /// `http://127.0.0.1:PORT` of the table service.
+    pub table_endpoint: Url,
 }
 
 impl Azurite {
@@ -135,11 +137,11 @@ impl Azurite {
                 source,
             })?;
         let mut output = String::new();
-        let (mut blob, mut queue) = (None, None);
+        let (mut blob, mut queue, mut table) = (None, None, None);
         let deadline = Instant::now() + START_TIMEOUT;
         if let Some(stdout) = child.stdout.take() {
             let mut lines = BufReader::new(stdout).lines();
-            while blob.is_none() || queue.is_none() {
+            while blob.is_none() || queue.is_none() || table.is_none() {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(remaining, lines.next_line()).await {
                     Ok(Ok(Some(line))) => {
@@ -149,6 +151,8 @@ impl Azurite {
                             blob = Some(url);
                         } else if let Some(url) = listening_url(&line, "Queue") {
                             queue = Some(url);
+                        } else if let Some(url) = listening_url(&line, "Table") {
+                            table = Some(url);
                         }
                     }
                     _ => break,
@@ -161,7 +165,9 @@ impl Azurite {
             let mut lines = BufReader::new(stderr).lines();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         }
-        let (Some(blob_endpoint), Some(queue_endpoint)) = (blob, queue) else {
+        let (Some(blob_endpoint), Some(queue_endpoint), Some(table_endpoint)) =
+            (blob, queue, table)
+        else {
             let _ = child.start_kill();
             let _ = child.wait().await;
             let _ = std::fs::remove_dir_all(&workdir);
@@ -175,10 +181,12 @@ impl Azurite {
             workdir,
             blob_endpoint,
             queue_endpoint,
+            table_endpoint,
         };
         tracing::info!(
             blob = %azurite.blob_endpoint,
             queue = %azurite.queue_endpoint,
+            table = %azurite.table_endpoint,
             pid = ?azurite.pid(),
             "Azurite started"
         );

@@ -36,7 +36,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::config::{
     AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES,
-    FailedIngestionsConfig,
+    FailedIngestionsConfig, StatusConfig,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,8 @@ pub struct Resources {
     pub failed_queue: String,
     /// `SuccessfulIngestionsQueue`.
     pub success_queue: String,
+    /// `IngestionsStatusTable`.
+    pub status_table: String,
 }
 
 impl Default for Resources {
@@ -92,6 +94,7 @@ impl Default for Resources {
             ],
             failed_queue: "failedingestions".to_owned(),
             success_queue: "successfulingestions".to_owned(),
+            status_table: "ingestionsstatus".to_owned(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl AdxEmulator {
                     DEV_ACCOUNT_KEY,
                     azurite.blob_endpoint.clone(),
                     azurite.queue_endpoint.clone(),
+                    azurite.table_endpoint.clone(),
                 )?;
                 (Some(azurite), storage)
             }
@@ -164,6 +168,7 @@ impl AdxEmulator {
         {
             storage.create_queue(queue).await?;
         }
+        storage.create_table(&resources.status_table).await?;
         let tcp = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -268,6 +273,11 @@ impl AdxEmulator {
             failed_ingestions: FailedIngestionsConfig {
                 enabled: false,
                 interval: Duration::from_secs(60),
+            },
+            status: StatusConfig {
+                enabled: true,
+                poll_interval: Duration::from_millis(200),
+                pending_timeout: Duration::from_secs(60),
             },
         }
     }

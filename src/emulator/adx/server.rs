@@ -244,6 +244,10 @@ async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Respo
             json!("SuccessfulIngestionsQueue"),
             with_sas(&app.storage.queue_url(&app.resources.success_queue)),
         ]);
+        rows.push(vec![
+            json!("IngestionsStatusTable"),
+            with_sas(&app.storage.table_url(&app.resources.status_table)),
+        ]);
         v1_table(&["ResourceTypeName", "StorageRoot"], &rows)
     } else if command.eq_ignore_ascii_case(".get kusto identity token") {
         v1_table(
@@ -486,6 +490,14 @@ pub(super) fn ingest_records(
         code: "BadRequest_EntityNotFound",
         message: format!("Table '{table}' was not found"),
     })?;
+    if state.mapping_broken(table) {
+        return Err(IngestFailure {
+            code: "BadRequest_MappingReferenceWasNotFound",
+            message: format!(
+                "Mapping reference '{mapping}' of type 'json' in table '{table}' could not be found"
+            ),
+        });
+    }
     if mapping.is_empty() {
         return Err(IngestFailure {
             code: "BadRequest_MissingMappingtFailure",

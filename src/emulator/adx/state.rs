@@ -71,6 +71,12 @@ pub struct FaultRequest {
     /// Answer every query 403, as ADX answers a principal that holds Database Ingestor but not
     /// Database Viewer (true), or answer queries again (false).
     pub query_forbidden: Option<bool>,
+    /// Queued ingestion takes effect between `[min, max]` milliseconds after the message was
+    /// first seen (the DM's batching; real ADX: 30 s to 5 min). `[0, 0]`: at once.
+    pub ingest_delay_ms: Option<[u64; 2]>,
+    /// Queued ingestions into these tables fail permanently with a mapping error
+    /// (`BadRequest_MappingReferenceWasNotFound`) from now on (replaces the list; empty: none).
+    pub mapping_broken: Option<Vec<String>>,
 }
 
 /// A burst of 429s.
@@ -117,6 +123,8 @@ struct Faults {
     streaming_limit: usize,
     too_large_status: u16,
     query_forbidden: bool,
+    ingest_delay: (Duration, Duration),
+    mapping_broken: HashSet<String>,
 }
 
 /// Counters, as `GET /emulator/stats` shows them.
@@ -150,6 +158,10 @@ pub struct AdxStats {
     pub faults_injected: u64,
     /// Queries answered 200 (`POST /v1/rest/query`).
     pub queries: u64,
+    /// Ingestion status rows the worker wrote (`IngestionStatusInTable`).
+    pub status_rows_written: u64,
+    /// Of those, rows the client had not inserted (`Pending`) before enqueueing.
+    pub status_rows_missing: u64,
 }
 
 /// One management or streaming request, as the emulator answered it.
@@ -230,6 +242,8 @@ impl AdxState {
                 streaming_limit: super::server::STREAMING_LIMIT,
                 too_large_status: 413,
                 query_forbidden: false,
+                ingest_delay: (Duration::ZERO, Duration::ZERO),
+                mapping_broken: HashSet::new(),
             }),
             stats: Mutex::new(AdxStats::default()),
             messages: Mutex::new(Vec::new()),
@@ -446,6 +460,15 @@ impl AdxState {
         if let Some(forbidden) = request.query_forbidden {
             faults.query_forbidden = forbidden;
         }
+        if let Some([min, max]) = request.ingest_delay_ms {
+            faults.ingest_delay = (
+                Duration::from_millis(min),
+                Duration::from_millis(max.max(min)),
+            );
+        }
+        if let Some(tables) = &request.mapping_broken {
+            faults.mapping_broken = tables.iter().cloned().collect();
+        }
         drop(faults);
         if request.expire_tokens {
             lock(&self.tokens).clear();
@@ -598,6 +621,38 @@ impl AdxState {
 
     pub(super) fn query_forbidden(&self) -> bool {
         lock(&self.faults).query_forbidden
+    }
+
+    /// Queued ingestion takes effect between `min` and `max` after the worker first sees the
+    /// message (uniformly at random per message), as the DM's batching delays it.
+    pub fn set_ingest_delay(&self, min: Duration, max: Duration) {
+        lock(&self.faults).ingest_delay = (min, max.max(min));
+    }
+
+    /// A delay drawn from the configured range.
+    pub(super) fn draw_ingest_delay(&self) -> Duration {
+        let (min, max) = lock(&self.faults).ingest_delay;
+        if max <= min {
+            return min;
+        }
+        let span = (max - min).as_millis();
+        let offset = u64::try_from(rand::random::<u128>() % (span + 1)).unwrap_or(0);
+        min + Duration::from_millis(offset)
+    }
+
+    /// Breaks (true) or repairs (false) the ingestion mapping of `table`: queued ingestions into
+    /// it fail permanently with a mapping error meanwhile.
+    pub fn set_mapping_broken(&self, table: &str, broken: bool) {
+        let mut faults = lock(&self.faults);
+        if broken {
+            faults.mapping_broken.insert(table.to_owned());
+        } else {
+            faults.mapping_broken.remove(table);
+        }
+    }
+
+    pub(super) fn mapping_broken(&self, table: &str) -> bool {
+        lock(&self.faults).mapping_broken.contains(table)
     }
 
     /// Pauses or resumes the ingestion worker (messages stay in the queue meanwhile).

@@ -1,7 +1,7 @@
 //! The emulator's side of Azure Storage (Azurite): account SAS minting (HMAC-SHA256 over the
 //! `sv=2019-12-12` string-to-sign with the account key) and the few REST calls the data
-//! management emulator makes: create a container or queue, get and delete messages, post a
-//! failure message, read a blob.
+//! management emulator makes: create a container, queue or table, get and delete messages, post a
+//! failure message, read a blob, write and read an ingestion status row.
 //!
 //! Owns these calls and nothing else. It must never log a signature or a URL with its query.
 
@@ -48,6 +48,8 @@ pub struct StorageAccount {
     pub blob_endpoint: Url,
     /// `http://127.0.0.1:PORT` of the queue service.
     pub queue_endpoint: Url,
+    /// `http://127.0.0.1:PORT` of the table service.
+    pub table_endpoint: Url,
     http: reqwest::Client,
 }
 
@@ -57,6 +59,7 @@ impl std::fmt::Debug for StorageAccount {
             .field("account", &self.account)
             .field("blob_endpoint", &self.blob_endpoint.as_str())
             .field("queue_endpoint", &self.queue_endpoint.as_str())
+            .field("table_endpoint", &self.table_endpoint.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +85,7 @@ impl StorageAccount {
         key: &str,
         blob_endpoint: Url,
         queue_endpoint: Url,
+        table_endpoint: Url,
     ) -> Result<Self, Error> {
         Ok(Self {
             account: account.to_owned(),
@@ -90,6 +94,7 @@ impl StorageAccount {
                 .map_err(|_| Error::Key)?,
             blob_endpoint,
             queue_endpoint,
+            table_endpoint,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -100,12 +105,12 @@ impl StorageAccount {
         })
     }
 
-    /// An account SAS query string (`sv=2019-12-12&ss=bq&srt=sco&sp=…&se=…&sig=…`), valid until
-    /// `expiry`.
+    /// An account SAS query string (`sv=2019-12-12&ss=bqt&srt=sco&sp=…&se=…&sig=…`: blobs,
+    /// queues and tables), valid until `expiry`.
     #[must_use]
     pub fn account_sas(&self, permissions: &str, expiry: jiff::Timestamp) -> String {
         let expiry = expiry.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let (version, services, resource_types) = ("2019-12-12", "bq", "sco");
+        let (version, services, resource_types) = ("2019-12-12", "bqt", "sco");
         let string_to_sign = format!(
             "{}\n{permissions}\n{services}\n{resource_types}\n\n{expiry}\n\n\n{version}\n",
             self.account
@@ -148,6 +153,87 @@ impl StorageAccount {
     #[must_use]
     pub fn queue_url(&self, queue: &str) -> Url {
         path_url(&self.queue_endpoint, &[&self.account, queue])
+    }
+
+    /// `{table endpoint}/{account}/{table}`.
+    #[must_use]
+    pub fn table_url(&self, table: &str) -> Url {
+        path_url(&self.table_endpoint, &[&self.account, table])
+    }
+
+    /// Creates a table (an existing one is fine).
+    ///
+    /// # Errors
+    /// On any other answer.
+    pub async fn create_table(&self, table: &str) -> Result<(), Error> {
+        let mut url = path_url(&self.table_endpoint, &[&self.account, "Tables"]);
+        url.set_query(Some(&self.admin_sas()));
+        self.call(
+            &format!("create table {table}"),
+            table_request(self.http.post(url))
+                .body(serde_json::json!({ "TableName": table }).to_string()),
+            &[StatusCode::CONFLICT],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes the entity `(key, key)` of `table` with `properties`, replacing what is there (the
+    /// DM's update of an ingestion status row). Returns whether the row existed before.
+    ///
+    /// # Errors
+    /// On a failed request.
+    pub async fn upsert_row(
+        &self,
+        table: &str,
+        key: &str,
+        properties: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, Error> {
+        let existed = self.get_row(table, key).await?.is_some();
+        let mut url = entity_url(&self.table_endpoint, &self.account, table, key);
+        url.set_query(Some(&self.admin_sas()));
+        let mut body = properties.clone();
+        body.insert("PartitionKey".to_owned(), key.into());
+        body.insert("RowKey".to_owned(), key.into());
+        self.call(
+            &format!("upsert row of {table}"),
+            table_request(self.http.put(url)).body(serde_json::Value::Object(body).to_string()),
+            &[],
+        )
+        .await?;
+        Ok(existed)
+    }
+
+    /// The entity `(key, key)` of `table`, if there is one.
+    ///
+    /// # Errors
+    /// On a failed request.
+    pub async fn get_row(
+        &self,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Error> {
+        let mut url = entity_url(&self.table_endpoint, &self.account, table, key);
+        url.set_query(Some(&self.admin_sas()));
+        let what = format!("get row of {table}");
+        let response = self
+            .call(
+                &what,
+                table_request(self.http.get(url)),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = response.bytes().await.map_err(|source| Error::Http {
+            what: what.clone(),
+            source: source.without_url(),
+        })?;
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(map)) => Ok(Some(map)),
+            _ => Err(Error::Status { what, status: 200 }),
+        }
     }
 
     /// Creates a container (an existing one is fine).
@@ -320,6 +406,26 @@ impl StorageAccount {
     }
 }
 
+/// The headers of a Table service request (JSON, no metadata).
+fn table_request(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json;odata=nometadata")
+        .header("DataServiceVersion", "3.0")
+}
+
+/// `{endpoint}/{account}/{table}(PartitionKey='key',RowKey='key')`.
+fn entity_url(endpoint: &Url, account: &str, table: &str, key: &str) -> Url {
+    let key = key.replace('\'', "''");
+    path_url(
+        endpoint,
+        &[
+            account,
+            &format!("{table}(PartitionKey='{key}',RowKey='{key}')"),
+        ],
+    )
+}
+
 fn path_url(base: &Url, segments: &[&str]) -> Url {
     let mut url = base.clone();
     url.set_query(None);
@@ -364,6 +470,7 @@ mod tests {
             super::super::azurite::DEV_ACCOUNT_KEY,
             Url::parse("http://127.0.0.1:1").unwrap(),
             Url::parse("http://127.0.0.1:2").unwrap(),
+            Url::parse("http://127.0.0.1:3").unwrap(),
         )
         .unwrap();
         let sas = account.account_sas(
@@ -372,7 +479,7 @@ mod tests {
         );
         assert!(
             sas.starts_with(
-                "sv=2019-12-12&ss=bq&srt=sco&sp=rwdlacup&se=2099-01-01T00%3A00%3A00Z&sig="
+                "sv=2019-12-12&ss=bqt&srt=sco&sp=rwdlacup&se=2099-01-01T00%3A00%3A00Z&sig="
             ),
             "{sas}"
         );
@@ -380,7 +487,7 @@ mod tests {
         let key = base64::engine::general_purpose::STANDARD
             .decode(super::super::azurite::DEV_ACCOUNT_KEY)
             .unwrap();
-        let sts = "devstoreaccount1\nrwdlacup\nbq\nsco\n\n2099-01-01T00:00:00Z\n\n\n2019-12-12\n";
+        let sts = "devstoreaccount1\nrwdlacup\nbqt\nsco\n\n2099-01-01T00:00:00Z\n\n\n2019-12-12\n";
         let sig = base64::engine::general_purpose::STANDARD.encode(
             ring::hmac::sign(
                 &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),

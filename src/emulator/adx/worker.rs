@@ -1,13 +1,21 @@
 //! The emulated data management service's ingestion worker: reads the ingestion queues in
-//! Azurite, checks each message against the §1.5 contract, fetches and gunzips its blob, applies
-//! the JSON mapping and stores the rows, honouring `ingestIfNotExists`; a failed ingestion is
-//! reported on the failed-ingestions queue in the DM's format.
+//! Azurite, holds each message for the configured ingestion delay (the DM's batching), checks it
+//! against the §1.5 contract, fetches and gunzips its blob, applies the JSON mapping and stores
+//! the rows, honouring `ingestIfNotExists`. As the DM does, it reports the outcome: a failure on
+//! the failed-ingestions queue (queue reporting), and, for a message carrying
+//! `IngestionStatusInTable`, by writing the status row the client inserted as `Pending`:
+//! `Succeeded`, `Skipped` (an `ingestIfNotExists` tag existed) or `Failed` with `ErrorCode`,
+//! `Details` and `FailureStatus`.
 //!
 //! Owns the poll loop. It must never drop a message it could not process because of a storage
 //! hiccup (it stays in the queue and comes back), and never ingest a message whose
 //! authorization context the emulator did not issue.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use base64::Engine as _;
 use reqwest::Url;
@@ -21,8 +29,9 @@ use super::{
     storage::{QueueMessage, StorageAccount},
 };
 
-/// How long a dequeued message stays invisible: a crash of the worker makes it come back.
-const VISIBILITY: Duration = Duration::from_secs(10);
+/// How long a dequeued message stays invisible: a crash of the worker makes it come back, and a
+/// message not yet due is seen again this much later.
+const VISIBILITY: Duration = Duration::from_secs(2);
 /// Idle poll interval.
 const IDLE: Duration = Duration::from_millis(25);
 
@@ -32,6 +41,8 @@ pub(super) async fn run(
     resources: Arc<Resources>,
     stop: CancellationToken,
 ) {
+    // When each message seen is due (first sight + a drawn ingestion delay).
+    let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
         if stop.is_cancelled() {
             return;
@@ -48,7 +59,14 @@ pub(super) async fn run(
                 };
                 busy |= !messages.is_empty();
                 for message in messages {
+                    let at = *due
+                        .entry(message.id.clone())
+                        .or_insert_with(|| Instant::now() + state.draw_ingest_delay());
+                    if Instant::now() < at {
+                        continue;
+                    }
                     if process(&state, &storage, &resources, queue, &message).await {
+                        due.remove(&message.id);
                         let _ = storage.delete_message(queue, &message).await;
                     }
                 }
@@ -109,7 +127,7 @@ async fn process(
         text("TableName").to_owned(),
     );
     let fail = |code: &'static str, message: String| IngestFailure { code, message };
-    let result: Result<(), IngestFailure> = async {
+    let result: Result<bool, IngestFailure> = async {
         if text("Id").len() != 36 || database.is_empty() || table.is_empty() {
             state.count(|s| s.malformed_messages += 1);
             return Err(fail(
@@ -176,23 +194,70 @@ async fn process(
                 s.queued_rows += count;
                 s.bad_lines += bad_lines;
             });
+            Ok(true)
         } else {
             state.count(|s| s.skipped_existing += 1);
+            Ok(false)
         }
-        Ok(())
     }
     .await;
+    let mut path = Url::parse(text("BlobPath")).ok();
+    if let Some(url) = path.as_mut() {
+        url.set_query(None);
+    }
+    let path = path.map(|u| u.to_string()).unwrap_or_default();
+    let report_level = ingestion
+        .get("ReportLevel")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let report_method = ingestion
+        .get("ReportMethod")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let status_row = ingestion
+        .get("IngestionStatusInTable")
+        .filter(|_| matches!(report_method, 1 | 2) && report_level != 1);
+    let mut row = serde_json::Map::new();
+    row.insert("IngestionSourceId".to_owned(), text("Id").into());
+    row.insert("IngestionSourcePath".to_owned(), path.clone().into());
+    row.insert("Database".to_owned(), database.clone().into());
+    row.insert("Table".to_owned(), table.clone().into());
+    row.insert(
+        "UpdatedOn".to_owned(),
+        jiff::Timestamp::now().to_string().into(),
+    );
+    row.insert(
+        "OperationId".to_owned(),
+        format!("{:032x}", rand::random::<u128>()).into(),
+    );
     match result {
-        Ok(()) => true,
+        Ok(ingested) => {
+            if let Some(target) = status_row.filter(|_| report_level == 2) {
+                row.insert(
+                    "Status".to_owned(),
+                    if ingested { "Succeeded" } else { "Skipped" }.into(),
+                );
+                write_status(state, storage, resources, target, row).await;
+            }
+            true
+        }
         Err(failure) if failure.code == "Download_SourceNotFound" => {
             tracing::debug!(error = %failure.message, "ADX emulator: blob not readable yet; retrying later");
             false
         }
         Err(failure) => {
             state.count(|s| s.failed_ingestions += 1);
-            let mut path = Url::parse(text("BlobPath")).ok();
-            if let Some(url) = path.as_mut() {
-                url.set_query(None);
+            if let Some(target) = status_row {
+                row.insert("Status".to_owned(), "Failed".into());
+                row.insert("ErrorCode".to_owned(), failure.code.into());
+                row.insert("FailureStatus".to_owned(), "Permanent".into());
+                row.insert("Details".to_owned(), failure.message.clone().into());
+                row.insert("OriginatesFromUpdatePolicy".to_owned(), false.into());
+                write_status(state, storage, resources, target, row).await;
+            }
+            if report_method == 1 || report_level == 1 {
+                tracing::info!(code = failure.code, table = %table, "ADX emulator: queued ingestion failed");
+                return true;
             }
             let report = json!({
                 "OperationId": format!("{:032x}", rand::random::<u128>()),
@@ -200,7 +265,7 @@ async fn process(
                 "Table": table,
                 "FailedOn": jiff::Timestamp::now().to_string(),
                 "IngestionSourceId": text("Id"),
-                "IngestionSourcePath": path.map(|u| u.to_string()).unwrap_or_default(),
+                "IngestionSourcePath": path,
                 "Details": failure.message,
                 "ErrorCode": failure.code,
                 "FailureStatus": "Permanent",
@@ -215,5 +280,45 @@ async fn process(
             tracing::info!(code = failure.code, table = %table, "ADX emulator: queued ingestion failed");
             true
         }
+    }
+}
+
+/// Writes the status row `IngestionStatusInTable` names, when it is the emulator's own table.
+async fn write_status(
+    state: &AdxState,
+    storage: &StorageAccount,
+    resources: &Resources,
+    target: &Value,
+    row: serde_json::Map<String, Value>,
+) {
+    let key = target
+        .get("PartitionKey")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let same_key = target.get("RowKey").and_then(Value::as_str) == Some(key);
+    let ours = target
+        .get("TableConnectionString")
+        .and_then(Value::as_str)
+        .and_then(|text| Url::parse(text).ok())
+        .and_then(|url| {
+            url.path_segments()
+                .and_then(|mut s| s.next_back().map(str::to_owned))
+        })
+        .is_some_and(|name| name == resources.status_table);
+    if key.is_empty() || !same_key || !ours {
+        state.count(|s| s.malformed_messages += 1);
+        tracing::warn!(
+            "ADX emulator: IngestionStatusInTable does not name a status row of this DM"
+        );
+        return;
+    }
+    match storage.upsert_row(&resources.status_table, key, &row).await {
+        Ok(existed) => state.count(|s| {
+            s.status_rows_written += 1;
+            if !existed {
+                s.status_rows_missing += 1;
+            }
+        }),
+        Err(error) => tracing::warn!(%error, "ADX emulator: writing a status row failed"),
     }
 }

@@ -38,6 +38,9 @@ pub struct IngestionMessage<'a> {
     pub ingest_by: Option<&'a str>,
     /// `SourceMessageCreationTime`.
     pub created: jiff::Timestamp,
+    /// `Some(status table URL with its SAS)`: ask for a status row (`ReportLevel`
+    /// FailuresAndSuccesses, `ReportMethod` Table) at `PartitionKey` = `RowKey` = `id`.
+    pub status_table: Option<&'a str>,
 }
 
 impl IngestionMessage<'_> {
@@ -60,7 +63,12 @@ impl IngestionMessage<'_> {
                 Value::String(json!([key]).to_string()),
             );
         }
-        json!({
+        let (report_level, report_method) = if self.status_table.is_some() {
+            (2, 1)
+        } else {
+            (0, 0)
+        };
+        let mut message = json!({
             "Id": self.id,
             "BlobPath": self.blob_path,
             "RawDataSize": self.raw_data_size,
@@ -69,8 +77,8 @@ impl IngestionMessage<'_> {
             "RetainBlobOnSuccess": true,
             "FlushImmediately": false,
             "IgnoreSizeLimit": false,
-            "ReportLevel": 0,
-            "ReportMethod": 0,
+            "ReportLevel": report_level,
+            "ReportMethod": report_method,
             "SourceMessageCreationTime": self
                 .created
                 .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
@@ -78,8 +86,18 @@ impl IngestionMessage<'_> {
             "ApplicationForTracing": "kevents",
             "ClientVersionForTracing": concat!("kevents:", env!("CARGO_PKG_VERSION")),
             "AdditionalProperties": additional,
-        })
-        .to_string()
+        });
+        if let (Some(table), Value::Object(map)) = (self.status_table, &mut message) {
+            map.insert(
+                "IngestionStatusInTable".to_owned(),
+                json!({
+                    "TableConnectionString": table,
+                    "PartitionKey": self.id,
+                    "RowKey": self.id,
+                }),
+            );
+        }
+        message.to_string()
     }
 }
 
@@ -161,7 +179,37 @@ mod tests {
             authorization_context: context,
             ingest_by,
             created: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            status_table: None,
         }
+    }
+
+    #[test]
+    fn a_status_row_is_asked_for_with_report_level_2_method_table_and_its_address() {
+        let context = SecretString::from("CTX");
+        let plain: Value = serde_json::from_str(&message(&context, None).to_json()).unwrap();
+        assert_eq!(
+            (
+                plain["ReportLevel"].as_u64(),
+                plain["ReportMethod"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+        assert!(plain.get("IngestionStatusInTable").is_none());
+        let mut tracked = message(&context, None);
+        tracked.status_table = Some("http://127.0.0.1:1/acct/ingestionsstatus?sig=s");
+        let json: Value = serde_json::from_str(&tracked.to_json()).unwrap();
+        assert_eq!(
+            (json["ReportLevel"].as_u64(), json["ReportMethod"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(
+            json["IngestionStatusInTable"],
+            serde_json::json!({
+                "TableConnectionString": "http://127.0.0.1:1/acct/ingestionsstatus?sig=s",
+                "PartitionKey": "3f2b6c1e-0000-4000-8000-000000000001",
+                "RowKey": "3f2b6c1e-0000-4000-8000-000000000001",
+            })
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod auth;
 mod failures;
 mod message;
 mod resources;
+mod status;
 mod streaming;
 mod verify;
 
@@ -39,12 +40,13 @@ use tokio::task::JoinHandle;
 
 pub use message::{IngestionMessage, blob_name, envelope, source_id};
 
+use self::status::RowStatus;
 use self::{
     auth::{TokenProvider, endpoint_name},
     failures::RecentIds,
     resources::{ResourceCache, Resources},
 };
-use super::{OutgoingBatch, SendFuture, Sink};
+use super::{ConfirmFuture, Confirmation, OutgoingBatch, Receipt, SendFuture, Sink};
 use crate::{
     config::{AdxConfig, AdxMode},
     telemetry::{Metrics, error_chain},
@@ -78,6 +80,8 @@ pub enum Operation {
     Query,
     /// Peek of the failed-ingestions queue.
     FailedIngestionsPoll,
+    /// A read or write of an ingestion status row.
+    StatusTable,
 }
 
 impl Operation {
@@ -92,6 +96,7 @@ impl Operation {
             Self::Streaming => "streaming",
             Self::Query => "query",
             Self::FailedIngestionsPoll => "failed_ingestions_poll",
+            Self::StatusTable => "status_table",
         }
     }
 }
@@ -106,6 +111,7 @@ impl fmt::Display for Operation {
             Self::Streaming => "streaming ingestion",
             Self::Query => "query",
             Self::FailedIngestionsPoll => "failed-ingestions poll",
+            Self::StatusTable => "status table request",
         })
     }
 }
@@ -199,6 +205,15 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// ADX reported through the batch's status row that its queued ingestion failed for good
+    /// (or ingested part of it, which a re-send would duplicate).
+    #[error("ADX reported the queued ingestion {outcome}: {reason}")]
+    IngestionFailed {
+        /// `failed permanently` or `partially succeeded`.
+        outcome: &'static str,
+        /// The row's `ErrorCode` and `Details`.
+        reason: String,
+    },
     /// Compressing the batch failed.
     #[error("compressing the batch failed")]
     Compress(#[source] std::io::Error),
@@ -231,6 +246,7 @@ impl Error {
                 ..
             } | Self::MessageTooLarge { .. }
                 | Self::RecordTooLarge { .. }
+                | Self::IngestionFailed { .. }
         )
     }
 
@@ -461,6 +477,9 @@ struct Inner {
     uncertain: verify::Uncertain,
     /// Set by a 403 on the lookup query: lookups are skipped until then.
     query_forbidden: Mutex<Option<Instant>>,
+    /// Batches whose `Pending` status row was written but whose queue message surely was not
+    /// posted (the post failed before reaching the queue): the next attempt posts it.
+    unposted: Mutex<HashSet<String>>,
     /// Causes already logged (configuration problems are logged once, not per batch).
     noted: Mutex<HashSet<&'static str>>,
 }
@@ -513,6 +532,7 @@ impl AdxSink {
             recent: Arc::new(RecentIds::default()),
             uncertain: verify::Uncertain::default(),
             query_forbidden: Mutex::new(None),
+            unposted: Mutex::new(HashSet::new()),
             noted: Mutex::new(HashSet::new()),
         });
         let poller = (config.failed_ingestions.enabled && config.mode != AdxMode::Streaming)
@@ -546,27 +566,66 @@ impl Sink for AdxSink {
     fn send<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
         Box::pin(async move {
             self.inner
-                .send(batch, false)
+                .send(batch, Attempt::First)
                 .await
                 .map_err(Error::into_sink_error)
         })
     }
 
-    /// Queued ingestion relies on the blob name and `ingest-by` tags to drop a repeat; streaming
-    /// and managed mode first ask the engine whether the batch is already in the table.
+    /// A batch an earlier term may have delivered: queued ingestion reads its status row first
+    /// (or relies on `ingest-by` tags without status rows); streaming and managed mode also ask
+    /// the engine whether the batch is already in the table.
     fn resend<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
         Box::pin(async move {
             self.inner
-                .send(batch, true)
+                .send(batch, Attempt::Recovered)
+                .await
+                .map_err(Error::into_sink_error)
+        })
+    }
+
+    fn confirm<'a>(&'a self, batch_id: &'a str) -> ConfirmFuture<'a> {
+        Box::pin(async move {
+            self.inner
+                .confirm(batch_id)
+                .await
+                .map_err(Error::into_sink_error)
+        })
+    }
+
+    fn resubmit<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.inner
+                .send(batch, Attempt::Resubmit)
                 .await
                 .map_err(Error::into_sink_error)
         })
     }
 }
 
+/// Which send of a batch this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Cut by this term (retries included).
+    First,
+    /// Recorded by an earlier term, which may have sent it.
+    Recovered,
+    /// Its status row said it will not land as submitted.
+    Resubmit,
+}
+
+/// What a status row means for sending the batch.
+enum Verdict {
+    /// Nothing to send: delivered, or on its way.
+    Done(Receipt),
+    /// Submit it (again).
+    Submit,
+}
+
 impl Inner {
-    /// Sends `batch`; `recovered` when an earlier term may have delivered it.
-    async fn send(&self, batch: &OutgoingBatch, recovered: bool) -> Result<()> {
+    /// Sends `batch`.
+    async fn send(&self, batch: &OutgoingBatch, attempt: Attempt) -> Result<Receipt> {
+        let recovered = attempt == Attempt::Recovered;
         let payload = batch.payload.clone();
         let compressed = {
             let data = payload.clone();
@@ -579,20 +638,26 @@ impl Inner {
         let metrics = &self.http.metrics;
         let result = match self.config.mode {
             AdxMode::Queued => self
-                .send_queued(batch, &compressed, payload.len(), false)
+                .send_queued(
+                    batch,
+                    &compressed,
+                    payload.len(),
+                    attempt,
+                    attempt == Attempt::Resubmit,
+                )
                 .await
-                .map(|()| "queued"),
+                .map(|receipt| ("queued", receipt)),
             AdxMode::Streaming => {
                 self.send_streaming_all(batch, &payload, &compressed, recovered)
                     .await
             }
             AdxMode::Managed => {
-                self.send_managed(batch, &payload, &compressed, recovered)
+                self.send_managed(batch, &payload, &compressed, attempt)
                     .await
             }
         };
-        let route = match result {
-            Ok(route) => route,
+        let (route, receipt) = match result {
+            Ok(sent) => sent,
             Err(error) => {
                 if error.is_permanent() {
                     // The batch goes to the dead tree: nothing more to settle about it.
@@ -610,9 +675,116 @@ impl Inner {
             route,
             raw_bytes = payload.len(),
             compressed_bytes = compressed.len(),
+            submitted = matches!(receipt, Receipt::Submitted { .. }),
             "Batch handed to ADX"
         );
-        Ok(())
+        Ok(receipt)
+    }
+
+    /// What became of a batch submitted queued: its status row says.
+    async fn confirm(&self, batch_id: &str) -> Result<Confirmation> {
+        let resources = self.resources().await?;
+        let Some(table) = self.tracking_table(&resources, batch_id) else {
+            // Status rows are off or unavailable: a posted message is all there is to know.
+            return Ok(Confirmation::Delivered);
+        };
+        let id = source_id(batch_id);
+        let status = self.read_status_row(table, &id).await?;
+        let outcome = match &status {
+            None => "row_missing",
+            Some(RowStatus::Succeeded) => "succeeded",
+            Some(RowStatus::Skipped) => "skipped",
+            Some(RowStatus::Pending { age }) => {
+                if age.is_some_and(|age| age >= self.config.status.pending_timeout) {
+                    "pending_timeout"
+                } else {
+                    return Ok(Confirmation::Pending {
+                        check_after: self.config.status.poll_interval,
+                    });
+                }
+            }
+            Some(RowStatus::Failed {
+                permanent: false, ..
+            }) => "failed_transient",
+            Some(RowStatus::Failed {
+                permanent: true, ..
+            }) => "failed_permanent",
+            Some(RowStatus::PartiallySucceeded { .. }) => "partially_succeeded",
+        };
+        self.http
+            .metrics
+            .adx_ingestion_status
+            .with_label_values(&[outcome])
+            .inc();
+        match status {
+            Some(RowStatus::Succeeded | RowStatus::Skipped) => Ok(Confirmation::Delivered),
+            None => Ok(Confirmation::Resubmit {
+                reason: "its ingestion status row is gone (the status table was cleaned up or recreated)".to_owned(),
+            }),
+            Some(RowStatus::Pending { age }) => Ok(Confirmation::Resubmit {
+                reason: format!(
+                    "its status row still says Pending {}s after it was written (sink.adx.status.pending_timeout): the queue message is taken as lost",
+                    age.unwrap_or_default().as_secs()
+                ),
+            }),
+            Some(RowStatus::Failed {
+                permanent: false,
+                reason,
+            }) => Ok(Confirmation::Resubmit {
+                reason: format!("ADX reported a transient ingestion failure: {reason}"),
+            }),
+            Some(RowStatus::Failed { reason, .. }) => Err(Error::IngestionFailed {
+                outcome: "failed permanently",
+                reason,
+            }),
+            Some(RowStatus::PartiallySucceeded { reason }) => Err(Error::IngestionFailed {
+                outcome: "partially succeeded",
+                reason,
+            }),
+        }
+    }
+
+    /// The status table a queued batch is tracked in, when status rows are on and the DM hands
+    /// one out (a DM without one is logged once, and batches count as delivered when posted).
+    fn tracking_table<'r>(&self, resources: &'r Resources, batch_id: &str) -> Option<&'r Url> {
+        if !self.config.status.enabled {
+            return None;
+        }
+        let table = Self::status_table(&resources.status_tables, batch_id);
+        if table.is_none() && self.note_once("no_status_table") {
+            tracing::warn!(
+                "The data management service named no IngestionsStatusTable: queued batches count as delivered once their queue message is posted, and a batch re-sent after a failover may be ingested twice unless sink.adx.ingest_by_tags is on"
+            );
+        }
+        table
+    }
+
+    /// What a batch's status row means for sending it.
+    fn verdict(&self, batch: &OutgoingBatch, status: RowStatus) -> Result<Verdict> {
+        let poll = self.config.status.poll_interval;
+        match status {
+            RowStatus::Succeeded | RowStatus::Skipped => {
+                tracing::info!(
+                    batch_id = %batch.id,
+                    "ADX reports the batch ingested already; not sending it again"
+                );
+                Ok(Verdict::Done(Receipt::Delivered))
+            }
+            RowStatus::Pending { .. } => {
+                Ok(Verdict::Done(Receipt::Submitted { check_after: poll }))
+            }
+            RowStatus::Failed {
+                permanent: false, ..
+            } => Ok(Verdict::Submit),
+            RowStatus::Failed { reason, .. } => Err(Error::IngestionFailed {
+                outcome: "failed permanently",
+                reason,
+            }),
+            RowStatus::PartiallySucceeded { reason } => Err(Error::IngestionFailed {
+                outcome: "partially succeeded",
+                reason,
+            }),
+        }
     }
 
     /// Managed mode: streaming unless the body is too large or streaming is paused. Too large,
@@ -620,14 +792,40 @@ impl Inner {
     /// queued; only a permanent error of the batch itself fails it. A batch that may be in ADX
     /// already (`recovered`, or an earlier attempt without a clear answer) is looked up first
     /// and, when absent, or when the identity may not look it up, sent queued with its `ingest-by`
-    /// tag: an earlier queued attempt may still be on its way, and the tag drops the repeat.
+    /// tag: an earlier queued attempt may still be on its way, and the tag drops the repeat. With
+    /// status rows on, a recovered batch's row is read first: a batch an earlier term sent queued
+    /// is followed through its row, not looked up.
     async fn send_managed(
         &self,
         batch: &OutgoingBatch,
         payload: &Bytes,
         compressed: &Bytes,
-        recovered: bool,
-    ) -> Result<&'static str> {
+        attempt: Attempt,
+    ) -> Result<(&'static str, Receipt)> {
+        if attempt == Attempt::Resubmit {
+            // Only a batch sent queued is ever resubmitted.
+            let receipt = self
+                .send_queued(batch, compressed, payload.len(), Attempt::Resubmit, true)
+                .await?;
+            return Ok(("queued", receipt));
+        }
+        let recovered = attempt == Attempt::Recovered;
+        if recovered {
+            let resources = self.resources().await?;
+            if let Some(table) = self.tracking_table(&resources, &batch.id)
+                && let Some(status) = self.read_status_row(table, &source_id(&batch.id)).await?
+            {
+                let receipt = match self.verdict(batch, status)? {
+                    Verdict::Done(receipt) => receipt,
+                    Verdict::Submit => {
+                        self.send_queued(batch, compressed, payload.len(), Attempt::Resubmit, true)
+                            .await?
+                    }
+                };
+                self.uncertain.settle(&batch.id);
+                return Ok(("queued", receipt));
+            }
+        }
         let metrics = &self.http.metrics.adx_managed_fallbacks;
         let fallback_reason = if recovered || self.uncertain.contains(&batch.id) {
             match self.lookup_first(batch, payload).await? {
@@ -637,7 +835,7 @@ impl Inner {
                         "The batch is in ADX already; not sending it again"
                     );
                     self.uncertain.settle(&batch.id);
-                    return Ok("already_ingested");
+                    return Ok(("already_ingested", Receipt::Delivered));
                 }
                 verify::Lookup::Forbidden => "query_forbidden",
                 verify::Lookup::Absent | verify::Lookup::Unknown => "resend",
@@ -655,7 +853,7 @@ impl Inner {
                             "ADX accepts streaming ingestion into this table again"
                         );
                     }
-                    return Ok("streaming");
+                    return Ok(("streaming", Receipt::Delivered));
                 }
                 // Refusals of the request, not of the batch: checked before `is_permanent`, as
                 // ADX marks them permanent.
@@ -693,7 +891,7 @@ impl Inner {
                                 "Streaming ingestion answered with an error but stored the batch"
                             );
                             self.uncertain.settle(&batch.id);
-                            return Ok("streaming");
+                            return Ok(("streaming", Receipt::Delivered));
                         }
                         verify::Lookup::Forbidden => "query_forbidden",
                         verify::Lookup::Absent | verify::Lookup::Unknown => {
@@ -729,10 +927,11 @@ impl Inner {
         metrics.with_label_values(&[fallback_reason]).inc();
         // A batch that may be in ADX goes with its tag, whatever `ingest_by_tags` says.
         let dedup = matches!(fallback_reason, "resend" | "query_forbidden");
-        self.send_queued(batch, compressed, payload.len(), dedup)
+        let receipt = self
+            .send_queued(batch, compressed, payload.len(), Attempt::First, dedup)
             .await?;
         self.uncertain.settle(&batch.id);
-        Ok("queued")
+        Ok(("queued", receipt))
     }
 
     /// The fallback reason while streaming is paused (`suspended`, or `policy_off`).
@@ -769,25 +968,26 @@ impl Inner {
             .remove(cause)
     }
 
-    /// Queued ingestion: upload the blob, then enqueue its message, tagged `ingest-by` when
-    /// configured or when `dedup` asks for it (a re-send). A 403 from storage (an expired SAS)
-    /// refreshes the resources and tries once more.
+    /// Queued ingestion: upload the blob, write the batch's `Pending` status row (when status rows
+    /// are on), then post its message, tagged `ingest-by` when configured or when `dedup` asks
+    /// for it. With a status row the batch is [`Receipt::Submitted`]: its row tells later whether
+    /// it landed. A recovered batch whose row exists is not sent again but followed through the
+    /// row; a row found on a first attempt is an earlier attempt's. A 403 from storage (an expired
+    /// SAS) refreshes the resources and tries once more.
     async fn send_queued(
         &self,
         batch: &OutgoingBatch,
         compressed: &Bytes,
         raw_size: usize,
+        attempt: Attempt,
         dedup: bool,
-    ) -> Result<()> {
+    ) -> Result<Receipt> {
         let mut refreshed = false;
         loop {
             let resources = self.resources().await?;
-            let result = async {
-                let blob = self.upload(&resources, batch, compressed).await?;
-                self.enqueue(&resources, batch, &blob, raw_size, dedup)
-                    .await
-            }
-            .await;
+            let result = self
+                .submit(&resources, batch, compressed, raw_size, attempt, dedup)
+                .await;
             match result {
                 Err(error) if error.status() == Some(403) && !refreshed => {
                     tracing::info!(
@@ -804,7 +1004,90 @@ impl Inner {
                     }
                     return Err(error);
                 }
-                Ok(()) => return Ok(()),
+                Ok(receipt) => return Ok(receipt),
+            }
+        }
+    }
+
+    async fn submit(
+        &self,
+        resources: &Resources,
+        batch: &OutgoingBatch,
+        compressed: &Bytes,
+        raw_size: usize,
+        attempt: Attempt,
+        dedup: bool,
+    ) -> Result<Receipt> {
+        let Some(table) = self.tracking_table(resources, &batch.id) else {
+            let blob = self.upload(resources, batch, compressed).await?;
+            self.enqueue(resources, batch, &blob, raw_size, dedup, None)
+                .await?;
+            return Ok(Receipt::Delivered);
+        };
+        let id = source_id(&batch.id);
+        let mut attempt = attempt;
+        if attempt == Attempt::Recovered {
+            match self.read_status_row(table, &id).await? {
+                None => attempt = Attempt::First,
+                Some(status) => match self.verdict(batch, status)? {
+                    Verdict::Done(receipt) => return Ok(receipt),
+                    Verdict::Submit => attempt = Attempt::Resubmit,
+                },
+            }
+        }
+        let blob = self.upload(resources, batch, compressed).await?;
+        let unposted = self
+            .unposted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&batch.id);
+        if attempt == Attempt::Resubmit || unposted {
+            self.replace_pending_row(table, &id, &blob).await?;
+        } else if !self.insert_pending_row(table, &id, &blob).await? {
+            // An earlier attempt wrote the row: it may have posted the message too.
+            match self.read_status_row(table, &id).await? {
+                Some(status) => match self.verdict(batch, status)? {
+                    Verdict::Done(receipt) => return Ok(receipt),
+                    Verdict::Submit => self.replace_pending_row(table, &id, &blob).await?,
+                },
+                None => self.replace_pending_row(table, &id, &blob).await?,
+            }
+        }
+        let dedup = dedup || attempt == Attempt::Resubmit;
+        match self
+            .enqueue(resources, batch, &blob, raw_size, dedup, Some(table))
+            .await
+        {
+            Ok(()) => {
+                self.unposted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&batch.id);
+                if attempt == Attempt::Resubmit {
+                    tracing::info!(batch_id = %batch.id, "Batch submitted to ADX again");
+                }
+                Ok(Receipt::Submitted {
+                    check_after: self.config.status.poll_interval,
+                })
+            }
+            Err(error) if error.is_ambiguous() => {
+                // It may be in the queue: posting it again could ingest it twice. Its status row
+                // will say; a row still Pending after `pending_timeout` is submitted again.
+                tracing::info!(
+                    batch_id = %batch.id,
+                    error = %error_chain(&error),
+                    "Posting the queue message had no clear answer; following the batch through its status row"
+                );
+                Ok(Receipt::Submitted {
+                    check_after: self.config.status.poll_interval,
+                })
+            }
+            Err(error) => {
+                self.unposted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(batch.id.clone());
+                Err(error)
             }
         }
     }
@@ -887,6 +1170,7 @@ impl Inner {
         blob: &Url,
         raw_size: usize,
         dedup: bool,
+        status_table: Option<&Url>,
     ) -> Result<()> {
         let id = source_id(&batch.id);
         let message = IngestionMessage {
@@ -900,6 +1184,7 @@ impl Inner {
             authorization_context: &resources.authorization_context,
             ingest_by: (self.config.ingest_by_tags || dedup).then_some(batch.id.as_str()),
             created: jiff::Timestamp::now(),
+            status_table: status_table.map(Url::as_str),
         };
         let body = envelope(&message.to_json())?;
         self.recent.remember(&id, &batch.id);

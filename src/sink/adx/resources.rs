@@ -26,6 +26,9 @@ pub(super) struct Resources {
     pub queues: Vec<Url>,
     /// `FailedIngestionsQueue`.
     pub failed_queues: Vec<Url>,
+    /// `IngestionsStatusTable`: status tables, with SAS (sorted, so a batch's row is looked for
+    /// in the table it was written to).
+    pub status_tables: Vec<Url>,
     /// `AuthorizationContext`, verbatim.
     pub authorization_context: SecretString,
     /// Increases with every fetch; an invalidation names the fetch it saw fail.
@@ -77,6 +80,7 @@ impl Inner {
                     containers = fresh.containers.len(),
                     queues = fresh.queues.len(),
                     failed_queues = fresh.failed_queues.len(),
+                    status_tables = fresh.status_tables.len(),
                     "Fetched ADX ingestion resources"
                 );
                 let fresh = Arc::new(fresh);
@@ -107,6 +111,7 @@ impl Inner {
         let mut containers = Vec::new();
         let mut queues = Vec::new();
         let mut failed_queues = Vec::new();
+        let mut status_tables = Vec::new();
         let endpoint = self.dm_endpoint();
         for row in table.rows("ResourceTypeName", "StorageRoot") {
             let (kind, root) = row;
@@ -117,6 +122,7 @@ impl Inner {
                 "TempStorage" => containers.push(url),
                 "SecuredReadyForAggregationQueue" => queues.push(url),
                 "FailedIngestionsQueue" => failed_queues.push(url),
+                "IngestionsStatusTable" => status_tables.push(url),
                 _ => {}
             }
         }
@@ -140,10 +146,12 @@ impl Inner {
                 endpoint: self.dm_endpoint(),
                 message: "`.get kusto identity token` returned no AuthorizationContext".to_owned(),
             })?;
+        status_tables.sort_by(|a, b| a.path().cmp(b.path()).then(a.host_str().cmp(&b.host_str())));
         Ok(Resources {
             containers,
             queues,
             failed_queues,
+            status_tables,
             authorization_context: SecretString::from(context.to_owned()),
             generation,
             fetched: Instant::now(),

@@ -19,13 +19,16 @@ use std::{future::Future, pin::Pin};
 use bytes::Bytes;
 
 use super::{
-    Error, Inner, Operation, Result,
+    Attempt, Error, Inner, Operation, Result,
     auth::endpoint_name,
     gzip,
     resources::join,
     verify::{Known, Lookup, Presence, first_key, records},
 };
-use crate::{sink::OutgoingBatch, telemetry::error_chain};
+use crate::{
+    sink::{OutgoingBatch, Receipt},
+    telemetry::error_chain,
+};
 
 /// How a part ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +59,11 @@ impl Inner {
         payload: &Bytes,
         compressed: &Bytes,
         recovered: bool,
-    ) -> Result<&'static str> {
+    ) -> Result<(&'static str, Receipt)> {
         let mut check = recovered || self.uncertain.contains(&batch.id);
         if check && self.queries_forbidden() {
-            if let Some(route) = self.resend_unchecked(batch, payload, compressed).await? {
-                return Ok(route);
+            if let Some(sent) = self.resend_unchecked(batch, payload, compressed).await? {
+                return Ok(sent);
             }
             check = false;
         }
@@ -111,11 +114,12 @@ impl Inner {
             }
         }
         self.uncertain.settle(&batch.id);
-        Ok(if progress.sent == 0 {
+        let route = if progress.sent == 0 {
             "already_ingested"
         } else {
             "streaming"
-        })
+        };
+        Ok((route, Receipt::Delivered))
     }
 
     /// A batch that may be in ADX, whose lookup the identity may not make: queued with an
@@ -126,7 +130,7 @@ impl Inner {
         batch: &OutgoingBatch,
         payload: &Bytes,
         compressed: &Bytes,
-    ) -> Result<Option<&'static str>> {
+    ) -> Result<Option<(&'static str, Receipt)>> {
         if self.config.ingest_endpoint.is_none() {
             if self.note_once("query_forbidden_no_dm") {
                 tracing::warn!(
@@ -142,10 +146,11 @@ impl Inner {
             .with_label_values(&["query_forbidden"])
             .inc();
         tracing::debug!(batch_id = %batch.id, "Re-sending an unverifiable batch queued with its ingest-by tag");
-        self.send_queued(batch, compressed, payload.len(), true)
+        let receipt = self
+            .send_queued(batch, compressed, payload.len(), Attempt::First, true)
             .await?;
         self.uncertain.settle(&batch.id);
-        Ok(Some("queued"))
+        Ok(Some(("queued", receipt)))
     }
 
     /// One part (consecutive records of the batch; `body` is its gzip when already made) whose

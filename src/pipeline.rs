@@ -221,6 +221,9 @@ async fn open_store(
     handover
         .store
         .set_commit_stall(config.diagnostics.stall_store_commit);
+    handover
+        .store
+        .set_max_dead_bytes(config.store.max_dead_bytes);
     Ok(Some((Arc::new(handover.store), handover.generation)))
 }
 

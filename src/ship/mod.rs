@@ -313,12 +313,14 @@ impl Shipper {
                     let guard = Arc::clone(&self.guard);
                     let record = batch.clone();
                     let now = jiff::Timestamp::now().as_millisecond();
-                    self.blocking("dead_batch", move |store| {
-                        store.dead_batch(&record, &reason, now, guard.as_ref())
-                    })
-                    .await?;
+                    let dropped = self
+                        .blocking("dead_batch", move |store| {
+                            store.dead_batch(&record, &reason, now, guard.as_ref())
+                        })
+                        .await?;
                     self.metrics.dead_batches.inc();
                     self.metrics.events_dead.inc_by(outgoing.events);
+                    crate::dead::report_dropped(&self.metrics, &dropped);
                     return Ok(Delivery::Dead);
                 }
             }

@@ -1,12 +1,13 @@
 //! Dead batches outside the shipper: the leader's handle that lets the admin server list and
 //! replay them, the JSON shapes of `GET /dead` and `POST /dead/replay` (shared with the
-//! `kevents dead` command), and the report of dead batches dropped over the cap.
+//! `kevents dead` command in [`cli`]), and the report of dead batches dropped over the cap.
 //!
 //! Owns the [`DeadSlot`]: the running pipeline of a leadership term publishes its store, fence,
 //! store threads and shipper wake-up there, and takes them back before it closes the store. It
 //! must never write the store without that term's fence (a replica that is not leading has an
 //! empty slot and writes nothing), and never hold the slot's lock across a store call.
 
+pub mod cli;
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -24,6 +24,7 @@ use crate::{
     admin::{self, AdminState},
     blocking::{IoPool, Stuck},
     config::Config,
+    dead::DeadSlot,
     leader::{Elector, ElectorHandle, Fence, LeadershipWatch},
     pipeline::{self, Failure},
     store,
@@ -88,12 +89,14 @@ pub async fn run(
         .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "Admin server listening");
     let admin_stop = CancellationToken::new();
+    let dead = DeadSlot::default();
     let admin_task = tokio::spawn(admin::serve(
         listener,
         AdminState {
             metrics: metrics.clone(),
             board: Arc::clone(&board),
             liveness: Arc::clone(&liveness),
+            dead: dead.clone(),
         },
         admin_stop.clone(),
     ));
@@ -123,6 +126,7 @@ pub async fn run(
         board: Arc::clone(&board),
         io,
         sink_io,
+        dead,
     };
     Supervisor::new(
         &context,
@@ -834,6 +838,7 @@ mod tests {
             board: Arc::new(StatusBoard::new()),
             io: IoPool::new("store", 2, Duration::from_secs(5)).unwrap(),
             sink_io: IoPool::new("file-sink", 1, Duration::from_secs(5)).unwrap(),
+            dead: DeadSlot::default(),
         }
     }
 

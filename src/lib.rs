@@ -13,6 +13,7 @@ pub mod app;
 pub mod blocking;
 pub mod capture;
 pub mod config;
+pub mod dead;
 pub mod diagnostics;
 pub mod emulator;
 pub mod lab;

@@ -1,4 +1,4 @@
-//! The `kevents` command: `run`, `check-config`, `--version`.
+//! The `kevents` command: `run`, `check-config`, `dead list|replay`, `--version`.
 //!
 //! Parses arguments, loads the config, initialises telemetry, hands over to `app::run`, and maps
 //! the outcome to an exit code (2 for configuration errors). Nothing else lives here.
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kevents::{
     app::{self, RunOptions},
     config::{Config, Environment},
+    dead::cli::DeadCommand,
     shutdown, telemetry,
 };
 
@@ -45,6 +46,11 @@ enum Command {
         #[arg(long, env = "KEVENTS_CONFIG")]
         config: PathBuf,
     },
+    /// Inspect and replay dead batches (batches the sink rejected for good).
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +66,20 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Dead { command } => {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| Ok(runtime.block_on(kevents::dead::cli::run(command))?));
+            match outcome {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kevents: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, kubeconfig } => {
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             tune_glibc_malloc();

@@ -22,6 +22,7 @@ use crate::{
     blocking::{IoPool, Stuck},
     capture::Capture,
     config::{Config, RecordShapeConfig, SinkConfig},
+    dead::{DeadHandle, DeadSlot},
     diagnostics,
     leader::Fence,
     ship::{Shipper, ShipperOptions},
@@ -126,6 +127,8 @@ pub struct Context {
     pub io: IoPool,
     /// Threads for file-sink writes.
     pub sink_io: IoPool,
+    /// Where a running term publishes its dead tree for the admin server.
+    pub dead: DeadSlot,
 }
 
 /// Runs the pipeline for the term of `fence` until `stop` is cancelled or a stage fails.
@@ -147,6 +150,7 @@ pub async fn run_with_sink(
         board,
         io,
         sink_io,
+        dead,
     } = context;
     board.set_not_ready(READY_CONDITION, "leader is taking the store over");
     let guard: Arc<dyn Guard> = Arc::new(fence.clone());
@@ -163,8 +167,8 @@ pub async fn run_with_sink(
         return Ok(());
     };
     let result = run_stages(
-        &config, client, &metrics, &board, &store, generation, &io, &sink_io, guard, fence, sink,
-        &stop,
+        &config, client, &metrics, &board, &store, generation, &io, &sink_io, &dead, guard, fence,
+        sink, &stop,
     )
     .await;
     // Flush and close before the lease may be released.
@@ -221,6 +225,9 @@ async fn open_store(
     handover
         .store
         .set_commit_stall(config.diagnostics.stall_store_commit);
+    handover
+        .store
+        .set_max_dead_bytes(config.store.max_dead_bytes);
     Ok(Some((Arc::new(handover.store), handover.generation)))
 }
 
@@ -271,6 +278,7 @@ async fn run_stages(
     generation: u64,
     io: &IoPool,
     sink_io: &IoPool,
+    dead: &DeadSlot,
     guard: Arc<dyn Guard>,
     fence: Fence,
     sink: Option<Arc<dyn Sink>>,
@@ -351,6 +359,14 @@ async fn run_stages(
         board: Arc::clone(board),
         wake: shipper_wake,
     };
+    // The admin server lists and replays dead batches through this term until its stages end
+    // (the publication is withdrawn when this function returns, before the store closes).
+    let _dead = dead.publish(DeadHandle::new(
+        Arc::clone(store) as Arc<dyn EventStore>,
+        Arc::clone(&guard),
+        io.clone(),
+        Arc::clone(&shipper.wake),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let stop = stages.clone();

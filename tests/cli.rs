@@ -1,5 +1,5 @@
 //! The `kevents` command line as a user meets it: `--version`, `check-config` exit codes and
-//! messages, and `run` serving its admin endpoints until SIGTERM.
+//! messages, `run` serving its admin endpoints until SIGTERM, and `dead list|replay`.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{KEVENTS, http_get, start_follower};
+use support::{KEVENTS, free_port, http_get, start_follower};
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -198,4 +198,166 @@ fn the_lab_oracle_passes_exact_delivery_and_fails_on_a_duplicate_or_a_gap() {
     let gap = oracle(&row("1"));
     assert!(!gap.status.success());
     assert!(String::from_utf8_lossy(&gap.stdout).contains("missing uid=a resourceVersion=2"));
+}
+
+fn kevents(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(KEVENTS)
+        .args(args)
+        .env_remove("KEVENTS_ADMIN_URL")
+        .env_remove("KEVENTS_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dead_list_names_a_missing_endpoint_and_a_replica_that_is_not_the_leader() {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let (code, _, stderr) = kevents(&["dead", "list", "--admin", &nowhere]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no kevents admin endpoint at {nowhere}/dead")),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start_follower(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&addr, "/livez").is_none() {
+        assert!(Instant::now() < deadline, "admin server never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let admin = format!("http://{addr}");
+    let (code, stdout, stderr) = kevents(&["dead", "list", "--admin", &admin]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("answered 503"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "this replica is not the leader; ask the leader (GET /status shows the holder)"
+        ),
+        "{stderr}"
+    );
+    let (code, _, stderr) = kevents(&["dead", "replay", "--all", "--admin", &admin]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not the leader"), "{stderr}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn dead_replay_needs_ids_or_all_and_says_there_is_no_offline_replay() {
+    let (code, _, stderr) = kevents(&["dead", "replay"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, help, _) = kevents(&["dead", "replay", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(help.contains("There is no offline replay"), "{help}");
+    assert!(help.contains("--id <ID>"), "{help}");
+}
+
+#[test]
+fn dead_list_offline_reads_a_stopped_store_and_refuses_one_in_use() {
+    use kevents::store::{self, BatchRecord, CaptureItem, EventStore as _, Guard, OpenOptions};
+
+    struct Current;
+    impl Guard for Current {
+        fn is_current(&self) -> bool {
+            true
+        }
+        fn epoch(&self) -> i64 {
+            1
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let config = write(
+        dir.path(),
+        "kevents.yaml",
+        &format!(
+            "cluster:\n  name: t\nsink:\n  type: stdout\nstore:\n  path: {}\n",
+            root.display()
+        ),
+    );
+    let config = config.to_str().unwrap();
+
+    let (code, _, stderr) = kevents(&["dead", "list", "--offline", "--config", config]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no store under"), "{stderr}");
+
+    let handover = store::take_over(
+        &OpenOptions {
+            path: root.clone(),
+            cache_capacity: 1 << 20,
+            lock_timeout: Duration::from_secs(5),
+        },
+        &"test".into(),
+        &Current,
+        &|| false,
+    )
+    .unwrap();
+    let store = handover.store;
+    store
+        .capture(
+            &[CaptureItem {
+                uid: "u1".into(),
+                resource_version: "7".into(),
+                record: br#"{"Uid":"u1"}"#.to_vec(),
+            }],
+            None,
+            0,
+            &Current,
+        )
+        .unwrap();
+    let batch = BatchRecord {
+        id: BatchRecord::id_for("cafe", 0, 0),
+        first: 0,
+        last: 0,
+        events: 1,
+        bytes: 13,
+        epoch: 1,
+        created_ms: 0,
+    };
+    store.record_batch(&batch, &Current).unwrap();
+    store
+        .dead_batch(&batch, "400 Bad Request: no such column", 0, &Current)
+        .unwrap();
+
+    // Held open by this process, as a running leader holds it.
+    let (code, _, stderr) = kevents(&["dead", "list", "--offline", "--config", config]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use by a running kevents"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--admin"), "{stderr}");
+
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stdout = loop {
+        let (code, stdout, stderr) =
+            kevents(&["dead", "list", "--offline", "--payload", "--config", config]);
+        if code == Some(0) {
+            break stdout;
+        }
+        // sled's threads let go of the lock shortly after the store is dropped.
+        assert!(
+            stderr.contains("in use") && Instant::now() < deadline,
+            "{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert!(rows[0].starts_with("ID"), "{stdout}");
+    assert!(rows[1].starts_with(&batch.id), "{stdout}");
+    assert!(rows[1].contains("1970-01-01T00:00:00Z"), "{stdout}");
+    assert!(
+        rows[1].contains("400 Bad Request: no such column"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(read offline)"), "{stdout}");
+    assert!(stdout.ends_with("{\"Uid\":\"u1\"}\n"), "{stdout}");
 }

@@ -671,6 +671,7 @@ async fn livez_fails_once_the_election_loop_stops_and_not_while_the_api_server_i
             metrics: Metrics::new().unwrap(),
             board: Arc::new(StatusBoard::new()),
             liveness: Arc::clone(&liveness),
+            dead: kevents::dead::DeadSlot::default(),
         },
         admin_stop.clone(),
     ));

@@ -238,6 +238,7 @@ async fn a_batch_whose_send_was_cut_short_is_resent_first_with_the_same_id() {
         board: Arc::new(StatusBoard::new()),
         io: IoPool::new("store", 4, Duration::from_secs(30)).unwrap(),
         sink_io: IoPool::new("file-sink", 1, Duration::from_secs(30)).unwrap(),
+        dead: kevents::dead::DeadSlot::default(),
     };
     // Term 1: the first send never completes; the term ends (the leader "dies") mid-send.
     let hanging = Arc::new(HangingSink {

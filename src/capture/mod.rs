@@ -2,8 +2,9 @@
 //! per transaction, together with the checkpoint.
 //!
 //! Owns group commit (everything waiting in the channel, up to `max_commit_events`, goes into one
-//! transaction and one flush), the bounded outbox (when it is full capture pauses, says so in a
-//! metric and a log line, and resumes when the shipper made room — it never drops), and the
+//! transaction and one flush), the bounded outbox (when the outbox and the dead tree together are
+//! full, capture pauses, says so in a metric and a log line, and resumes when the shipper made
+//! room — it never drops), and the
 //! counting of unusable objects. Dedupe by (uid, resourceVersion) happens inside the store's
 //! transaction. It must never advance the checkpoint past an event that is not durable.
 
@@ -60,7 +61,7 @@ pub struct Capture {
     pub record: RecordOptions,
     /// Most events per transaction.
     pub max_commit_events: usize,
-    /// Capture pauses while the outbox holds this many bytes.
+    /// Capture pauses while the outbox and the dead tree together hold this many bytes.
     pub max_outbox_bytes: u64,
     /// Metrics.
     pub metrics: Metrics,
@@ -78,17 +79,18 @@ impl Capture {
         let mut buffer = Vec::with_capacity(SOURCE_BATCH);
         let mut paused = false;
         loop {
-            let outbox_bytes = self
-                .blocking("meta", |store| store.meta())
-                .await?
-                .outbox_bytes;
-            if outbox_bytes >= self.max_outbox_bytes {
+            let meta = self.blocking("meta", |store| store.meta()).await?;
+            // Dead batches live on the same volume: they count, so they cannot fill it.
+            let outbox_bytes = meta.outbox_bytes;
+            let held = outbox_bytes + meta.dead_bytes;
+            if held >= self.max_outbox_bytes {
                 if !paused {
                     paused = true;
                     self.metrics.capture_paused.set(1);
                     self.metrics.capture_pauses.inc();
                     tracing::warn!(
                         outbox_bytes,
+                        dead_bytes = meta.dead_bytes,
                         limit = self.max_outbox_bytes,
                         "Outbox is full; capture pauses until the sink catches up (nothing is dropped)"
                     );

@@ -67,8 +67,11 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// sled page cache.
     pub cache_capacity: u64,
-    /// Capture pauses while the outbox holds this many bytes.
+    /// Capture pauses while the outbox and the dead tree together hold this many bytes.
     pub max_outbox_bytes: u64,
+    /// The dead tree holds at most this many payload bytes; the oldest dead batches are dropped
+    /// first (the newest is always kept). Less than `max_outbox_bytes`.
+    pub max_dead_bytes: u64,
     /// Dedupe entries are kept this long after an event was last seen.
     pub seen_retention: Duration,
     /// The API server's `--event-ttl`: resuming from an older checkpoint is reported as a gap.
@@ -174,6 +177,7 @@ pub(super) struct RawStore {
     path: Option<PathBuf>,
     cache_capacity: Option<Value>,
     max_outbox_bytes: Option<Value>,
+    max_dead_bytes: Option<Value>,
     seen_retention: Option<String>,
     event_ttl: Option<String>,
     lock_timeout: Option<String>,
@@ -337,6 +341,33 @@ impl RawStore {
                 "must be at least store.event_ttl (an event can be updated until it expires)",
             ));
         }
+        let max_outbox_bytes = positive(
+            "store.max_outbox_bytes",
+            bytes_field(
+                "store.max_outbox_bytes",
+                self.max_outbox_bytes.as_ref(),
+                1 << 30,
+            )?,
+        )?;
+        let max_dead_bytes = positive(
+            "store.max_dead_bytes",
+            bytes_field(
+                "store.max_dead_bytes",
+                self.max_dead_bytes.as_ref(),
+                // A small outbox gets a dead tree in proportion.
+                crate::store::DEFAULT_MAX_DEAD_BYTES.min(max_outbox_bytes / 4),
+            )?,
+        )?;
+        if max_dead_bytes >= max_outbox_bytes {
+            return Err(Error::invalid(
+                "store.max_dead_bytes",
+                format!(
+                    "must be less than store.max_outbox_bytes ({}): dead batches count against it, \
+                     and a dead tree that could fill it would stop capture for good",
+                    format_bytes(max_outbox_bytes)
+                ),
+            ));
+        }
         Ok(StoreConfig {
             path: self
                 .path
@@ -349,14 +380,8 @@ impl RawStore {
                     16 << 20,
                 )?,
             )?,
-            max_outbox_bytes: positive(
-                "store.max_outbox_bytes",
-                bytes_field(
-                    "store.max_outbox_bytes",
-                    self.max_outbox_bytes.as_ref(),
-                    1 << 30,
-                )?,
-            )?,
+            max_outbox_bytes,
+            max_dead_bytes,
             seen_retention,
             event_ttl,
             lock_timeout: duration_field(
@@ -555,6 +580,7 @@ pub(super) fn print_store(store: &StoreConfig) -> Value {
             "max_outbox_bytes",
             format_bytes(store.max_outbox_bytes).into(),
         ),
+        ("max_dead_bytes", format_bytes(store.max_dead_bytes).into()),
         (
             "seen_retention",
             format_duration(store.seen_retention).into(),

@@ -314,6 +314,8 @@ fn pipeline_sections_validate_and_name_bad_keys() {
             "source.namespaces.includ",
         ),
         ("store:\n  max_outbox_bytes: lots", "store.max_outbox_bytes"),
+        ("store:\n  max_dead_bytes: 1GiB", "store.max_dead_bytes"),
+        ("store:\n  max_dead_bytes: 0", "store.max_dead_bytes"),
         ("store:\n  seen_retention: 10m", "store.seen_retention"),
         (
             "shipper:\n  max_batch_events: 0",
@@ -488,4 +490,31 @@ fn an_empty_variable_leaves_a_numeric_or_boolean_key_at_its_default() {
     assert!(!adx.ingest_by_tags);
     assert!(!adx.failed_ingestions.enabled);
     assert_eq!(adx.streaming_max_bytes, DEFAULT_STREAMING_MAX_BYTES);
+}
+
+#[test]
+fn the_dead_tree_cap_defaults_to_64_mib_and_to_a_quarter_of_a_smaller_outbox() {
+    let config = Config::parse(MINIMAL, &env_with(&[])).unwrap();
+    assert_eq!(config.store.max_dead_bytes, 64 << 20);
+    let small = Config::parse(
+        &format!("{MINIMAL}store:\n  max_outbox_bytes: 100MiB\n"),
+        &env_with(&[]),
+    )
+    .unwrap();
+    assert_eq!(small.store.max_dead_bytes, 25 << 20);
+    let set = Config::parse(
+        &format!("{MINIMAL}store:\n  max_outbox_bytes: 100MiB\n  max_dead_bytes: 99MiB\n"),
+        &env_with(&[]),
+    )
+    .unwrap();
+    assert_eq!(set.store.max_dead_bytes, 99 << 20);
+    let err = Config::parse(
+        &format!("{MINIMAL}store:\n  max_outbox_bytes: 100MiB\n  max_dead_bytes: 100MiB\n"),
+        &env_with(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("less than store.max_outbox_bytes"),
+        "{err}"
+    );
 }

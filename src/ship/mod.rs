@@ -335,12 +335,14 @@ impl Shipper {
         let record = batch.clone();
         let reason = reason.to_owned();
         let now = jiff::Timestamp::now().as_millisecond();
-        self.blocking("dead_batch", move |store| {
-            store.dead_batch(&record, &reason, now, guard.as_ref())
-        })
-        .await?;
+        let dropped = self
+            .blocking("dead_batch", move |store| {
+                store.dead_batch(&record, &reason, now, guard.as_ref())
+            })
+            .await?;
         self.metrics.dead_batches.inc();
         self.metrics.events_dead.inc_by(batch.events);
+        crate::dead::report_dropped(&self.metrics, &dropped);
         Ok(())
     }
 
@@ -509,6 +511,7 @@ impl Shipper {
                     "events": meta.outbox_events,
                     "bytes": meta.outbox_bytes,
                     "dead_events": meta.dead_events,
+                    "dead_bytes": meta.dead_bytes,
                     "awaiting_confirmation": self.metrics.batches_awaiting.get(),
                     "checkpoint": meta.checkpoint,
                 }),

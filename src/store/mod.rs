@@ -21,6 +21,11 @@ pub use terms::{Handover, TermOwner, probe, take_over};
 /// Layout version written into new stores; a store with a newer version is quarantined.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Payload bytes the dead tree holds at most unless configured (`store.max_dead_bytes`): a few
+/// full batches, for an operator to inspect and replay, without letting rejected batches fill
+/// the volume.
+pub const DEFAULT_MAX_DEAD_BYTES: u64 = 64 << 20;
+
 /// What a store write must be fenced by: the current leadership term.
 pub trait Guard: Send + Sync {
     /// True only while the caller's leadership term is current.
@@ -92,6 +97,15 @@ pub enum Error {
         /// Which value.
         key: String,
     },
+    /// The store cannot be read as it is; nothing was moved or changed (an inspection never
+    /// quarantines).
+    #[error("store {path} is unreadable: {reason}")]
+    Unreadable {
+        /// Store directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The storage engine failed.
     #[error("storage engine error")]
     Engine(#[source] sled::Error),
@@ -148,8 +162,11 @@ pub struct Meta {
     pub outbox_events: u64,
     /// Bytes in the outbox.
     pub outbox_bytes: u64,
-    /// Records moved to the dead tree.
+    /// Records in the dead tree.
     pub dead_events: u64,
+    /// Payload bytes in the dead tree (records plus newlines). They count against
+    /// `store.max_outbox_bytes` together with the outbox.
+    pub dead_bytes: u64,
 }
 
 /// A record waiting in the outbox.
@@ -214,6 +231,74 @@ pub struct DeadBatch {
     pub payload: String,
 }
 
+impl DeadBatch {
+    /// The records, one JSON object each.
+    pub fn records(&self) -> impl Iterator<Item = &str> {
+        self.payload.split_terminator('\n')
+    }
+
+    /// Number of records.
+    #[must_use]
+    pub fn events(&self) -> u64 {
+        self.records().count() as u64
+    }
+
+    /// Payload bytes (records plus newlines): what the batch counts against the caps.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.payload.len() as u64
+    }
+}
+
+/// A dead batch dropped to keep the dead tree within `store.max_dead_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedDead {
+    /// The batch id.
+    pub id: String,
+    /// Records dropped with it.
+    pub events: u64,
+    /// Payload bytes dropped with it.
+    pub bytes: u64,
+    /// Why the sink had rejected it.
+    pub reason: String,
+    /// When it had died (Unix ms).
+    pub dead_ms: i64,
+}
+
+impl From<&DeadBatch> for DroppedDead {
+    fn from(dead: &DeadBatch) -> Self {
+        Self {
+            id: dead.batch.id.clone(),
+            events: dead.events(),
+            bytes: dead.bytes(),
+            reason: dead.reason.clone(),
+            dead_ms: dead.dead_ms,
+        }
+    }
+}
+
+/// A dead batch moved back into the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayedBatch {
+    /// The dead batch's id (the shipper sends its records under a new one).
+    pub id: String,
+    /// Records moved back.
+    pub events: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// The new sequence numbers they got, at the end of the outbox.
+    pub seqs: std::ops::Range<u64>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    /// The batches moved back into the outbox, oldest first.
+    pub replayed: Vec<ReplayedBatch>,
+    /// Ids asked for that the dead tree does not hold.
+    pub unknown: Vec<String>,
+}
+
 /// The store operations the pipeline uses.
 pub trait EventStore: Send + Sync {
     /// Store-wide values.
@@ -250,16 +335,24 @@ pub trait EventStore: Send + Sync {
     fn inflight_batches(&self) -> Result<Vec<BatchRecord>>;
     /// Deletes a sent batch's records and its in-flight entry (the sink confirmed it).
     fn ack_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()>;
-    /// Moves a batch the sink rejected for good to the dead tree.
+    /// Moves a batch the sink rejected for good to the dead tree. When the tree would then hold
+    /// more than its cap, the oldest dead batches are dropped first, in the same transaction, and
+    /// returned; the batch being added is kept even if it alone exceeds the cap.
     fn dead_batch(
         &self,
         batch: &BatchRecord,
         reason: &str,
         now_ms: i64,
         guard: &dyn Guard,
-    ) -> Result<()>;
-    /// Dead batches (newest last).
+    ) -> Result<Vec<DroppedDead>>;
+    /// Dead batches (oldest first).
     fn dead_batches(&self) -> Result<Vec<DeadBatch>>;
+    /// Moves the named dead batches' records back into the outbox as new records at its end
+    /// (new sequence numbers: the shipper sends them in a new batch with a new id), bypassing
+    /// the capture dedupe (they were captured once already). Each batch moves in one fenced
+    /// transaction with the counters, so it is either dead or back in the outbox, never both.
+    /// Ids the dead tree does not hold are reported in [`ReplayOutcome::unknown`].
+    fn replay_dead(&self, ids: &[String], guard: &dyn Guard) -> Result<ReplayOutcome>;
     /// Forgets dedupe entries last seen before `older_than_ms`; returns how many.
     fn prune_seen(&self, older_than_ms: i64, guard: &dyn Guard) -> Result<u64>;
     /// Number of dedupe entries.

@@ -4,9 +4,10 @@
 //! resourceVersion and time, for versions the checkpoint does not cover: a version at or below the
 //! stored checkpoint is a replay by resourceVersion order, so covered versions need no entry and
 //! the tree stays small), `seen_time` (time + uid index for pruning), `outbox` (sequence →
-//! record), `batches` (in-flight batches), `dead` (batches the sink rejected for good). Owns the
-//! byte encodings. It must never run a write without the fence check, never flush per event (group
-//! commit: one flush per transaction), and never delete a store it cannot read (quarantine).
+//! record), `batches` (in-flight batches), `dead` (batches the sink rejected for good, bounded by
+//! `max_dead_bytes`: the oldest go first). Owns the byte encodings and the counters in `meta`. It
+//! must never run a write without the fence check, never flush per event (group commit: one flush
+//! per transaction), and never delete a store it cannot read (quarantine).
 
 use std::{
     collections::HashMap,
@@ -24,8 +25,9 @@ use sled::{
 };
 
 use super::{
-    BatchRecord, CaptureItem, CaptureOutcome, DeadBatch, Error, EventStore, Guard, Meta,
-    OutboxEntry, OutboxSpan, Result, SCHEMA_VERSION,
+    BatchRecord, CaptureItem, CaptureOutcome, DEFAULT_MAX_DEAD_BYTES, DeadBatch, DroppedDead,
+    Error, EventStore, Guard, Meta, OutboxEntry, OutboxSpan, ReplayOutcome, ReplayedBatch, Result,
+    SCHEMA_VERSION,
 };
 
 const K_SCHEMA: &[u8] = b"schema_version";
@@ -37,6 +39,7 @@ const K_NEXT_SEQ: &[u8] = b"next_seq";
 const K_OUTBOX_EVENTS: &[u8] = b"outbox_events";
 const K_OUTBOX_BYTES: &[u8] = b"outbox_bytes";
 const K_DEAD_EVENTS: &[u8] = b"dead_events";
+const K_DEAD_BYTES: &[u8] = b"dead_bytes";
 
 /// Records deleted per transaction when a batch is acknowledged.
 const ACK_CHUNK: u64 = 1000;
@@ -73,6 +76,8 @@ pub struct SledStore {
     write_lock: Mutex<()>,
     /// Drills: wait between a capture's fence check and its write (milliseconds; 0: never).
     commit_stall_ms: AtomicU64,
+    /// Payload bytes the dead tree holds at most (the newest dead batch is always kept).
+    max_dead_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -165,6 +170,7 @@ impl SledStore {
             path: options.path.clone(),
             write_lock: Mutex::new(()),
             commit_stall_ms: AtomicU64::new(0),
+            max_dead_bytes: AtomicU64::new(DEFAULT_MAX_DEAD_BYTES),
         };
         store.initialise()?;
         Ok(store)
@@ -217,6 +223,40 @@ impl SledStore {
         );
     }
 
+    /// Opens an existing store to inspect it (`kevents dead list --offline`): one attempt, no
+    /// waiting for the lock, nothing created, and an unreadable store is reported, not moved.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] while a process holds the store open (a running leader),
+    /// [`Error::Unreadable`] for a store this release cannot read, I/O errors when the directory
+    /// does not exist.
+    pub fn open_existing(options: &OpenOptions) -> Result<Self> {
+        let path = &options.path;
+        if !path.join("conf").is_file() {
+            return Err(Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no sled database in this directory",
+                ),
+            });
+        }
+        Self::try_open(options).map_err(|failure| match failure {
+            OpenFailure::Locked => Error::Locked { path: path.clone() },
+            OpenFailure::Unusable(reason) => Error::Unreadable {
+                path: path.clone(),
+                reason,
+            },
+            OpenFailure::Other(error) => error,
+        })
+    }
+
+    /// Sets the cap of the dead tree in payload bytes (`store.max_dead_bytes`); applies from
+    /// the next dead batch on.
+    pub fn set_max_dead_bytes(&self, bytes: u64) {
+        self.max_dead_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// The store directory.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -246,7 +286,44 @@ impl SledStore {
             outbox_events: u64_of(K_OUTBOX_EVENTS)?,
             outbox_bytes: u64_of(K_OUTBOX_BYTES)?,
             dead_events: u64_of(K_DEAD_EVENTS)?,
+            dead_bytes: u64_of(K_DEAD_BYTES)?,
         })
+    }
+
+    /// Every dead batch with its key, oldest first.
+    fn dead_entries(&self) -> Result<Vec<(IVec, DeadBatch)>> {
+        self.dead
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(Error::Engine)?;
+                Ok((key, decode_dead(&value)?))
+            })
+            .collect()
+    }
+
+    /// Counts the dead tree into `dead_events`/`dead_bytes` when the store predates those
+    /// counters (`dead_bytes` absent; `dead_events` then counted every batch that ever died).
+    /// Caller holds the write lock and has checked the fence.
+    fn count_dead_if_uncounted(&self) -> Result<()> {
+        if self
+            .meta
+            .get(K_DEAD_BYTES)
+            .map_err(Error::Engine)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let (events, bytes) = self
+            .dead_entries()?
+            .iter()
+            .fold((0, 0), |(events, bytes), (_, dead)| {
+                (events + dead.events(), bytes + dead.bytes())
+            });
+        tx_result(self.meta.transaction(|meta| {
+            meta.insert(K_DEAD_EVENTS, &events.to_be_bytes())?;
+            meta.insert(K_DEAD_BYTES, &bytes.to_be_bytes())?;
+            Ok(())
+        }))
     }
 
     /// Forgets dedupe entries the checkpoint has since moved past (a finished relist leaves
@@ -324,6 +401,17 @@ impl SledStore {
         self.flush_now()
     }
 
+    /// Leaves the dead counters as a release before `dead_bytes` did: a cumulative event count
+    /// and no byte count (tests of the recount).
+    #[cfg(test)]
+    pub(crate) fn set_dead_counters_as_before_for_test(&self, events: u64) -> Result<()> {
+        self.meta
+            .insert(K_DEAD_EVENTS, &events.to_be_bytes())
+            .map_err(Error::Engine)?;
+        self.meta.remove(K_DEAD_BYTES).map_err(Error::Engine)?;
+        self.flush_now()
+    }
+
     fn flush_now(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(Error::Engine)
     }
@@ -371,6 +459,7 @@ impl EventStore for SledStore {
             meta.insert(K_EPOCH, &ours.to_be_bytes())?;
             Ok(())
         }))?;
+        self.count_dead_if_uncounted()?;
         self.flush_now()
     }
 
@@ -599,7 +688,7 @@ impl EventStore for SledStore {
         reason: &str,
         now_ms: i64,
         guard: &dyn Guard,
-    ) -> Result<()> {
+    ) -> Result<Vec<DroppedDead>> {
         let _lock = self.lock();
         if !guard.is_current() {
             return Err(Error::Fenced);
@@ -619,34 +708,140 @@ impl EventStore for SledStore {
             dead_ms: now_ms,
             payload,
         };
+        let (events, size) = (dead.events(), dead.bytes());
         let encoded = serde_json::to_vec(&dead).map_err(|_| malformed(b"dead batch"))?;
-        tx_result(
+        let key = batch.first.to_be_bytes();
+        // Transactions cannot iterate, so the oldest batches to drop are chosen here; the write
+        // lock is held and only this process writes this term's database, so they stay put.
+        let cap = self.max_dead_bytes.load(Ordering::Relaxed);
+        let held = self.meta_now()?.dead_bytes;
+        let mut excess = (held + size).saturating_sub(cap);
+        let mut victims: Vec<IVec> = Vec::new();
+        for entry in &self.dead {
+            if excess == 0 {
+                break;
+            }
+            let (old_key, value) = entry.map_err(Error::Engine)?;
+            if old_key == key.as_slice() {
+                continue;
+            }
+            excess = excess.saturating_sub(decode_dead(&value)?.bytes());
+            victims.push(old_key);
+        }
+        let dropped = tx_result(
             (&self.meta, &self.outbox, &self.batches, &self.dead).transaction(
                 |(meta, outbox, batches, dead_tree)| {
                     let (removed, bytes) = remove_range(outbox, batch.first, batch.last)?;
-                    batches.remove(&batch.first.to_be_bytes())?;
-                    dead_tree.insert(&batch.first.to_be_bytes(), encoded.as_slice())?;
-                    let events = tx_u64(meta, K_OUTBOX_EVENTS)?.saturating_sub(removed);
+                    batches.remove(&key)?;
+                    let mut dead_events = tx_u64(meta, K_DEAD_EVENTS)?;
+                    let mut dead_bytes = tx_u64(meta, K_DEAD_BYTES)?;
+                    let mut forget = |old: &IVec| {
+                        let old = decode_dead(old).map_err(ConflictableTransactionError::Abort)?;
+                        dead_events = dead_events.saturating_sub(old.events());
+                        dead_bytes = dead_bytes.saturating_sub(old.bytes());
+                        Ok::<_, ConflictableTransactionError<Error>>(old)
+                    };
+                    let mut dropped = Vec::with_capacity(victims.len());
+                    for victim in &victims {
+                        if let Some(old) = dead_tree.remove(victim)? {
+                            dropped.push(DroppedDead::from(&forget(&old)?));
+                        }
+                    }
+                    if let Some(replaced) = dead_tree.insert(&key, encoded.as_slice())? {
+                        forget(&replaced)?;
+                    }
+                    let events_left = tx_u64(meta, K_OUTBOX_EVENTS)?.saturating_sub(removed);
                     let total = tx_u64(meta, K_OUTBOX_BYTES)?.saturating_sub(bytes);
-                    let dead_events = tx_u64(meta, K_DEAD_EVENTS)? + removed;
-                    meta.insert(K_OUTBOX_EVENTS, &events.to_be_bytes())?;
+                    meta.insert(K_OUTBOX_EVENTS, &events_left.to_be_bytes())?;
                     meta.insert(K_OUTBOX_BYTES, &total.to_be_bytes())?;
-                    meta.insert(K_DEAD_EVENTS, &dead_events.to_be_bytes())?;
-                    Ok(())
+                    meta.insert(K_DEAD_EVENTS, &(dead_events + events).to_be_bytes())?;
+                    meta.insert(K_DEAD_BYTES, &(dead_bytes + size).to_be_bytes())?;
+                    Ok(dropped)
                 },
             ),
         )?;
-        self.flush_now()
+        self.flush_now()?;
+        Ok(dropped)
     }
 
     fn dead_batches(&self) -> Result<Vec<DeadBatch>> {
-        self.dead
-            .iter()
-            .map(|entry| {
-                let (_, value) = entry.map_err(Error::Engine)?;
-                serde_json::from_slice(&value).map_err(|_| malformed(b"dead batch"))
-            })
-            .collect()
+        Ok(self
+            .dead_entries()?
+            .into_iter()
+            .map(|(_, dead)| dead)
+            .collect())
+    }
+
+    fn replay_dead(&self, ids: &[String], guard: &dyn Guard) -> Result<ReplayOutcome> {
+        let _lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        let mut wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let found: Vec<(IVec, DeadBatch)> = self
+            .dead_entries()?
+            .into_iter()
+            .filter(|(_, dead)| wanted.binary_search(&dead.batch.id.as_str()).is_ok())
+            .collect();
+        let mut outcome = ReplayOutcome {
+            unknown: wanted
+                .iter()
+                .filter(|id| !found.iter().any(|(_, dead)| dead.batch.id == **id))
+                .map(|id| (*id).to_owned())
+                .collect(),
+            ..ReplayOutcome::default()
+        };
+        let mut result = Ok(());
+        for (key, dead) in &found {
+            if !guard.is_current() {
+                result = Err(Error::Fenced);
+                break;
+            }
+            let moved = tx_result((&self.meta, &self.outbox, &self.dead).transaction(
+                |(meta, outbox, dead_tree)| {
+                    if dead_tree.remove(key)?.is_none() {
+                        return Ok(None);
+                    }
+                    let first = tx_u64(meta, K_NEXT_SEQ)?;
+                    let mut next = first;
+                    let mut bytes = 0u64;
+                    for record in dead.records() {
+                        outbox.insert(&next.to_be_bytes(), record.as_bytes())?;
+                        next += 1;
+                        bytes += record.len() as u64;
+                    }
+                    let events = next - first;
+                    let outbox_events = tx_u64(meta, K_OUTBOX_EVENTS)? + events;
+                    let outbox_bytes = tx_u64(meta, K_OUTBOX_BYTES)? + bytes;
+                    let dead_events = tx_u64(meta, K_DEAD_EVENTS)?.saturating_sub(dead.events());
+                    let dead_bytes = tx_u64(meta, K_DEAD_BYTES)?.saturating_sub(dead.bytes());
+                    meta.insert(K_NEXT_SEQ, &next.to_be_bytes())?;
+                    meta.insert(K_OUTBOX_EVENTS, &outbox_events.to_be_bytes())?;
+                    meta.insert(K_OUTBOX_BYTES, &outbox_bytes.to_be_bytes())?;
+                    meta.insert(K_DEAD_EVENTS, &dead_events.to_be_bytes())?;
+                    meta.insert(K_DEAD_BYTES, &dead_bytes.to_be_bytes())?;
+                    Ok(Some(ReplayedBatch {
+                        id: dead.batch.id.clone(),
+                        events,
+                        bytes: dead.bytes(),
+                        seqs: first..next,
+                    }))
+                },
+            ));
+            match moved {
+                Ok(Some(replayed)) => outcome.replayed.push(replayed),
+                Ok(None) => outcome.unknown.push(dead.batch.id.clone()),
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        // What moved before a failure stays moved: make it durable either way.
+        self.flush_now()?;
+        result.map(|()| outcome)
     }
 
     fn prune_seen(&self, older_than_ms: i64, guard: &dyn Guard) -> Result<u64> {
@@ -779,6 +974,10 @@ fn decode_i64(raw: &[u8]) -> Option<i64> {
 
 fn decode_u32(raw: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(raw.try_into().ok()?))
+}
+
+fn decode_dead(raw: &[u8]) -> Result<DeadBatch> {
+    serde_json::from_slice(raw).map_err(|_| malformed(b"dead batch"))
 }
 
 fn malformed(key: &[u8]) -> Error {

@@ -727,3 +727,221 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Captures `n` records (uids `{prefix}0..`) and records them as one batch, ready to die.
+fn recorded_batch(store: &SledStore, guard: &TestGuard, prefix: &str, n: u64) -> BatchRecord {
+    let first = store.meta().unwrap().next_seq;
+    let items: Vec<CaptureItem> = (0..n)
+        .map(|i| item(&format!("{prefix}{i}"), &(first + i + 1).to_string()))
+        .collect();
+    store.capture(&items, None, 0, guard).unwrap();
+    let batch = BatchRecord {
+        id: BatchRecord::id_for("s", first, first + n - 1),
+        first,
+        last: first + n - 1,
+        events: n,
+        bytes: 0,
+        epoch: guard.epoch,
+        created_ms: 0,
+    };
+    store.record_batch(&batch, guard).unwrap();
+    batch
+}
+
+/// The dead tree's own totals, to hold the counters against.
+fn dead_totals(store: &SledStore) -> (u64, u64) {
+    store
+        .dead_batches()
+        .unwrap()
+        .iter()
+        .fold((0, 0), |(e, b), d| (e + d.events(), b + d.bytes()))
+}
+
+#[test]
+fn a_full_dead_tree_drops_its_oldest_batches_and_keeps_the_counters_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let one = recorded_batch(&store, &guard, "a", 3);
+    assert!(
+        store
+            .dead_batch(&one, "first reason", 10, &guard)
+            .unwrap()
+            .is_empty()
+    );
+    let size = store.meta().unwrap().dead_bytes;
+    assert!(size > 0);
+    // Room for two batches of this size, not three.
+    store.set_max_dead_bytes(size * 2 + size / 2);
+    let two = recorded_batch(&store, &guard, "b", 3);
+    assert!(
+        store
+            .dead_batch(&two, "second reason", 20, &guard)
+            .unwrap()
+            .is_empty()
+    );
+    let three = recorded_batch(&store, &guard, "c", 3);
+    let dropped = store
+        .dead_batch(&three, "third reason", 30, &guard)
+        .unwrap();
+    assert_eq!(
+        dropped,
+        vec![DroppedDead {
+            id: one.id.clone(),
+            events: 3,
+            bytes: size,
+            reason: "first reason".into(),
+            dead_ms: 10,
+        }]
+    );
+    let ids: Vec<String> = store
+        .dead_batches()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.batch.id)
+        .collect();
+    assert_eq!(ids, vec![two.id.clone(), three.id.clone()]);
+    let meta = store.meta().unwrap();
+    assert_eq!((meta.dead_events, meta.dead_bytes), dead_totals(&store));
+    assert_eq!((meta.dead_events, meta.dead_bytes), (6, size * 2));
+    assert_eq!((meta.outbox_events, meta.outbox_bytes), (0, 0));
+}
+
+#[test]
+fn a_dead_batch_larger_than_the_cap_is_kept_and_everything_older_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    for (prefix, n) in [("a", 1), ("b", 1)] {
+        let batch = recorded_batch(&store, &guard, prefix, n);
+        store.dead_batch(&batch, "small", 0, &guard).unwrap();
+    }
+    store.set_max_dead_bytes(1);
+    let big = recorded_batch(&store, &guard, "c", 5);
+    let dropped = store.dead_batch(&big, "big", 0, &guard).unwrap();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    let dead = store.dead_batches().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].batch.id, big.id);
+    let meta = store.meta().unwrap();
+    assert_eq!((meta.dead_events, meta.dead_bytes), dead_totals(&store));
+    assert_eq!(meta.dead_events, 5);
+    assert!(meta.dead_bytes > 1, "the newest batch is never dropped");
+}
+
+#[test]
+fn a_replayed_batch_goes_back_to_the_end_of_the_outbox_once_with_new_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let dead = recorded_batch(&store, &guard, "a", 2);
+    store.dead_batch(&dead, "bad mapping", 5, &guard).unwrap();
+    let dead_payload = store.dead_batches().unwrap()[0].payload.clone();
+    // Captured after the batch died: the replayed records come after these.
+    store
+        .capture(&[item("later", "100")], None, 0, &guard)
+        .unwrap();
+    let before = store.meta().unwrap();
+    let outcome = store
+        .replay_dead(&[dead.id.clone(), "nope".into(), dead.id.clone()], &guard)
+        .unwrap();
+    assert_eq!(outcome.unknown, vec!["nope".to_owned()]);
+    assert_eq!(outcome.replayed.len(), 1);
+    let replayed = &outcome.replayed[0];
+    assert_eq!(replayed.id, dead.id);
+    assert_eq!(replayed.events, 2);
+    assert_eq!(replayed.seqs, before.next_seq..before.next_seq + 2);
+    assert!(replayed.seqs.start > dead.last, "new sequence numbers");
+    let outbox = store.outbox_from(0, 100, u64::MAX).unwrap();
+    let seqs: Vec<u64> = outbox.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
+    let (payload, events) = store.outbox_payload(3, 4, 0).unwrap();
+    assert_eq!(events, 2);
+    assert_eq!(String::from_utf8(payload).unwrap(), dead_payload);
+    let meta = store.meta().unwrap();
+    assert_eq!((meta.dead_events, meta.dead_bytes), (0, 0));
+    assert_eq!(meta.next_seq, 5);
+    assert_eq!(meta.outbox_events, 3);
+    assert_eq!(
+        meta.outbox_bytes,
+        before.outbox_bytes + dead_payload.len() as u64 - 2,
+        "records without their newlines, as capture counts them"
+    );
+    assert!(store.dead_batches().unwrap().is_empty());
+    // Once: asking again moves nothing.
+    let again = store
+        .replay_dead(std::slice::from_ref(&dead.id), &guard)
+        .unwrap();
+    assert!(again.replayed.is_empty());
+    assert_eq!(again.unknown, vec![dead.id.clone()]);
+    assert_eq!(store.meta().unwrap().outbox_events, 3);
+    // Not through the dedupe: the same versions captured again are still duplicates, and the
+    // replay left no dedupe entries of its own.
+    let seen = store.seen_len();
+    let recapture = store
+        .capture(&[item("a0", "1"), item("a1", "2")], None, 0, &guard)
+        .unwrap();
+    assert_eq!((recapture.captured, recapture.duplicates), (0, 2));
+    assert_eq!(store.seen_len(), seen);
+}
+
+#[test]
+fn a_stale_fence_replays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let dead = recorded_batch(&store, &guard, "a", 2);
+    store.dead_batch(&dead, "bad", 5, &guard).unwrap();
+    let before = store.meta().unwrap();
+    guard.current.store(false, Ordering::SeqCst);
+    let err = store
+        .replay_dead(std::slice::from_ref(&dead.id), &guard)
+        .unwrap_err();
+    assert!(matches!(err, Error::Fenced), "{err}");
+    assert_eq!(store.meta().unwrap(), before);
+    assert_eq!(store.dead_batches().unwrap().len(), 1);
+}
+
+#[test]
+fn a_store_from_before_the_dead_counters_is_counted_when_a_term_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let dead = recorded_batch(&store, &guard, "a", 3);
+    store.dead_batch(&dead, "bad", 5, &guard).unwrap();
+    let counted = store.meta().unwrap();
+    // What an older release left: a cumulative event count and no byte count.
+    store.set_dead_counters_as_before_for_test(99).unwrap();
+    assert_ne!(store.meta().unwrap(), counted);
+    store.begin_term(&TestGuard::new(2)).unwrap();
+    let meta = store.meta().unwrap();
+    assert_eq!(
+        (meta.dead_events, meta.dead_bytes),
+        (counted.dead_events, counted.dead_bytes)
+    );
+}
+
+#[test]
+fn an_inspection_of_a_store_held_open_reports_it_locked_and_reads_a_closed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    let dead = recorded_batch(&store, &guard, "a", 1);
+    store.dead_batch(&dead, "bad", 5, &guard).unwrap();
+    let err = SledStore::open_existing(&options(dir.path())).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(store);
+    // sled's threads let go of the lock shortly after the drop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let inspected = loop {
+        match SledStore::open_existing(&options(dir.path())) {
+            Ok(store) => break store,
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {}
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(inspected.dead_batches().unwrap().len(), 1);
+    let missing = SledStore::open_existing(&options(&dir.path().join("nothing"))).unwrap_err();
+    assert!(matches!(missing, Error::Io { .. }), "{missing}");
+    assert!(!dir.path().join("nothing").exists(), "nothing created");
+}

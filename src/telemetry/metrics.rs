@@ -124,6 +124,9 @@ pub struct Metrics {
     pub batch_sends: IntCounterVec,
     /// `kevents_dead_batches_total`: batches moved to the dead tree.
     pub dead_batches: IntCounter,
+    /// `kevents_dead_dropped_events_total`: records of dead batches dropped, oldest first, to keep
+    /// the dead tree within `store.max_dead_bytes`.
+    pub dead_dropped_events: IntCounter,
     /// `kevents_watch_restarts_total{reason}`: watch streams restarted.
     pub watch_restarts: IntCounterVec,
     /// `kevents_relists_total`: paged LISTs (first start or after 410).
@@ -307,6 +310,10 @@ impl Metrics {
             "kevents_dead_batches_total",
             "Batches moved to the dead tree after a permanent sink error",
         )?;
+        let dead_dropped_events = counter(
+            "kevents_dead_dropped_events_total",
+            "Records of dead batches dropped (oldest first) to keep the dead tree within store.max_dead_bytes",
+        )?;
         let watch_restarts = labelled(
             "kevents_watch_restarts_total",
             "Watch streams restarted, by reason",
@@ -477,6 +484,7 @@ impl Metrics {
             batch_send_duration,
             batch_sends,
             dead_batches,
+            dead_dropped_events,
             watch_restarts,
             relists,
             watch_expired,

@@ -173,6 +173,11 @@ enum Command {
         /// default 30.
         #[arg(long)]
         attr_timeout: Option<u32>,
+        /// Where the replicas ship (scenarios that need a particular sink choose their own):
+        /// file, adx-queued (the AKS overlay's mode and defaults: status rows, no ingest-by tags;
+        /// the emulated DM ingests 2-10 s after the post), adx-streaming, adx-managed.
+        #[arg(long, default_value = "file")]
+        sink: String,
         /// The `kevents` binary the replicas run (default: the one next to this binary).
         #[arg(long, env = "KEVENTS_BIN")]
         kevents: Option<PathBuf>,
@@ -477,8 +482,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             workdir,
             nodes,
             attr_timeout,
+            sink,
             kevents,
         } => {
+            let sink = drill::LabSink::from_name(&sink).with_context(|| {
+                format!(
+                    "--sink takes {}, not {sink}",
+                    drill::LabSink::NAMES.join(", ")
+                )
+            })?;
             let kevents = match kevents {
                 Some(path) => {
                     anyhow::ensure!(path.exists(), "--kevents {} not found", path.display());
@@ -520,6 +532,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 options.renew_deadline = renew_deadline;
                 options.retry_period = retry_period;
                 options.ground = ground;
+                options.sink = sink;
                 let started = std::time::Instant::now();
                 match drill::run(name, options).await {
                     Ok(report) => {

@@ -60,6 +60,8 @@ pub struct DrillOptions {
     /// The ground the replicas run on: one node (one store directory), or several FUSE mounts
     /// of one share with replicas placed round-robin.
     pub ground: Ground,
+    /// Where the replicas ship, for scenarios that do not choose a sink themselves.
+    pub sink: LabSink,
 }
 
 impl DrillOptions {
@@ -77,6 +79,7 @@ impl DrillOptions {
             renew_deadline: Duration::from_secs(4),
             retry_period: Duration::from_secs(1),
             ground: Ground::single(),
+            sink: LabSink::File,
         }
     }
 }
@@ -225,16 +228,56 @@ pub enum LabSink {
     /// The file sink (`out/events.ndjson`).
     #[default]
     File,
-    /// The ADX emulator (on Azurite) with streaming ingestion.
+    /// The ADX emulator (on Azurite) with queued ingestion and the sink's defaults (status rows,
+    /// no `ingest-by` tags), as the AKS overlay ships it; the emulated DM ingests each message
+    /// [`ADX_INGEST_DELAY`] after it was posted.
+    AdxQueued,
+    /// The ADX emulator with streaming ingestion.
     AdxStreaming,
+    /// The ADX emulator with managed ingestion (streaming, falling back to queued).
+    AdxManaged,
 }
+
+impl LabSink {
+    /// The `--sink` names.
+    pub const NAMES: &[&str] = &["file", "adx-queued", "adx-streaming", "adx-managed"];
+
+    /// The sink named `name` (one of [`LabSink::NAMES`]).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "file" => Self::File,
+            "adx-queued" => Self::AdxQueued,
+            "adx-streaming" => Self::AdxStreaming,
+            "adx-managed" => Self::AdxManaged,
+            _ => return None,
+        })
+    }
+
+    /// Its `--sink` name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::AdxQueued => "adx-queued",
+            Self::AdxStreaming => "adx-streaming",
+            Self::AdxManaged => "adx-managed",
+        }
+    }
+}
+
+/// The emulated data management service ingests a queued message this long after it was posted
+/// (drawn per message): real ADX takes 30 s to 5 min, scaled down so a drill's backlog drains
+/// in its time bounds while confirmations still arrive long after the send, out of order.
+pub const ADX_INGEST_DELAY: (Duration, Duration) =
+    (Duration::from_secs(2), Duration::from_secs(10));
 
 /// How a lab differs from the default one.
 #[derive(Debug, Clone)]
 pub struct LabSpec {
     /// The API server's settings (event TTL, compaction period).
     pub emulator: KubeEmulatorConfig,
-    /// Where rows go.
+    /// Where rows go ([`LabSink::File`]: the drill options' sink).
     pub sink: LabSink,
     /// Share of generator writes that update an event.
     pub update_ratio: f64,
@@ -284,7 +327,7 @@ pub struct Finish {
 pub struct Lab {
     /// The API server.
     pub emulator: KubeEmulator,
-    /// The ADX emulator, for [`LabSink::AdxStreaming`].
+    /// The ADX emulator, for the ADX sinks.
     pub adx: Option<AdxEmulator>,
     /// The replicas.
     pub replicas: Replicas,
@@ -355,7 +398,12 @@ impl Lab {
         emulator.write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)?;
         let fence_log = options.workdir.join("fence.log");
         let secs = |d: Duration| format!("{}ms", d.as_millis());
-        let (adx, pipeline, sink) = match spec.sink {
+        let kind = if spec.sink == LabSink::File {
+            options.sink
+        } else {
+            spec.sink
+        };
+        let (adx, pipeline, sink) = match kind {
             LabSink::File => (
                 None,
                 lab_pipeline_yaml_at(
@@ -366,20 +414,33 @@ impl Lab {
                 ),
                 SinkView::File(options.workdir.join("out/events.ndjson")),
             ),
-            LabSink::AdxStreaming => {
+            LabSink::AdxQueued | LabSink::AdxStreaming | LabSink::AdxManaged => {
                 let adx = AdxEmulator::start(
                     SocketAddr::from(([127, 0, 0, 1], 0)),
                     AdxEmulatorConfig::default(),
                 )
                 .await
                 .context("starting the ADX emulator (run `make azurite` first)")?;
+                let mode = match kind {
+                    LabSink::AdxQueued => "queued",
+                    LabSink::AdxManaged => "managed",
+                    _ => "streaming",
+                };
+                if kind != LabSink::AdxStreaming {
+                    adx.state()
+                        .set_ingest_delay(ADX_INGEST_DELAY.0, ADX_INGEST_DELAY.1);
+                }
+                // Status rows are read every second, and a row left Pending by a leader that
+                // died between writing it and posting the message is submitted again after a
+                // minute (defaults: 10 s and 1 h).
+                let extra = "    status:\n      poll_interval: 1s\n      pending_timeout: 60s\n";
                 let yaml = format!(
                     "store:\n  path: {store}\n  lock_timeout: 30s\n{store_extra}\
                      shipper:\n  max_batch_age: 500ms\n  retry_initial: 200ms\n  retry_max: 5s\n\
                      record:\n  extra_columns: [Uid, ResourceVersion]\n{sink}",
                     store = STORE_PLACEHOLDER,
                     store_extra = spec.store_extra,
-                    sink = adx.sink_yaml(ADX_DATABASE, "streaming", ""),
+                    sink = adx.sink_yaml(ADX_DATABASE, mode, extra),
                 );
                 let view = SinkView::Adx {
                     state: adx.state().clone(),
@@ -822,6 +883,7 @@ pub const SCENARIOS: &[&str] = &[
     "storm",
     "lease-deleted",
     "lease-renamed",
+    "mapping-error",
 ];
 
 /// Scenarios that need the multi-node ground (`--nodes 2`): a fault on one node only.
@@ -835,7 +897,17 @@ pub const LONG_SCENARIOS: &[&str] = &["adx-outage"];
 /// # Errors
 /// Fails if the lab cannot be set up; property violations are reported, not returned.
 pub async fn run(name: &str, options: DrillOptions) -> anyhow::Result<DrillReport> {
-    let ground = options.ground.to_string();
+    let ground = match options.sink {
+        LabSink::File => options.ground.to_string(),
+        LabSink::AdxStreaming => format!("{}; sink {}", options.ground, options.sink.name()),
+        sink => format!(
+            "{}; sink {} (ingestion {}-{} s after the post)",
+            options.ground,
+            sink.name(),
+            ADX_INGEST_DELAY.0.as_secs(),
+            ADX_INGEST_DELAY.1.as_secs()
+        ),
+    };
     println!("drill {name} — ground: {ground}");
     let mut report = match name {
         "handover" => scenarios::handover(options).await,
@@ -852,6 +924,7 @@ pub async fn run(name: &str, options: DrillOptions) -> anyhow::Result<DrillRepor
         "lease-deleted" => scenarios::lease_deleted(options).await,
         "lease-renamed" => scenarios::lease_renamed(options).await,
         "sick-leader" => scenarios::sick_leader(options).await,
+        "mapping-error" => scenarios::mapping_error(options).await,
         other => anyhow::bail!(
             "unknown drill `{other}`; known: {}, {} (two nodes), {} (long)",
             SCENARIOS.join(", "),

@@ -1043,3 +1043,146 @@ mod tests {
         assert!(percentile(&[], 0.99).is_zero());
     }
 }
+
+/// The table's ingestion mapping breaks for a while (queued sink, status rows): the batches sent
+/// meanwhile fail in ADX, end in the dead tree with ADX's reason, `kevents dead list` shows them
+/// and `kevents dead replay --all` after the fix delivers them once.
+pub(super) async fn mapping_error(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    let broken = Duration::from_secs(6);
+    let mut report = DrillReport::new(
+        "mapping-error",
+        format!(
+            "per run, the ADX table's ingestion mapping is broken for {}s (queued sink with status rows, ingestion {}-{} s after the post): the batches ADX fails end in the leader's dead tree with the reason BadRequest_MappingReferenceWasNotFound, `kevents dead list` lists each of them, and `kevents dead replay --all` after the fix empties the dead tree; nothing lost, nothing duplicated",
+            broken.as_secs(),
+            super::ADX_INGEST_DELAY.0.as_secs(),
+            super::ADX_INGEST_DELAY.1.as_secs()
+        ),
+        options.runs,
+    );
+    let spec = LabSpec {
+        sink: LabSink::AdxQueued,
+        ..LabSpec::default()
+    };
+    let lab = Lab::start_with(options.clone(), spec).await?;
+    let Some(adx) = lab.adx.as_ref().map(|a| a.state().clone()) else {
+        anyhow::bail!("the ADX lab has no ADX emulator");
+    };
+    let mut dead_batches = 0;
+    for run in 0..options.runs {
+        let failed_before = adx.stats().failed_ingestions;
+        adx.set_mapping_broken("KubeEvents", true);
+        tokio::time::sleep(broken).await;
+        adx.set_mapping_broken("KubeEvents", false);
+        // Messages posted in the window fail when the DM gets to them (up to the ingestion delay
+        // later), then the leader reads the rows.
+        let failed = adx.stats().failed_ingestions - failed_before;
+        if failed == 0 {
+            report.violations.push(format!(
+                "run {run}: no ingestion failed while the mapping was broken"
+            ));
+            continue;
+        }
+        let (slot, _) = lab.leader()?;
+        let admin = lab.replicas.replicas[slot].admin;
+        let url = format!("http://{admin}");
+        let listed = wait_for_dead(&options, admin, &adx, failed_before).await;
+        let ids: Vec<String> = listed
+            .iter()
+            .filter_map(|b| b["id"].as_str().map(str::to_owned))
+            .collect();
+        if ids.is_empty() {
+            report
+                .violations
+                .push(format!("run {run}: the dead tree stayed empty"));
+            continue;
+        }
+        dead_batches += ids.len();
+        for batch in &listed {
+            let reason = batch["reason"].as_str().unwrap_or("");
+            if !reason.contains("BadRequest_MappingReferenceWasNotFound") {
+                report.violations.push(format!(
+                    "run {run}: dead batch {} without ADX's reason: {reason}",
+                    batch["id"]
+                ));
+            }
+        }
+        let list = kevents_cli(&options, &["dead", "list", "--admin", &url]).await?;
+        for id in &ids {
+            if !list.contains(id.as_str()) {
+                report.violations.push(format!(
+                    "run {run}: `kevents dead list` does not show {id}:\n{list}"
+                ));
+            }
+        }
+        kevents_cli(&options, &["dead", "replay", "--all", "--admin", &url]).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut emptied = false;
+        while !emptied && Instant::now() < deadline {
+            emptied = dead_list(admin).await.is_some_and(|left| left.is_empty());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !emptied {
+            report.violations.push(format!(
+                "run {run}: the dead tree was not empty after the replay"
+            ));
+        }
+    }
+    report.figures.push(format!(
+        "dead batches listed and replayed: {dead_batches}; failed ingestions reported by the DM: {}",
+        adx.stats().failed_ingestions
+    ));
+    report.record(lab.finish().await?);
+    Ok(report)
+}
+
+/// The leader's dead batches (`GET /dead`), once every ingestion that failed since
+/// `failed_before` is there (or after a deadline).
+async fn wait_for_dead(
+    options: &DrillOptions,
+    admin: std::net::SocketAddr,
+    adx: &crate::emulator::adx::AdxState,
+    failed_before: u64,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now()
+        + super::ADX_INGEST_DELAY.1 * 2
+        + options.lease_duration
+        + Duration::from_secs(10);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        // Every failure the DM reported is one dead batch (each batch is one message).
+        let failed = adx.stats().failed_ingestions - failed_before;
+        if let Some(batches) = dead_list(admin).await {
+            if batches.len() as u64 >= failed {
+                return batches;
+            }
+            last = batches;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    last
+}
+
+/// `GET /dead`'s batches of the replica whose admin endpoint is `admin`.
+async fn dead_list(admin: std::net::SocketAddr) -> Option<Vec<serde_json::Value>> {
+    let body = admin_get(admin, "/dead").await?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["batches"].as_array().cloned()
+}
+
+/// Runs `kevents ARGS` and returns its standard output; fails on a non-zero exit.
+async fn kevents_cli(options: &DrillOptions, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(&options.kevents)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running kevents {}", args.join(" ")))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kevents {} exited {}: {}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

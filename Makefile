@@ -12,6 +12,9 @@ DRILL_SHORT := handover pause partition rolling apiserver-down compaction adx-42
 # The same failovers with replicas on two nodes: one share seen through two bindfs mounts (locks do
 # not cross them; sizes cached like SMB `actimeo`), with the seed's actimeo=30 and with 0.
 DRILL_TWO_NODE := pause partition handover lease-deleted lease-renamed sick-leader
+# The failovers again with the ADX emulator as the sink (queued: the AKS overlay's mode and
+# defaults, ingestion 2-10 s after the post), on two nodes.
+DRILL_ADX := handover pause partition
 # Tag for `make image` (needs a Docker engine; this project's CI has none).
 IMAGE ?= kevents:dev
 # Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static),
@@ -90,6 +93,8 @@ drill: release azurite tools ## Failover drills: every short scenario (one node,
 	./target/release/kevents-lab drill $(DRILL_SHORT) --runs $(DRILL_RUNS)
 	./target/release/kevents-lab drill $(DRILL_TWO_NODE) --runs $(DRILL_RUNS) --nodes 2 --attr-timeout 30 --workdir target/drills-2n-30
 	./target/release/kevents-lab drill $(DRILL_TWO_NODE) --runs $(DRILL_RUNS) --nodes 2 --attr-timeout 0 --workdir target/drills-2n-0
+	./target/release/kevents-lab drill $(DRILL_ADX) --runs $(DRILL_RUNS) --nodes 2 --attr-timeout 30 --sink adx-queued --workdir target/drills-2n-adx
+	./target/release/kevents-lab drill mapping-error --runs 1
 	./target/release/kevents-lab drill storm --runs 1
 
 .PHONY: drill-long
@@ -98,6 +103,9 @@ drill-long: release azurite ## The 10-minute ADX outage, and every short drill D
 	./target/release/kevents-lab drill long --runs 1 --workdir target/drills-long
 	./target/release/kevents-lab drill $(DRILL_TWO_NODE) rolling --runs $(DRILL_LONG_RUNS) --nodes 2 --attr-timeout 30 --workdir target/drills-long-2n-30
 	./target/release/kevents-lab drill $(DRILL_TWO_NODE) rolling --runs $(DRILL_LONG_RUNS) --nodes 2 --attr-timeout 0 --workdir target/drills-long-2n-0
+	for sink in adx-queued adx-streaming adx-managed; do \
+		./target/release/kevents-lab drill $(DRILL_ADX) --runs $(DRILL_LONG_RUNS) --nodes 2 --attr-timeout 30 --sink $$sink --workdir target/drills-long-2n-$$sink || exit 1; \
+	done
 
 .PHONY: bench
 bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU) and ADX queued ingestion

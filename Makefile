@@ -85,7 +85,7 @@ test: tools lint kube-binaries azurite static ## Everything: lint, unit, emulato
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 
 .PHONY: demo
-demo: release ## The main job on an embedded default (see README)
+demo: release azurite ## The main job: events into the ADX emulator on Azurite across two failovers (see README)
 	./target/release/kevents-lab demo
 
 .PHONY: drill

@@ -1,10 +1,12 @@
 //! `kevents-lab demo`: the main job on an embedded default, end to end on one machine.
 //!
-//! Starts the Kubernetes API emulator, three real `kevents run` replicas sharing one store
-//! directory and one file sink, and the event generator; SIGTERMs the leader at ~20 s and
-//! kill -9s the next leader at ~40 s (restarting each, as a Deployment would); at ~60 s stops the
-//! generator, lets the pipeline drain, and prints what the API server stored against what was
-//! delivered. It owns nothing the product uses.
+//! Starts the Kubernetes API emulator, the ADX emulator on Azurite (the seed's `KubeEvents` table
+//! and the flat mapping; the emulated data management service ingests each queued blob seconds
+//! after it was posted, as real ADX does minutes later), three real `kevents run` replicas sharing
+//! one store directory and shipping by queued ingestion, and the event generator; SIGTERMs the
+//! leader at ~20 s and kill -9s the next leader at ~40 s (restarting each, as a Deployment would);
+//! at ~60 s stops the generator, lets the pipeline drain, and prints what the API server stored
+//! against the rows in the table, and a few of those rows. It owns nothing the product uses.
 
 use std::{
     net::SocketAddr,
@@ -16,12 +18,23 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
 use crate::{
-    emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    emulator::{
+        adx::{AdxEmulator, AdxEmulatorConfig, AdxState},
+        kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    },
     lab::{
+        drill::ADX_INGEST_DELAY,
         oracle::{self, Key, Report},
         replica::{ReplicaOptions, Replicas},
     },
 };
+
+/// The ADX database the demo ships to.
+pub const DEMO_DATABASE: &str = "k8s";
+/// Its table (`manifests/adx/kube-events.kql`).
+pub const DEMO_TABLE: &str = "KubeEvents";
+/// Columns of the sample rows printed at the end.
+const SAMPLE_COLUMNS: &[&str] = &["Namespace", "Kind", "Name", "Reason", "Count", "LastSeen"];
 
 /// Namespace of the Lease in the lab.
 pub const LEASE_NAMESPACE: &str = "kevents";
@@ -52,6 +65,10 @@ pub struct DemoOptions {
 pub struct DemoOutcome {
     /// Delivery against ground truth.
     pub report: Report,
+    /// Rows in the emulated `KubeEvents` table.
+    pub rows: usize,
+    /// The newest few rows, as (column, value) pairs of [`SAMPLE_COLUMNS`].
+    pub sample: Vec<Vec<String>>,
     /// SIGTERM of the leader → another replica leads.
     pub graceful_failover: Option<Duration>,
     /// kill -9 of the leader → another replica leads.
@@ -239,6 +256,21 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
         emulator.url(),
         kubeconfig.display()
     );
+    println!("Starting Azurite and the ADX emulator (data management service and engine)…");
+    let adx = AdxEmulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        AdxEmulatorConfig::default(),
+    )
+    .await
+    .context("starting the ADX emulator on Azurite (`make azurite` installs Azurite)")?;
+    adx.state()
+        .set_ingest_delay(ADX_INGEST_DELAY.0, ADX_INGEST_DELAY.1);
+    println!(
+        "ADX emulator on {}: database {DEMO_DATABASE}, table {DEMO_TABLE}, mapping KubeEventsFlatMapping; queued ingestion lands {}-{} s after the post",
+        adx.url(),
+        ADX_INGEST_DELAY.0.as_secs(),
+        ADX_INGEST_DELAY.1.as_secs()
+    );
 
     let mut replicas = Replicas::start(
         ReplicaOptions {
@@ -249,7 +281,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
             lease_duration: "6s".to_owned(),
             renew_deadline: "4s".to_owned(),
             retry_period: "1s".to_owned(),
-            pipeline_yaml: lab_pipeline_yaml(&workdir, "1s"),
+            pipeline_yaml: demo_pipeline_yaml(&workdir, &adx),
             log_level: "info".to_owned(),
         },
         count,
@@ -278,6 +310,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
         duration.as_secs()
     );
 
+    // Progress every 10 s while the generator runs.
+    let progress = {
+        let kube = emulator.state().clone();
+        let table = adx.state().clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                println!(
+                    "  {:>3}s: {} versions stored by the API server, {} rows in {DEMO_TABLE}",
+                    started.elapsed().as_secs(),
+                    kube.ground_truth(None).len(),
+                    table.row_count(DEMO_DATABASE, DEMO_TABLE)
+                );
+            }
+        })
+    };
     let graceful_failover = failover_at(
         &emulator,
         &mut replicas,
@@ -294,26 +344,94 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     .await?;
 
     tokio::time::sleep_until((started + duration).into()).await;
+    progress.abort();
     emulator.state().set_generator(None);
-    println!("Generator stopped; waiting for the pipeline to drain");
-    let sink = workdir.join("out/events.ndjson");
-    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    println!(
+        "Generator stopped; waiting until every stored version is a row in {DEMO_DATABASE}.{DEMO_TABLE}"
+    );
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_print = Instant::now();
     let report = loop {
-        let truth = ground_truth(&emulator);
-        let (delivered, unkeyed) = oracle::read_delivered(&oracle::sink_files(&sink))?;
-        let report = oracle::compare(&truth, &delivered, unkeyed);
+        let report = compare_table(&emulator, adx.state());
         if report.missing == 0 || Instant::now() >= drain_deadline {
             break report;
         }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            println!(
+                "  {} of {} versions in the table so far",
+                report.delivered, report.stored
+            );
+            last_print = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    // A straggling duplicate would show up within a few ingestion delays.
+    let report = if report.missing == 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        compare_table(&emulator, adx.state())
+    } else {
+        report
+    };
+    let rows = adx.state().row_count(DEMO_DATABASE, DEMO_TABLE);
+    let sample = sample_rows(adx.state(), 8);
     replicas.stop_all(Duration::from_secs(15));
+    adx.shutdown().await;
     emulator.shutdown().await;
     Ok(DemoOutcome {
         report,
+        rows,
+        sample,
         graceful_failover,
         kill_failover,
     })
+}
+
+/// The replicas' config: the shared store and the ADX sink in queued mode with its defaults
+/// (status rows on, no `ingest-by` tags), status rows read every second.
+fn demo_pipeline_yaml(workdir: &std::path::Path, adx: &AdxEmulator) -> String {
+    format!(
+        "store:\n  path: {store}\n  lock_timeout: 30s\n\
+         shipper:\n  max_batch_age: 1s\n  retry_initial: 200ms\n  retry_max: 5s\n\
+         record:\n  extra_columns: [Uid, ResourceVersion]\n{sink}",
+        store = workdir.join("store").display(),
+        sink = adx.sink_yaml(
+            DEMO_DATABASE,
+            "queued",
+            "    mapping: KubeEventsFlatMapping\n    status:\n      poll_interval: 1s\n      pending_timeout: 60s\n",
+        ),
+    )
+}
+
+/// Ground truth against the rows of the demo table.
+fn compare_table(emulator: &KubeEmulator, adx: &AdxState) -> Report {
+    let truth = ground_truth(emulator);
+    let mut delivered = Vec::new();
+    let mut unkeyed = 0;
+    for row in adx.rows(DEMO_DATABASE, DEMO_TABLE) {
+        match oracle::key_of(&serde_json::Value::Object(row)) {
+            Some(key) => delivered.push(key),
+            None => unkeyed += 1,
+        }
+    }
+    oracle::compare(&truth, &delivered, unkeyed)
+}
+
+/// The newest `count` rows' [`SAMPLE_COLUMNS`].
+fn sample_rows(adx: &AdxState, count: usize) -> Vec<Vec<String>> {
+    let rows = adx.rows(DEMO_DATABASE, DEMO_TABLE);
+    rows[rows.len().saturating_sub(count)..]
+        .iter()
+        .map(|row| {
+            SAMPLE_COLUMNS
+                .iter()
+                .map(|column| match row.get(*column) {
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    Some(serde_json::Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 async fn failover_at(
@@ -358,8 +476,8 @@ pub fn print_outcome(outcome: &DemoOutcome) {
     println!();
     println!("  event versions the API server stored   {:>8}", r.stored);
     println!(
-        "  rows delivered to the file sink        {:>8}",
-        r.delivered
+        "  rows in the ADX table {DEMO_TABLE:<17}{:>8}",
+        outcome.rows
     );
     println!("  missing                                {:>8}", r.missing);
     println!(
@@ -383,13 +501,54 @@ pub fn print_outcome(outcome: &DemoOutcome) {
     if !r.missing_sample.is_empty() {
         println!("  first missing versions: {:?}", r.missing_sample);
     }
+    if !outcome.sample.is_empty() {
+        println!();
+        println!("  {DEMO_DATABASE}.{DEMO_TABLE} | take {} (newest):", outcome.sample.len());
+        print_table(SAMPLE_COLUMNS, &outcome.sample);
+    }
     println!();
     println!(
         "  {}",
         if r.is_exact() {
-            "PASS: every stored version delivered exactly once"
+            "PASS: every stored version is a row in the ADX table, exactly once"
         } else {
             "FAIL: delivery differs from what the API server stored"
         }
     );
+}
+
+/// Prints `rows` under `header` with columns padded to their widest cell (long cells cut).
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    const MAX: usize = 40;
+    let cut = |text: &str| -> String {
+        if text.chars().count() > MAX {
+            format!("{}…", text.chars().take(MAX - 1).collect::<String>())
+        } else {
+            text.to_owned()
+        }
+    };
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| cut(r.get(i).map_or("", String::as_str)).chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("  {}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for row in rows {
+        line(row.iter().map(|c| cut(c)).collect());
+    }
 }

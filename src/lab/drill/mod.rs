@@ -753,11 +753,30 @@ impl Lab {
         } else {
             report
         };
-        let audit = if self.nodes.is_some() && report.is_exact() {
+        let mut audit = if self.nodes.is_some() && report.is_exact() {
             self.audit_fresh_replicas(&report).await?
         } else {
             (Vec::new(), Vec::new())
         };
+        if let Some(adx) = &self.adx {
+            let stats = adx.state().stats();
+            audit.0.push(format!(
+                "ADX: {} queue messages ingested ({} rows), {} skipped by an ingest-by tag, {} failed; {} status rows written by the DM; {} streaming requests ({} rows)",
+                stats.queued_ingestions,
+                stats.queued_rows,
+                stats.skipped_existing,
+                stats.failed_ingestions,
+                stats.status_rows_written,
+                stats.streaming_requests,
+                stats.streaming_rows
+            ));
+            if stats.status_rows_missing > 0 {
+                audit.1.push(format!(
+                    "{} queue message(s) asked for a status row the client had not written first",
+                    stats.status_rows_missing
+                ));
+            }
+        }
         let end_ms = now_ms();
         self.deliveries.stop();
         self.captures.stop();

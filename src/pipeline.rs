@@ -589,7 +589,10 @@ impl SinkWatch {
             match (&failure, problem) {
                 (Some(error), _) => self.board.set_not_ready(
                     SINK_READY_CONDITION,
-                    format!("{name} sink health check failed ({}): {}", error.check, error.message),
+                    format!(
+                        "{name} sink health check failed ({}): {}",
+                        error.check, error.message
+                    ),
                 ),
                 (None, Some(problem)) => self
                     .board
@@ -762,7 +765,10 @@ mod tests {
     async fn wait_for(what: &str, condition: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !condition() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -781,7 +787,10 @@ mod tests {
             retry: Some(Duration::from_millis(200)),
         };
         let task = tokio::spawn(watch.run(stop.clone()));
-        wait_for("the first failure", || !board.is_ready(SINK_READY_CONDITION)).await;
+        wait_for("the first failure", || {
+            !board.is_ready(SINK_READY_CONDITION)
+        })
+        .await;
         let snapshot = board.snapshot();
         assert_eq!(snapshot["sink"]["healthy"], false, "{snapshot}");
         assert_eq!(snapshot["sink"]["check"], "mapping", "{snapshot}");

@@ -336,7 +336,9 @@ async fn show_mappings(
                 let columns: Vec<Value> = mapping
                     .columns
                     .iter()
-                    .map(|c| json!({"column": c.column, "Properties": {"Path": c.path.to_string()}}))
+                    .map(
+                        |c| json!({"column": c.column, "Properties": {"Path": c.path.to_string()}}),
+                    )
                     .collect();
                 rows.push(vec![
                     json!(mapping.name),
@@ -363,7 +365,14 @@ async fn show_mappings(
     }
     app.state.count(|s| s.show_commands += 1);
     Json(v1_table(
-        &["Name", "Kind", "Mapping", "LastUpdatedOn", "Database", "Table"],
+        &[
+            "Name",
+            "Kind",
+            "Mapping",
+            "LastUpdatedOn",
+            "Database",
+            "Table",
+        ],
         &rows,
     ))
     .into_response()

@@ -536,7 +536,10 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Outcomes {
     /// When the last check ran and what it found.
-    check: Option<(jiff::Timestamp, std::result::Result<Vec<String>, HealthError>)>,
+    check: Option<(
+        jiff::Timestamp,
+        std::result::Result<Vec<String>, HealthError>,
+    )>,
     /// The last failed send: when, and the error.
     last_error: Option<(jiff::Timestamp, String)>,
     /// The last batch handed over.
@@ -573,20 +576,23 @@ impl AdxSink {
                 endpoint: String::new(),
                 source: source.without_url(),
             })?;
-        let direct = matches!(config.auth, crate::config::AdxAuthConfig::ManagedIdentity { .. })
-            .then(|| {
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(config.request_timeout)
-                    .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-                    .build()
-            })
-            .transpose()
-            .map_err(|source| Error::Http {
-                operation: Operation::Token,
-                endpoint: String::new(),
-                source: source.without_url(),
-            })?;
+        let direct = matches!(
+            config.auth,
+            crate::config::AdxAuthConfig::ManagedIdentity { .. }
+        )
+        .then(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(config.request_timeout)
+                .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+                .build()
+        })
+        .transpose()
+        .map_err(|source| Error::Http {
+            operation: Operation::Token,
+            endpoint: String::new(),
+            source: source.without_url(),
+        })?;
         let engine = config.engine();
         match config.mode {
             AdxMode::Queued | AdxMode::Managed if config.ingest_endpoint.is_none() => {
@@ -689,7 +695,10 @@ impl Sink for AdxSink {
             let result = self.inner.healthcheck().await;
             self.inner.outcomes().check = Some((
                 jiff::Timestamp::now(),
-                result.as_ref().map(|h| h.warnings.clone()).map_err(Clone::clone),
+                result
+                    .as_ref()
+                    .map(|h| h.warnings.clone())
+                    .map_err(Clone::clone),
             ));
             result
         })

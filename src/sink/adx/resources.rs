@@ -206,7 +206,12 @@ impl Inner {
 
     /// Runs a management command against `base` (the DM or the engine) in database `db` and
     /// returns its V1 response.
-    pub(super) async fn kusto_mgmt(&self, base: &Url, db: &str, command: &str) -> Result<V1Response> {
+    pub(super) async fn kusto_mgmt(
+        &self,
+        base: &Url,
+        db: &str,
+        command: &str,
+    ) -> Result<V1Response> {
         let url = join(base, "v1/rest/mgmt");
         let endpoint = endpoint_name(&url);
         let request = Self::kusto_request(

@@ -63,7 +63,8 @@ impl Inner {
         compressed: &Bytes,
         recovered: bool,
     ) -> Result<(&'static str, Receipt)> {
-        if self.streaming_suspension() == Some("policy_off") && self.config.ingest_endpoint.is_some()
+        if self.streaming_suspension() == Some("policy_off")
+            && self.config.ingest_endpoint.is_some()
         {
             return self
                 .queued_while_streaming_off(batch, payload, compressed, recovered)

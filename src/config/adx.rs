@@ -160,7 +160,7 @@ pub struct FailedIngestionsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusConfig {
     /// Ask the data management service for a status row per batch (`ReportLevel`
-    /// FailuresAndSuccesses, `ReportMethod` Table) and keep each queued batch until its row is
+    /// `FailuresAndSuccesses`, `ReportMethod` Table) and keep each queued batch until its row is
     /// final. Off: a batch counts as delivered once its queue message is posted.
     pub enabled: bool,
     /// How often the rows of batches awaiting confirmation are read (the first read waits this

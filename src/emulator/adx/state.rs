@@ -653,10 +653,10 @@ impl AdxState {
     /// A delay drawn from the configured range.
     pub(super) fn draw_ingest_delay(&self) -> Duration {
         let (min, max) = lock(&self.faults).ingest_delay;
-        if max <= min {
+        let Some(span) = max.checked_sub(min).filter(|span| !span.is_zero()) else {
             return min;
-        }
-        let span = (max - min).as_millis();
+        };
+        let span = span.as_millis();
         let offset = u64::try_from(rand::random::<u128>() % (span + 1)).unwrap_or(0);
         min + Duration::from_millis(offset)
     }

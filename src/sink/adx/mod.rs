@@ -9,8 +9,9 @@
 //! managed mode does with each (queued for a too-large batch, a table whose streaming policy is
 //! off, throttling and transient errors, or a re-send the identity may not look up; the batch
 //! fails only for a permanent error of the batch itself), and the optional failed-ingestions
-//! poller (`failures`). A refusal that is a configuration problem is logged once per cause, not
-//! per batch. It must never log a token, a secret, an authorization context or a SAS signature:
+//! poller (`failures`), the health check of the setup (`health`), and what `/status` shows of the
+//! sink (`Sink::report`: configuration without secrets, the last check, send errors, streaming's
+//! state). A refusal that is a configuration problem is logged once per cause, not per batch. It must never log a token, a secret, an authorization context or a SAS signature:
 //! URLs are logged and put in errors without their query string, and reqwest errors are stripped
 //! of their URL.
 

@@ -26,7 +26,7 @@ use crate::{
     diagnostics,
     leader::Fence,
     ship::{Shipper, ShipperOptions},
-    sink::{AdxSink, FileSink, FileSinkOptions, Sink, StdoutSink},
+    sink::{AdxSink, FileSink, FileSinkOptions, HealthError, Sink, StdoutSink},
     source::{Source, Start},
     store::{self, EventStore, Guard, OpenOptions, SledStore, TermOwner},
     telemetry::error_chain,
@@ -39,6 +39,14 @@ const SOURCE_CHANNEL_CAPACITY: usize = 256;
 
 /// Readiness condition raised while the leader has not finished its first list or resume.
 pub const READY_CONDITION: &str = "pipeline";
+
+/// Readiness condition raised while the sink's health check fails, or while sends ran into a
+/// configuration problem only an operator can fix. It never stops capture or shipping, and it is
+/// cleared when the term ends (a follower is ready).
+pub const SINK_READY_CONDITION: &str = "sink";
+
+/// How often the sink's own `/status` section and readiness are refreshed.
+const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a pipeline run ended early.
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +327,10 @@ async fn run_stages(
         Some(sink) => sink,
         None => build_sink(config, metrics, sink_io)?,
     };
+    let healthcheck = match &config.sink {
+        SinkConfig::Adx(adx) => adx.healthcheck,
+        SinkConfig::Stdout | SinkConfig::File { .. } => crate::config::HealthcheckConfig::default(),
+    };
     let stages = stop.child_token();
     let shipper_wake = Arc::new(Notify::new());
     // A short channel: the source waits (and stops reading the watch) while capture commits, so
@@ -341,6 +353,11 @@ async fn run_stages(
         max_outbox_bytes: config.store.max_outbox_bytes,
         metrics: metrics.clone(),
         shipper_wake: Arc::clone(&shipper_wake),
+    };
+    let sink_watch = SinkWatch {
+        sink: Arc::clone(&sink),
+        board: Arc::clone(board),
+        retry: healthcheck.enabled.then_some(healthcheck.retry_interval),
     };
     let shipper = Shipper {
         store: Arc::clone(store) as Arc<dyn EventStore>,
@@ -394,6 +411,15 @@ async fn run_stages(
                     .await
                     .map_err(boxed),
             )
+        });
+    }
+    {
+        // Reports only: it never ends before the stop (a failing check is not a stage failure,
+        // and must never stop capture or cost the leadership).
+        let stop = stages.clone();
+        tasks.spawn(async move {
+            sink_watch.run(stop).await;
+            ("sink watch", Ok(()))
         });
     }
     {
@@ -484,6 +510,103 @@ pub fn record_options(config: &Config) -> RecordOptions {
         cluster: config.cluster.name.clone(),
         region: config.cluster.region.clone(),
         environment: config.cluster.environment.clone(),
+    }
+}
+
+/// Runs the sink's health check when the term starts and again every `retry` while it fails,
+/// and keeps the sink's `/status` section and the [`SINK_READY_CONDITION`] current. A failure is
+/// logged once per distinct failure, shown under `sink` in `/status` and as a readiness reason;
+/// shipping goes on meanwhile (the check may be wrong, and a send that works proves more).
+struct SinkWatch {
+    sink: Arc<dyn Sink>,
+    board: Arc<StatusBoard>,
+    /// `None`: the check is off.
+    retry: Option<Duration>,
+}
+
+impl SinkWatch {
+    async fn run(self, stop: CancellationToken) {
+        let name = self.sink.name();
+        let mut next_check = self.retry.map(|_| tokio::time::Instant::now());
+        let mut failure: Option<HealthError> = None;
+        let mut warned = std::collections::HashSet::new();
+        loop {
+            if next_check.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                let result = tokio::select! {
+                    () = stop.cancelled() => break,
+                    result = self.sink.healthcheck() => result,
+                };
+                match result {
+                    Ok(health) => {
+                        if failure.take().is_some() {
+                            tracing::info!(sink = name, "The sink health check passes now");
+                            self.board.publish(
+                                "sink",
+                                serde_json::json!({"sink": name, "healthy": true}),
+                            );
+                        } else {
+                            tracing::info!(sink = name, "The sink health check passed");
+                        }
+                        for warning in health.warnings {
+                            if warned.insert(warning.clone()) {
+                                tracing::warn!(sink = name, warning = %warning, "Sink health check warning");
+                            }
+                        }
+                        next_check = None;
+                    }
+                    Err(error) => {
+                        let retry = self.retry.unwrap_or(Duration::from_secs(30));
+                        if failure.as_ref() == Some(&error) {
+                            tracing::debug!(sink = name, check = error.check, error = %error.message, "The sink health check still fails");
+                        } else {
+                            tracing::error!(
+                                sink = name,
+                                check = error.check,
+                                error = %error.message,
+                                retry_in = ?retry,
+                                "The sink health check failed; batches are still captured and shipping is attempted, and the check runs again until it passes"
+                            );
+                        }
+                        self.board.publish(
+                            "sink",
+                            serde_json::json!({
+                                "sink": name,
+                                "healthy": false,
+                                "check": error.check,
+                                "error": error.message,
+                            }),
+                        );
+                        failure = Some(error);
+                        next_check = Some(tokio::time::Instant::now() + retry);
+                    }
+                }
+            }
+            let report = self.sink.report();
+            let problem = report.as_ref().and_then(|r| r.problem.clone());
+            if let Some(report) = report {
+                self.board.publish(name, report.section);
+            }
+            match (&failure, problem) {
+                (Some(error), _) => self.board.set_not_ready(
+                    SINK_READY_CONDITION,
+                    format!(
+                        "{name} sink health check failed ({}): {}",
+                        error.check, error.message
+                    ),
+                ),
+                (None, Some(problem)) => self
+                    .board
+                    .set_not_ready(SINK_READY_CONDITION, format!("{name} sink: {problem}")),
+                (None, None) => self.board.set_ready(SINK_READY_CONDITION),
+            }
+            let wake = tokio::time::Instant::now() + SINK_REPORT_INTERVAL;
+            let wake = next_check.map_or(wake, |at| at.min(wake));
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+        self.board.set_ready(SINK_READY_CONDITION);
     }
 }
 
@@ -608,6 +731,101 @@ mod tests {
         fn epoch(&self) -> i64 {
             2
         }
+    }
+
+    /// Fails the health check `failures` times, then passes.
+    struct FlakySink {
+        failures: std::sync::atomic::AtomicUsize,
+        checks: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sink for FlakySink {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn send<'a>(&'a self, _: &'a crate::sink::OutgoingBatch) -> crate::sink::SendFuture<'a> {
+            Box::pin(async { Ok(crate::sink::Receipt::Delivered) })
+        }
+        fn healthcheck(&self) -> crate::sink::HealthFuture<'_> {
+            Box::pin(async {
+                self.checks.fetch_add(1, Ordering::SeqCst);
+                let left = self.failures.load(Ordering::SeqCst);
+                if left == 0 {
+                    return Ok(crate::sink::Health::default());
+                }
+                self.failures.store(left - 1, Ordering::SeqCst);
+                Err(HealthError {
+                    check: "mapping",
+                    message: "table T has no json ingestion mapping M in database D".to_owned(),
+                })
+            })
+        }
+    }
+
+    async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_health_check_is_reported_retried_and_cleared_without_ending() {
+        let sink = Arc::new(FlakySink {
+            failures: 2.into(),
+            checks: 0.into(),
+        });
+        let board = Arc::new(StatusBoard::new());
+        let stop = CancellationToken::new();
+        let watch = SinkWatch {
+            sink: Arc::clone(&sink) as Arc<dyn Sink>,
+            board: Arc::clone(&board),
+            retry: Some(Duration::from_millis(200)),
+        };
+        let task = tokio::spawn(watch.run(stop.clone()));
+        wait_for("the first failure", || {
+            !board.is_ready(SINK_READY_CONDITION)
+        })
+        .await;
+        let snapshot = board.snapshot();
+        assert_eq!(snapshot["sink"]["healthy"], false, "{snapshot}");
+        assert_eq!(snapshot["sink"]["check"], "mapping", "{snapshot}");
+        let reasons = board.readiness().unwrap_err();
+        assert!(
+            reasons[0].starts_with("sink: flaky sink health check failed (mapping): table T"),
+            "{reasons:?}"
+        );
+        // Retried until it passes, then reported healthy and ready again.
+        wait_for("the check to pass", || board.is_ready(SINK_READY_CONDITION)).await;
+        assert_eq!(sink.checks.load(Ordering::SeqCst), 3);
+        assert_eq!(board.snapshot()["sink"]["healthy"], true);
+        assert!(!task.is_finished(), "the watch runs until the term stops");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_term_clears_the_sink_readiness_condition() {
+        let sink = Arc::new(FlakySink {
+            failures: usize::MAX.into(),
+            checks: 0.into(),
+        });
+        let board = Arc::new(StatusBoard::new());
+        let stop = CancellationToken::new();
+        let watch = SinkWatch {
+            sink: sink as Arc<dyn Sink>,
+            board: Arc::clone(&board),
+            retry: Some(Duration::from_secs(30)),
+        };
+        let task = tokio::spawn(watch.run(stop.clone()));
+        wait_for("the failure", || !board.is_ready(SINK_READY_CONDITION)).await;
+        stop.cancel();
+        task.await.unwrap();
+        assert!(board.is_ready(SINK_READY_CONDITION), "a follower is ready");
     }
 
     #[test]

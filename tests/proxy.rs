@@ -422,3 +422,101 @@ async fn the_adx_http_client_takes_http_proxy_and_no_proxy_from_the_environment(
 
     emulator.shutdown().await;
 }
+
+/// Set in the copy of this test binary that fetches a managed-identity token.
+const CHILD_IMDS: &str = "KEVENTS_PROXY_TEST_IMDS";
+
+/// AKS's HTTP-proxy feature puts `HTTPS_PROXY`/`HTTP_PROXY` into every pod; the instance metadata
+/// endpoint is link-local and a proxy cannot reach it, so the managed-identity token request must
+/// go direct while everything else honours the variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_it() {
+    const NAME: &str = "managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_it";
+    if let Ok(url) = std::env::var(CHILD_IMDS) {
+        use kevents::sink::Sink as _;
+        let url = reqwest::Url::parse(&url).unwrap();
+        let mut config = kevents::config::AdxConfig {
+            auth: kevents::config::AdxAuthConfig::ManagedIdentity {
+                client_id: None,
+                imds_endpoint: url.join("metadata/identity/oauth2/token").unwrap(),
+            },
+            ..adx_config_for(&url)
+        };
+        config.request_timeout = Duration::from_secs(5);
+        let sink =
+            kevents::sink::AdxSink::new(&config, kevents::telemetry::Metrics::new().unwrap())
+                .unwrap();
+        let error = sink.healthcheck().await.unwrap_err();
+        // The token came (directly); the management command went to the dead proxy.
+        assert_eq!(error.check, "ingestion_resources", "{error}");
+        return;
+    }
+    let adx = kevents::emulator::adx::AdxEmulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        kevents::emulator::adx::AdxEmulatorConfig::default(),
+    )
+    .await
+    .unwrap();
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+    command.args([NAME, "--exact", "--nocapture", "--test-threads=1"]);
+    for name in INHERITED {
+        command.env_remove(name);
+    }
+    command
+        .env(CHILD_IMDS, adx.url())
+        .env("HTTP_PROXY", &dead_url)
+        .env("HTTPS_PROXY", &dead_url);
+    let out = command.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        adx.state().stats().tokens_issued,
+        1,
+        "the token request reached IMDS"
+    );
+    assert_eq!(
+        adx.state().stats().mgmt_requests,
+        0,
+        "the DM was asked through the proxy"
+    );
+    adx.shutdown().await;
+}
+
+/// A `sink.adx` config with both endpoints at `url` (no emulator in the child process).
+fn adx_config_for(url: &reqwest::Url) -> kevents::config::AdxConfig {
+    use kevents::config::*;
+    AdxConfig {
+        ingest_endpoint: Some(url.clone()),
+        engine_endpoint: Some(url.clone()),
+        database: "k8s".to_owned(),
+        table: "KubeEvents".to_owned(),
+        mapping: "KubeEventsFlatMapping".to_owned(),
+        format: AdxFormat::Json,
+        mode: AdxMode::Queued,
+        ingest_by_tags: false,
+        streaming_max_bytes: DEFAULT_STREAMING_MAX_BYTES,
+        request_timeout: Duration::from_secs(10),
+        resources_refresh: Duration::from_secs(3600),
+        scope: DEFAULT_SCOPE.to_owned(),
+        token_refresh_margin: Duration::from_secs(300),
+        auth: AdxAuthConfig::None,
+        failed_ingestions: FailedIngestionsConfig {
+            enabled: false,
+            interval: Duration::from_secs(60),
+        },
+        status: StatusConfig {
+            enabled: true,
+            poll_interval: Duration::from_secs(1),
+            pending_timeout: Duration::from_secs(60),
+        },
+        healthcheck: HealthcheckConfig::default(),
+    }
+}

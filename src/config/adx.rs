@@ -160,7 +160,7 @@ pub struct FailedIngestionsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusConfig {
     /// Ask the data management service for a status row per batch (`ReportLevel`
-    /// FailuresAndSuccesses, `ReportMethod` Table) and keep each queued batch until its row is
+    /// `FailuresAndSuccesses`, `ReportMethod` Table) and keep each queued batch until its row is
     /// final. Off: a batch counts as delivered once its queue message is posted.
     pub enabled: bool,
     /// How often the rows of batches awaiting confirmation are read (the first read waits this
@@ -170,6 +170,28 @@ pub struct StatusConfig {
     /// reached the queue, and the batch is submitted again.
     pub pending_timeout: Duration,
 }
+
+/// The sink's health check (`sink.adx.healthcheck`): run when a leader's pipeline starts, and
+/// again every `retry_interval` while it fails. It reports only; shipping is attempted anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthcheckConfig {
+    /// Run it at all.
+    pub enabled: bool,
+    /// How long after a failed check it runs again.
+    pub retry_interval: Duration,
+}
+
+impl Default for HealthcheckConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retry_interval: DEFAULT_HEALTHCHECK_RETRY,
+        }
+    }
+}
+
+/// How long after a failed health check it runs again, by default.
+pub const DEFAULT_HEALTHCHECK_RETRY: Duration = Duration::from_secs(30);
 
 /// The validated `sink.adx` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +230,8 @@ pub struct AdxConfig {
     pub failed_ingestions: FailedIngestionsConfig,
     /// Ingestion status rows for queued batches.
     pub status: StatusConfig,
+    /// The health check at the start of each leadership term.
+    pub healthcheck: HealthcheckConfig,
 }
 
 impl AdxConfig {
@@ -252,6 +276,16 @@ pub(super) struct RawAdx {
     failed_ingestions: RawFailedIngestions,
     #[serde(default)]
     status: RawStatus,
+    #[serde(default)]
+    healthcheck: RawHealthcheck,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthcheck {
+    #[serde(default, deserialize_with = "scalar::boolean")]
+    enabled: Option<bool>,
+    retry_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -441,6 +475,20 @@ impl RawAdx {
                 "must be at least twice sink.adx.status.poll_interval",
             ));
         }
+        let healthcheck = HealthcheckConfig {
+            enabled: self.healthcheck.enabled.unwrap_or(true),
+            retry_interval: duration_field(
+                "sink.adx.healthcheck.retry_interval",
+                self.healthcheck.retry_interval.as_deref(),
+                DEFAULT_HEALTHCHECK_RETRY,
+            )?,
+        };
+        if healthcheck.retry_interval < Duration::from_millis(100) {
+            return Err(Error::invalid(
+                "sink.adx.healthcheck.retry_interval",
+                "must be at least 100ms",
+            ));
+        }
         Ok(AdxConfig {
             ingest_endpoint,
             engine_endpoint,
@@ -458,6 +506,7 @@ impl RawAdx {
             auth,
             failed_ingestions,
             status,
+            healthcheck,
         })
     }
 }
@@ -654,6 +703,16 @@ pub(super) fn print_adx(adx: &AdxConfig) -> Value {
                 (
                     "pending_timeout",
                     format_duration(adx.status.pending_timeout).into(),
+                ),
+            ]),
+        ),
+        (
+            "healthcheck",
+            map([
+                ("enabled", adx.healthcheck.enabled.into()),
+                (
+                    "retry_interval",
+                    format_duration(adx.healthcheck.retry_interval).into(),
                 ),
             ]),
         ),

@@ -18,8 +18,8 @@ use serde_yaml_ng::{Mapping, Value};
 
 pub use adx::{
     AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_ENDPOINT,
-    DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES, FailedIngestionsConfig, Secret, StatusConfig,
-    WORKLOAD_IDENTITY_ENV,
+    DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES, FailedIngestionsConfig, HealthcheckConfig, Secret,
+    StatusConfig, WORKLOAD_IDENTITY_ENV,
 };
 pub use expand::ExpandError;
 pub use pipeline::{

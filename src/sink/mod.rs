@@ -3,7 +3,8 @@
 //! Owns the sink contract: `send` delivers a whole batch or fails; a failure says whether a retry
 //! can help (`is_retriable`). A destination that processes batches later (ADX queued ingestion)
 //! answers [`Receipt::Submitted`] instead, and [`Sink::confirm`] later says whether the batch
-//! landed, is still pending, must be submitted again, or failed for good. A sink must accept the
+//! landed, is still pending, must be submitted again, or failed for good. [`Sink::healthcheck`]
+//! checks the destination's setup without sending anything. A sink must accept the
 //! same batch id twice and deliver it once where its destination allows (the file sink does;
 //! stdout cannot). Sinks never touch the store: the shipper acknowledges a batch once the sink
 //! says it was delivered.
@@ -120,6 +121,38 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Receipt>> + Send + 
 /// good (it goes to the dead tree), a retriable one that the answer could not be read.
 pub type ConfirmFuture<'a> = Pin<Box<dyn Future<Output = Result<Confirmation>> + Send + 'a>>;
 
+/// What a passed health check noticed without failing: something it could not verify, or
+/// something that works in a degraded way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// One sentence each, naming what to do about it.
+    pub warnings: Vec<String>,
+}
+
+/// A failed health check: the sink cannot deliver as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{check} check failed: {message}")]
+pub struct HealthError {
+    /// Which check failed (`token`, `ingestion_resources`, `identity_token`, `table`,
+    /// `engine`…), for `/status`.
+    pub check: &'static str,
+    /// What is missing or wrong, naming it (never a secret or a SAS).
+    pub message: String,
+}
+
+/// A boxed future returned by [`Sink::healthcheck`].
+pub type HealthFuture<'a> = Pin<Box<dyn Future<Output = Result<Health, HealthError>> + Send + 'a>>;
+
+/// What a sink shows in `/status` beyond send results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkReport {
+    /// The sink's own section (configuration without secrets, recent errors, degraded modes).
+    pub section: serde_json::Value,
+    /// A configuration problem found while sending that only an operator can fix, for the
+    /// readiness reasons; `None` when there is none.
+    pub problem: Option<String>,
+}
+
 /// A destination for batches.
 pub trait Sink: Send + Sync {
     /// A short name for logs and metrics (`file`, `stdout`, `adx`).
@@ -141,6 +174,17 @@ pub trait Sink: Send + Sync {
     /// Submits a batch again after [`Confirmation::Resubmit`]; by default [`Sink::send`].
     fn resubmit<'a>(&'a self, batch: &'a OutgoingBatch) -> SendFuture<'a> {
         self.send(batch)
+    }
+    /// Checks, without sending a batch, that the destination is reachable and set up as
+    /// configured (credentials, endpoints, the target's schema). The pipeline runs it when a term
+    /// starts and again after a failure until it passes; it only reports, it never holds batches
+    /// back. By default every sink is healthy.
+    fn healthcheck(&self) -> HealthFuture<'_> {
+        Box::pin(async { Ok(Health::default()) })
+    }
+    /// The sink's own `/status` section, if it has one (published under [`Sink::name`]).
+    fn report(&self) -> Option<SinkReport> {
+        None
     }
 }
 

@@ -119,6 +119,20 @@ impl JsonPath {
     }
 }
 
+impl std::fmt::Display for JsonPath {
+    /// The path in bracket form (`$['a']['b.c'][0]`), which [`JsonPath::parse`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("$")?;
+        for step in &self.0 {
+            match step {
+                Step::Key(key) => write!(f, "['{key}']")?,
+                Step::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One column of a mapping.
 #[derive(Debug, Clone)]
 pub struct MappingColumn {
@@ -310,6 +324,72 @@ fn convert(value: Option<&Value>, kind: &str) -> Value {
         (_, Some(v)) => v.clone(),
         (_, None) => Value::Null,
     }
+}
+
+/// Whose ingestion mappings a `.show … ingestion mappings` command asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappingScope {
+    /// `.show table T ingestion …`.
+    Table(String),
+    /// `.show database D ingestion …`.
+    Database(String),
+}
+
+/// A parsed `.show (table T | database D) ingestion [kind] mappings` or
+/// `.show (table T | database D) ingestion kind mapping "M"` (names bare or `['…']`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShowMappings {
+    /// The table or database.
+    pub scope: MappingScope,
+    /// `json`, `csv`…, lower-case; `None` for every kind.
+    pub kind: Option<String>,
+    /// One mapping by name, or all of them.
+    pub name: Option<String>,
+}
+
+/// Parses a `.show … ingestion mappings` command; `None` for anything else.
+#[must_use]
+pub fn parse_show_mappings(command: &str) -> Option<ShowMappings> {
+    let rest = command.trim().strip_prefix(".show")?;
+    let rest = rest.trim_start();
+    let (is_table, rest) = if let Some(rest) = rest.strip_prefix("table") {
+        (true, rest)
+    } else {
+        (false, rest.strip_prefix("database")?)
+    };
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let (entity, rest) = entity_name(rest.trim_start())?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let unquote = |name: &str| name.trim_matches(['"', '\'']).to_owned();
+    let (kind, name) = match words.as_slice() {
+        ["ingestion", "mappings"] => (None, None),
+        ["ingestion", kind, "mappings"] => (Some(kind.to_ascii_lowercase()), None),
+        ["ingestion", kind, "mapping", name] => {
+            (Some(kind.to_ascii_lowercase()), Some(unquote(name)))
+        }
+        _ => return None,
+    };
+    let scope = if is_table {
+        MappingScope::Table(entity)
+    } else {
+        MappingScope::Database(entity)
+    };
+    Some(ShowMappings { scope, kind, name })
+}
+
+/// A table or database name at the start of `text` (bare, or `['…']`/`["…"]`) and the rest.
+fn entity_name(text: &str) -> Option<(String, &str)> {
+    if let Some(inner) = text.strip_prefix('[') {
+        let quote = inner.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+        let inner = &inner[1..];
+        let end = inner.find(quote)?;
+        let rest = inner[end + 1..].strip_prefix(']')?;
+        return Some((inner[..end].to_owned(), rest));
+    }
+    let end = text.find(char::is_whitespace).unwrap_or(text.len());
+    (end > 0).then(|| (text[..end].to_owned(), &text[end..]))
 }
 
 /// The one query shape the emulator answers: `T | where E == "v" and … | count`, which the sink
@@ -553,6 +633,35 @@ pub fn parse_count_query(query: &str) -> Option<CountQuery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn show_mappings_commands_parse_for_tables_and_databases() {
+        assert_eq!(
+            parse_show_mappings(".show table ['KubeEvents'] ingestion json mappings"),
+            Some(ShowMappings {
+                scope: MappingScope::Table("KubeEvents".to_owned()),
+                kind: Some("json".to_owned()),
+                name: None,
+            })
+        );
+        assert_eq!(
+            parse_show_mappings(".show database k8s ingestion mappings"),
+            Some(ShowMappings {
+                scope: MappingScope::Database("k8s".to_owned()),
+                kind: None,
+                name: None,
+            })
+        );
+        assert_eq!(
+            parse_show_mappings(".show table T ingestion JSON mapping \"M\"").map(|s| s.name),
+            Some(Some("M".to_owned()))
+        );
+        assert_eq!(parse_show_mappings(".show tables"), None);
+        assert_eq!(parse_show_mappings(".show table T details"), None);
+        assert_eq!(parse_show_mappings(".get ingestion resources"), None);
+        let path = JsonPath::parse("$.log['app.kubernetes.io/name'][0]").unwrap();
+        assert_eq!(JsonPath::parse(&path.to_string()).unwrap(), path);
+    }
 
     #[test]
     fn json_paths_support_dots_quoted_brackets_and_indexes_only() {

@@ -4,7 +4,8 @@
 //! and honouring `ingestIfNotExists`), the engine's streaming and query endpoints, an AAD token
 //! endpoint and an IMDS-style endpoint, with fault knobs (among them the refusals of a real
 //! cluster: a table's streaming policy off, the streaming size limit, a caller without Database
-//! Viewer) and an API to count and dump rows. Tables and mappings come from
+//! Viewer, a caller who may not see the table's metadata), the engine's `.show … ingestion
+//! mappings` answered from the schema, and an API to count and dump rows. Tables and mappings come from
 //! `manifests/adx/kube-events.kql`. Wire formats: `reference/adx-ingestion.md`.
 //!
 //! Owns the emulator's lifecycle: Azurite (started and stopped with it, or given), the
@@ -36,7 +37,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::config::{
     AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES,
-    FailedIngestionsConfig, StatusConfig,
+    FailedIngestionsConfig, HealthcheckConfig, StatusConfig,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -278,6 +279,10 @@ impl AdxEmulator {
                 enabled: true,
                 poll_interval: Duration::from_millis(200),
                 pending_timeout: Duration::from_secs(60),
+            },
+            healthcheck: HealthcheckConfig {
+                enabled: true,
+                retry_interval: Duration::from_millis(500),
             },
         }
     }

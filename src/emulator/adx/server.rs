@@ -1,6 +1,6 @@
 //! The ADX emulator's HTTP surface: the data management endpoint (`POST /v1/rest/mgmt`: `.get
 //! ingestion resources` with real Azurite SAS URLs, `.get kusto identity token`), the engine's
-//! streaming endpoint (`POST /v1/rest/ingest/{db}/{table}`), a query endpoint for row counts
+//! `.show table|database … ingestion mappings` on the same path, the engine's streaming endpoint (`POST /v1/rest/ingest/{db}/{table}`), a query endpoint for row counts
 //! (`POST /v1/rest/query`), the AAD token endpoint
 //! (`POST /{tenant}/oauth2/v2.0/token`, client secret and client assertion), an IMDS-style token
 //! endpoint (`GET /metadata/identity/oauth2/token`), and the control API under `/emulator/`.
@@ -163,11 +163,8 @@ fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
 
 #[derive(Deserialize)]
 struct MgmtBody {
+    /// The database (the DM's commands ignore it; the engine's `.show` commands use it).
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted as the SDKs send it; the emulator has one DM"
-    )]
     db: String,
     csl: String,
 }
@@ -182,6 +179,13 @@ fn v1_table(columns: &[&str], rows: &[Vec<Value>]) -> Value {
 }
 
 async fn mgmt(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    // The engine's `.show … ingestion mappings` (the DM and the engine share this address) is
+    // treated like a query: no count-based faults, and not in the DM's request record.
+    if let Ok(request) = serde_json::from_slice::<MgmtBody>(&body)
+        && let Some(show) = kql::parse_show_mappings(&request.csl)
+    {
+        return show_mappings(&app, &headers, &request.db, &show).await;
+    }
     let response = mgmt_answer(&app, &headers, &body).await;
     app.state.record_request(false, response.status().as_u16());
     response
@@ -265,6 +269,113 @@ async fn mgmt_answer(app: &AppState, headers: &HeaderMap, body: &Bytes) -> Respo
     };
     app.state.count(|s| s.mgmt_requests += 1);
     Json(answer).into_response()
+}
+
+/// The engine's `.show (table T | database D) ingestion [kind] mappings`, from the KQL schema:
+/// one row per mapping (`Name`, `Kind`, `Mapping`, `LastUpdatedOn`, `Database`, `Table`).
+/// Outages, latency and auth apply; [`AdxState::set_show_forbidden`] answers 403 as ADX answers
+/// a principal whose roles do not cover the table; a table the schema lacks is ADX's
+/// `BadRequest_EntityNotFound`; a table whose mapping is broken
+/// ([`AdxState::set_mapping_broken`]) shows no mappings, as if they had been dropped. The
+/// emulator's schema has table mappings only, so a database shows none.
+async fn show_mappings(
+    app: &AppState,
+    headers: &HeaderMap,
+    db: &str,
+    show: &kql::ShowMappings,
+) -> Response {
+    let latency = app.state.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if app.state.in_outage() {
+        return kusto_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "Kusto.Common.Svc.Exceptions.ServiceUnavailableException",
+            "The service is unavailable (emulator fault).",
+            false,
+        );
+    }
+    if let Some(answer) = unauthorized(app, headers) {
+        return answer;
+    }
+    let (kind, entity) = match &show.scope {
+        kql::MappingScope::Table(table) => ("table", table.as_str()),
+        kql::MappingScope::Database(database) => ("database", database.as_str()),
+    };
+    if app.state.show_forbidden() {
+        return kusto_error_with(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Caller is not authorized to perform this action",
+            "Kusto.DataNode.Exceptions.UnauthorizedDatabaseAccessException",
+            &format!(
+                "Principal 'aadapp=kevents-emulator-caller' is not authorized to access {kind} '{entity}' in database '{db}'."
+            ),
+            true,
+        );
+    }
+    let mut rows = Vec::new();
+    if let kql::MappingScope::Table(table) = &show.scope {
+        let Some(schema) = app.state.schema.get(table) else {
+            return kusto_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest_EntityNotFound",
+                "Kusto.Data.Exceptions.EntityNotFoundException",
+                &format!("Entity ID '{table}' of kind 'Table' was not found."),
+                true,
+            );
+        };
+        let wanted_kind = show.kind.as_deref().is_none_or(|k| k == "json");
+        if wanted_kind && !app.state.mapping_broken(table) {
+            for mapping in schema.mappings.values() {
+                if show.name.as_ref().is_some_and(|n| *n != mapping.name) {
+                    continue;
+                }
+                let columns: Vec<Value> = mapping
+                    .columns
+                    .iter()
+                    .map(
+                        |c| json!({"column": c.column, "Properties": {"Path": c.path.to_string()}}),
+                    )
+                    .collect();
+                rows.push(vec![
+                    json!(mapping.name),
+                    json!("Json"),
+                    json!(Value::Array(columns).to_string()),
+                    Value::Null,
+                    json!(db),
+                    json!(table),
+                ]);
+            }
+        }
+    }
+    if show.name.is_some() && rows.is_empty() {
+        return kusto_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest_EntityNotFound",
+            "Kusto.Data.Exceptions.EntityNotFoundException",
+            &format!(
+                "Entity ID '{}' of kind 'MappingPersistent' was not found.",
+                show.name.as_deref().unwrap_or_default()
+            ),
+            true,
+        );
+    }
+    app.state.count(|s| s.show_commands += 1);
+    Json(v1_table(
+        &[
+            "Name",
+            "Kind",
+            "Mapping",
+            "LastUpdatedOn",
+            "Database",
+            "Table",
+        ],
+        &rows,
+    ))
+    .into_response()
 }
 
 #[derive(Deserialize)]

@@ -71,6 +71,9 @@ pub struct FaultRequest {
     /// Answer every query 403, as ADX answers a principal that holds Database Ingestor but not
     /// Database Viewer (true), or answer queries again (false).
     pub query_forbidden: Option<bool>,
+    /// Answer every `.show` command on a table or database 403, as ADX answers a principal
+    /// without a role that may see the table's metadata (true), or answer them again (false).
+    pub show_forbidden: Option<bool>,
     /// Queued ingestion takes effect between `[min, max]` milliseconds after the message was
     /// first seen (the DM's batching; real ADX: 30 s to 5 min). `[0, 0]`: at once.
     pub ingest_delay_ms: Option<[u64; 2]>,
@@ -123,6 +126,7 @@ struct Faults {
     streaming_limit: usize,
     too_large_status: u16,
     query_forbidden: bool,
+    show_forbidden: bool,
     ingest_delay: (Duration, Duration),
     mapping_broken: HashSet<String>,
 }
@@ -158,6 +162,8 @@ pub struct AdxStats {
     pub faults_injected: u64,
     /// Queries answered 200 (`POST /v1/rest/query`).
     pub queries: u64,
+    /// Engine `.show … ingestion mappings` commands answered 200.
+    pub show_commands: u64,
     /// Ingestion status rows the worker wrote (`IngestionStatusInTable`).
     pub status_rows_written: u64,
     /// Of those, rows the client had not inserted (`Pending`) before enqueueing.
@@ -242,6 +248,7 @@ impl AdxState {
                 streaming_limit: super::server::STREAMING_LIMIT,
                 too_large_status: 413,
                 query_forbidden: false,
+                show_forbidden: false,
                 ingest_delay: (Duration::ZERO, Duration::ZERO),
                 mapping_broken: HashSet::new(),
             }),
@@ -460,6 +467,9 @@ impl AdxState {
         if let Some(forbidden) = request.query_forbidden {
             faults.query_forbidden = forbidden;
         }
+        if let Some(forbidden) = request.show_forbidden {
+            faults.show_forbidden = forbidden;
+        }
         if let Some([min, max]) = request.ingest_delay_ms {
             faults.ingest_delay = (
                 Duration::from_millis(min),
@@ -623,6 +633,17 @@ impl AdxState {
         lock(&self.faults).query_forbidden
     }
 
+    /// With `true`, every `.show table|database … ingestion mappings` answers 403
+    /// `UnauthorizedDatabaseAccessException`, as ADX answers a principal whose roles do not
+    /// cover the table's metadata; ingestion and queries are unaffected.
+    pub fn set_show_forbidden(&self, forbidden: bool) {
+        lock(&self.faults).show_forbidden = forbidden;
+    }
+
+    pub(super) fn show_forbidden(&self) -> bool {
+        lock(&self.faults).show_forbidden
+    }
+
     /// Queued ingestion takes effect between `min` and `max` after the worker first sees the
     /// message (uniformly at random per message), as the DM's batching delays it.
     pub fn set_ingest_delay(&self, min: Duration, max: Duration) {
@@ -632,10 +653,10 @@ impl AdxState {
     /// A delay drawn from the configured range.
     pub(super) fn draw_ingest_delay(&self) -> Duration {
         let (min, max) = lock(&self.faults).ingest_delay;
-        if max <= min {
+        let Some(span) = max.checked_sub(min).filter(|span| !span.is_zero()) else {
             return min;
-        }
-        let span = (max - min).as_millis();
+        };
+        let span = span.as_millis();
         let offset = u64::try_from(rand::random::<u128>() % (span + 1)).unwrap_or(0);
         min + Duration::from_millis(offset)
     }

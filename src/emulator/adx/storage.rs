@@ -443,12 +443,22 @@ fn parse_messages(xml: &str) -> Vec<QueueMessage> {
         .skip(1)
         .filter_map(|part| {
             Some(QueueMessage {
-                id: unescape(crate::sink::adx::xml_text(part, "MessageId")?),
-                pop_receipt: unescape(crate::sink::adx::xml_text(part, "PopReceipt").unwrap_or("")),
-                text: unescape(crate::sink::adx::xml_text(part, "MessageText")?),
+                id: unescape(element_text(part, "MessageId")?),
+                pop_receipt: unescape(element_text(part, "PopReceipt").unwrap_or("")),
+                text: unescape(element_text(part, "MessageText")?),
             })
         })
         .collect()
+}
+
+/// The text of the first `<tag>…</tag>` in `xml` (the queue's answers have no attributes on
+/// these elements and no nesting of the same tag).
+fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    Some(&xml[start..end])
 }
 
 fn unescape(text: &str) -> String {
@@ -462,6 +472,22 @@ fn unescape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_messages_are_read_from_the_answer_xml_and_unescaped() {
+        let xml = "<?xml version=\"1.0\"?><QueueMessagesList>\
+            <QueueMessage><MessageId>m-1</MessageId><PopReceipt>p&amp;1</PopReceipt><MessageText>a&lt;b</MessageText></QueueMessage>\
+            <QueueMessage><MessageId>m-2</MessageId><MessageText>c</MessageText></QueueMessage>\
+            <QueueMessage><PopReceipt>no id</PopReceipt></QueueMessage></QueueMessagesList>";
+        let messages = parse_messages(xml);
+        assert_eq!(messages.len(), 2, "a message without an id is skipped");
+        assert_eq!(messages[0].id, "m-1");
+        assert_eq!(messages[0].pop_receipt, "p&1");
+        assert_eq!(messages[0].text, "a<b");
+        assert_eq!(messages[1].pop_receipt, "");
+        assert_eq!(element_text("<A>x</A>", "B"), None);
+        assert_eq!(element_text("<A>x", "A"), None);
+    }
 
     #[test]
     fn the_account_sas_signs_the_2019_12_12_string_to_sign() {

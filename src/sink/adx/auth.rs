@@ -149,7 +149,9 @@ impl TokenProvider {
                     }
                 }
                 let endpoint = endpoint_name(&url);
-                let request = http.client.get(url).header("Metadata", "true");
+                // Never through a proxy: IMDS is link-local to the node.
+                let client = http.direct.as_ref().unwrap_or(&http.client);
+                let request = client.get(url).header("Metadata", "true");
                 let response = http.send(Operation::Token, request, &endpoint, &[]).await?;
                 parse_token(response, &endpoint).await
             }

@@ -39,7 +39,7 @@ pub struct IngestionMessage<'a> {
     /// `SourceMessageCreationTime`.
     pub created: jiff::Timestamp,
     /// `Some(status table URL with its SAS)`: ask for a status row (`ReportLevel`
-    /// FailuresAndSuccesses, `ReportMethod` Table) at `PartitionKey` = `RowKey` = `id`.
+    /// `FailuresAndSuccesses`, `ReportMethod` Table) at `PartitionKey` = `RowKey` = `id`.
     pub status_table: Option<&'a str>,
 }
 

@@ -9,13 +9,15 @@
 //! managed mode does with each (queued for a too-large batch, a table whose streaming policy is
 //! off, throttling and transient errors, or a re-send the identity may not look up; the batch
 //! fails only for a permanent error of the batch itself), and the optional failed-ingestions
-//! poller (`failures`). A refusal that is a configuration problem is logged once per cause, not
-//! per batch. It must never log a token, a secret, an authorization context or a SAS signature:
+//! poller (`failures`), the health check of the setup (`health`), and what `/status` shows of the
+//! sink (`Sink::report`: configuration without secrets, the last check, send errors, streaming's
+//! state). A refusal that is a configuration problem is logged once per cause, not per batch. It must never log a token, a secret, an authorization context or a SAS signature:
 //! URLs are logged and put in errors without their query string, and reqwest errors are stripped
 //! of their URL.
 
 mod auth;
 mod failures;
+mod health;
 mod message;
 mod resources;
 mod status;
@@ -46,7 +48,10 @@ use self::{
     failures::RecentIds,
     resources::{ResourceCache, Resources},
 };
-use super::{ConfirmFuture, Confirmation, OutgoingBatch, Receipt, SendFuture, Sink};
+use super::{
+    ConfirmFuture, Confirmation, HealthError, HealthFuture, OutgoingBatch, Receipt, SendFuture,
+    Sink, SinkReport,
+};
 use crate::{
     config::{AdxConfig, AdxMode},
     telemetry::{Metrics, error_chain},
@@ -220,6 +225,30 @@ pub enum Error {
     /// The endpoint needed for this mode is not configured.
     #[error("no {0} endpoint is configured")]
     NoEndpoint(&'static str),
+    /// Streaming mode, the table's (or the cluster's) streaming ingestion is off, and there is no
+    /// data management endpoint to send the batch queued instead: retried until an operator
+    /// enables it or changes the mode.
+    #[error(
+        "streaming ingestion is not enabled for table {table} in database {database}, and without sink.adx.ingest_endpoint the batch cannot go queued instead: run `.alter table {table} policy streamingingestion enable` (and enable streaming on the cluster), or set sink.adx.mode to queued with an ingest_endpoint"
+    )]
+    StreamingOff {
+        /// The database.
+        database: String,
+        /// The table.
+        table: String,
+        /// ADX's refusal.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Part of the batch was streamed before streaming was switched off for the table: sending
+    /// the rest queued needs a batch of its own, so the batch waits for streaming to come back.
+    #[error(
+        "streaming ingestion was switched off for table {table} after part of this batch was streamed; the rest is sent once streaming is enabled again"
+    )]
+    StreamingOffMidBatch {
+        /// The table.
+        table: String,
+    },
 }
 
 impl Error {
@@ -228,6 +257,12 @@ impl Error {
             Self::Status { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// The service says the entity (table, mapping) does not exist (`…EntityNotFound…`).
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Status { code: Some(code), .. } if code.to_ascii_lowercase().contains("entitynotfound"))
     }
 
     /// ADX throttled the request (429).
@@ -327,6 +362,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The HTTP client with its metrics.
 pub(crate) struct Http {
     client: reqwest::Client,
+    /// A client that never goes through a proxy, for the instance metadata endpoint (link-local:
+    /// a proxy cannot reach it, and AKS's HTTP-proxy feature sets `HTTPS_PROXY` in every pod).
+    /// Built for managed identity only.
+    direct: Option<reqwest::Client>,
     metrics: Metrics,
 }
 
@@ -411,6 +450,14 @@ fn streaming_is_permanent(status: StatusCode, flag: Option<bool>) -> bool {
 /// messages are dropped (only the code is kept): they can echo request details.
 fn parse_error_body(body: &[u8]) -> (Option<String>, String, Option<bool>) {
     if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        // AAD: `{"error": "invalid_client", "error_description": "AADSTS…"}`.
+        if let Some(code) = json.get("error").and_then(serde_json::Value::as_str) {
+            let description = json
+                .get("error_description")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            return (Some(code.to_owned()), shorten(description), None);
+        }
         let error = json.get("error").unwrap_or(&json);
         let text = |key: &str| {
             error
@@ -443,7 +490,7 @@ fn shorten(text: &str) -> String {
 }
 
 /// The text of the first `<tag>…</tag>` in `xml`.
-pub(crate) fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let start = xml.find(&open)? + open.len();
@@ -482,6 +529,25 @@ struct Inner {
     unposted: Mutex<HashSet<String>>,
     /// Causes already logged (configuration problems are logged once, not per batch).
     noted: Mutex<HashSet<&'static str>>,
+    /// What `/status` shows of the health check and of sends.
+    outcomes: Mutex<Outcomes>,
+}
+
+/// The latest health check and send results, for [`Sink::report`].
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// When the last check ran and what it found.
+    check: Option<(
+        jiff::Timestamp,
+        std::result::Result<Vec<String>, HealthError>,
+    )>,
+    /// The last failed send: when, and the error.
+    last_error: Option<(jiff::Timestamp, String)>,
+    /// The last batch handed over.
+    last_delivery: Option<jiff::Timestamp>,
+    /// A configuration problem sends ran into that an operator must fix (streaming off without a
+    /// data management endpoint), until a send shows it fixed.
+    problem: Option<String>,
 }
 
 impl fmt::Debug for AdxSink {
@@ -511,6 +577,23 @@ impl AdxSink {
                 endpoint: String::new(),
                 source: source.without_url(),
             })?;
+        let direct = matches!(
+            config.auth,
+            crate::config::AdxAuthConfig::ManagedIdentity { .. }
+        )
+        .then(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(config.request_timeout)
+                .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+                .build()
+        })
+        .transpose()
+        .map_err(|source| Error::Http {
+            operation: Operation::Token,
+            endpoint: String::new(),
+            source: source.without_url(),
+        })?;
         let engine = config.engine();
         match config.mode {
             AdxMode::Queued | AdxMode::Managed if config.ingest_endpoint.is_none() => {
@@ -523,7 +606,11 @@ impl AdxSink {
         }
         let inner = Arc::new(Inner {
             config: config.clone(),
-            http: Http { client, metrics },
+            http: Http {
+                client,
+                direct,
+                metrics,
+            },
             tokens: TokenProvider::new(config),
             resources: ResourceCache::new(config.resources_refresh),
             engine,
@@ -534,6 +621,7 @@ impl AdxSink {
             query_forbidden: Mutex::new(None),
             unposted: Mutex::new(HashSet::new()),
             noted: Mutex::new(HashSet::new()),
+            outcomes: Mutex::new(Outcomes::default()),
         });
         let poller = (config.failed_ingestions.enabled && config.mode != AdxMode::Streaming)
             .then(|| tokio::spawn(failures::poll(Arc::clone(&inner))));
@@ -601,6 +689,28 @@ impl Sink for AdxSink {
                 .map_err(Error::into_sink_error)
         })
     }
+
+    /// See `health`: token, ingestion resources, identity token, table and mapping, engine.
+    fn healthcheck(&self) -> HealthFuture<'_> {
+        Box::pin(async move {
+            let result = self.inner.healthcheck().await;
+            self.inner.outcomes().check = Some((
+                jiff::Timestamp::now(),
+                result
+                    .as_ref()
+                    .map(|h| h.warnings.clone())
+                    .map_err(Clone::clone),
+            ));
+            result
+        })
+    }
+
+    /// The `adx` section: the configuration that decides where batches go (endpoints without
+    /// query strings, never credentials), the last health check, the last send error and
+    /// delivery, and streaming's state.
+    fn report(&self) -> Option<SinkReport> {
+        Some(self.inner.report())
+    }
 }
 
 /// Which send of a batch this is.
@@ -647,6 +757,14 @@ impl Inner {
                 )
                 .await
                 .map(|receipt| ("queued", receipt)),
+            // Only a batch sent queued (the fallback while streaming is off) is resubmitted.
+            AdxMode::Streaming
+                if attempt == Attempt::Resubmit && self.config.ingest_endpoint.is_some() =>
+            {
+                self.send_queued(batch, &compressed, payload.len(), Attempt::Resubmit, true)
+                    .await
+                    .map(|receipt| ("queued", receipt))
+            }
             AdxMode::Streaming => {
                 self.send_streaming_all(batch, &payload, &compressed, recovered)
                     .await
@@ -663,9 +781,11 @@ impl Inner {
                     // The batch goes to the dead tree: nothing more to settle about it.
                     self.uncertain.settle(&batch.id);
                 }
+                self.outcomes().last_error = Some((jiff::Timestamp::now(), error_chain(&error)));
                 return Err(error);
             }
         };
+        self.outcomes().last_delivery = Some(jiff::Timestamp::now());
         metrics.adx_batches.with_label_values(&[route]).inc();
         metrics.adx_raw_bytes.inc_by(payload.len() as u64);
         metrics.adx_compressed_bytes.inc_by(compressed.len() as u64);
@@ -1250,6 +1370,85 @@ impl Inner {
     async fn on_error(&self, error: &Error) {
         if error.status() == Some(401) {
             self.tokens.invalidate().await;
+        }
+    }
+}
+
+impl Inner {
+    fn outcomes(&self) -> std::sync::MutexGuard<'_, Outcomes> {
+        self.outcomes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records (or, with `None`, clears) a configuration problem sends ran into.
+    fn set_problem(&self, problem: Option<String>) {
+        self.outcomes().problem = problem;
+    }
+
+    fn report(&self) -> SinkReport {
+        use serde_json::{Value, json};
+        let config = &self.config;
+        let time = |t: &jiff::Timestamp| Value::String(t.to_string());
+        let outcomes = self.outcomes();
+        let check = match &outcomes.check {
+            None => Value::Null,
+            Some((at, Ok(warnings))) => {
+                json!({"at": time(at), "passed": true, "warnings": warnings})
+            }
+            Some((at, Err(error))) => json!({
+                "at": time(at),
+                "passed": false,
+                "check": error.check,
+                "error": error.message,
+            }),
+        };
+        let check_failed = matches!(outcomes.check, Some((_, Err(_))));
+        // Sends decide once they ran: an error after the last delivery means unhealthy.
+        let send_failing = match (&outcomes.last_error, &outcomes.last_delivery) {
+            (Some((failed, _)), Some(delivered)) => failed > delivered,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let healthy = !check_failed && !send_failing && outcomes.problem.is_none();
+        let streaming = {
+            let until = self
+                .streaming_suspended_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match *until {
+                Some((until, reason)) if Instant::now() < until => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    let at = jiff::Timestamp::now()
+                        .checked_add(jiff::SignedDuration::try_from(left).unwrap_or_default())
+                        .ok();
+                    json!({"suspended": true, "reason": reason, "until": at.as_ref().map(time)})
+                }
+                _ => json!({"suspended": false}),
+            }
+        };
+        let section = json!({
+            "healthy": healthy,
+            "mode": match config.mode {
+                AdxMode::Queued => "queued",
+                AdxMode::Streaming => "streaming",
+                AdxMode::Managed => "managed",
+            },
+            "ingest_endpoint": config.ingest_endpoint.as_ref().map(endpoint_name),
+            "engine_endpoint": self.engine.as_ref().map(endpoint_name),
+            "database": config.database,
+            "table": config.table,
+            "mapping": config.mapping,
+            "format": config.format.as_str(),
+            "auth": config.auth.mode(),
+            "status_rows": config.status.enabled,
+            "healthcheck": check,
+            "last_error": outcomes.last_error.as_ref().map(|(at, error)| json!({"at": time(at), "error": error})),
+            "last_delivery_at": outcomes.last_delivery.as_ref().map(time),
+            "problem": outcomes.problem,
+            "streaming": if config.mode == AdxMode::Queued { Value::Null } else { streaming },
+        });
+        SinkReport {
+            section,
+            problem: outcomes.problem.clone(),
         }
     }
 }

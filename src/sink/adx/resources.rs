@@ -36,6 +36,19 @@ pub(super) struct Resources {
     fetched: Instant,
 }
 
+/// The storage roots `.get ingestion resources` names, by kind.
+#[derive(Debug, Default)]
+pub(super) struct StorageRoots {
+    /// `TempStorage`.
+    pub containers: Vec<Url>,
+    /// `SecuredReadyForAggregationQueue`.
+    pub queues: Vec<Url>,
+    /// `FailedIngestionsQueue`.
+    pub failed_queues: Vec<Url>,
+    /// `IngestionsStatusTable`.
+    pub status_tables: Vec<Url>,
+}
+
 /// The cache.
 pub(super) struct ResourceCache {
     refresh: Duration,
@@ -107,58 +120,73 @@ impl Inner {
     }
 
     async fn fetch_resources(&self, generation: u64) -> Result<Resources> {
-        let table = self.mgmt(".get ingestion resources").await?;
-        let mut containers = Vec::new();
-        let mut queues = Vec::new();
-        let mut failed_queues = Vec::new();
-        let mut status_tables = Vec::new();
-        let endpoint = self.dm_endpoint();
-        for row in table.rows("ResourceTypeName", "StorageRoot") {
-            let (kind, root) = row;
-            let Ok(url) = Url::parse(root) else {
-                continue;
-            };
-            match kind {
-                "TempStorage" => containers.push(url),
-                "SecuredReadyForAggregationQueue" => queues.push(url),
-                "FailedIngestionsQueue" => failed_queues.push(url),
-                "IngestionsStatusTable" => status_tables.push(url),
-                _ => {}
-            }
-        }
-        if containers.is_empty() || queues.is_empty() {
-            return Err(Error::Resources {
-                endpoint,
-                message: format!(
-                    "{} TempStorage and {} SecuredReadyForAggregationQueue rows; need at least one of each",
-                    containers.len(),
-                    queues.len()
-                ),
-            });
-        }
-        let identity = self.mgmt(".get kusto identity token").await?;
-        let context = identity
-            .column("AuthorizationContext")
-            .into_iter()
-            .next()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| Error::Resources {
-                endpoint: self.dm_endpoint(),
-                message: "`.get kusto identity token` returned no AuthorizationContext".to_owned(),
-            })?;
+        let StorageRoots {
+            containers,
+            queues,
+            failed_queues,
+            mut status_tables,
+        } = self.fetch_storage().await?;
+        let context = self.fetch_identity().await?;
         status_tables.sort_by(|a, b| a.path().cmp(b.path()).then(a.host_str().cmp(&b.host_str())));
         Ok(Resources {
             containers,
             queues,
             failed_queues,
             status_tables,
-            authorization_context: SecretString::from(context.to_owned()),
+            authorization_context: context,
             generation,
             fetched: Instant::now(),
         })
     }
 
-    fn dm_endpoint(&self) -> String {
+    /// `.get ingestion resources`: the storage roots, with at least one container and one
+    /// ingestion queue (an error names the kind that is missing).
+    pub(super) async fn fetch_storage(&self) -> Result<StorageRoots> {
+        let table = self.mgmt(".get ingestion resources").await?;
+        let mut roots = StorageRoots::default();
+        for (kind, root) in table.rows("ResourceTypeName", "StorageRoot") {
+            let Ok(url) = Url::parse(root) else {
+                continue;
+            };
+            match kind {
+                "TempStorage" => roots.containers.push(url),
+                "SecuredReadyForAggregationQueue" => roots.queues.push(url),
+                "FailedIngestionsQueue" => roots.failed_queues.push(url),
+                "IngestionsStatusTable" => roots.status_tables.push(url),
+                _ => {}
+            }
+        }
+        let missing = match (roots.containers.is_empty(), roots.queues.is_empty()) {
+            (true, true) => Some("no TempStorage container and no SecuredReadyForAggregationQueue"),
+            (true, false) => Some("no TempStorage container"),
+            (false, true) => Some("no SecuredReadyForAggregationQueue"),
+            (false, false) => None,
+        };
+        if let Some(missing) = missing {
+            return Err(Error::Resources {
+                endpoint: self.dm_endpoint(),
+                message: format!("the DM named {missing}"),
+            });
+        }
+        Ok(roots)
+    }
+
+    /// `.get kusto identity token`: the authorization context.
+    pub(super) async fn fetch_identity(&self) -> Result<SecretString> {
+        let identity = self.mgmt(".get kusto identity token").await?;
+        identity
+            .column("AuthorizationContext")
+            .into_iter()
+            .next()
+            .filter(|c| !c.is_empty())
+            .map(|c| SecretString::from(c.to_owned()))
+            .ok_or_else(|| Error::Resources {
+                endpoint: self.dm_endpoint(),
+                message: "`.get kusto identity token` returned no AuthorizationContext".to_owned(),
+            })
+    }
+
+    pub(super) fn dm_endpoint(&self) -> String {
         self.config
             .ingest_endpoint
             .as_ref()
@@ -173,6 +201,17 @@ impl Inner {
             .ingest_endpoint
             .as_ref()
             .ok_or(Error::NoEndpoint("ingest (data management)"))?;
+        self.kusto_mgmt(base, "NetDefaultDB", command).await
+    }
+
+    /// Runs a management command against `base` (the DM or the engine) in database `db` and
+    /// returns its V1 response.
+    pub(super) async fn kusto_mgmt(
+        &self,
+        base: &Url,
+        db: &str,
+        command: &str,
+    ) -> Result<V1Response> {
         let url = join(base, "v1/rest/mgmt");
         let endpoint = endpoint_name(&url);
         let request = Self::kusto_request(
@@ -183,7 +222,7 @@ impl Inner {
             .authorize(request)
             .await?
             .header("Content-Type", "application/json; charset=utf-8")
-            .body(json!({"db": "NetDefaultDB", "csl": command}).to_string());
+            .body(json!({"db": db, "csl": command}).to_string());
         let response = match self
             .http
             .send(Operation::Mgmt, request, &endpoint, &[])
@@ -246,7 +285,7 @@ impl V1Response {
     }
 
     /// Every value of one column.
-    fn column<'a>(&'a self, name: &str) -> Vec<&'a str> {
+    pub(super) fn column<'a>(&'a self, name: &str) -> Vec<&'a str> {
         let mut out = Vec::new();
         for table in self.tables() {
             let Some(index) = column_index(table, name) else {

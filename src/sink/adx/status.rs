@@ -4,7 +4,7 @@
 //! Before a batch's queue message is posted, its row is inserted as `Pending` into the status
 //! table `.get ingestion resources` names (`PartitionKey` = `RowKey` = the batch's source id, a
 //! GUID derived from the batch id); the message asks the data management service to report into
-//! that row (`ReportLevel` FailuresAndSuccesses, `ReportMethod` Table, `IngestionStatusInTable`),
+//! that row (`ReportLevel` `FailuresAndSuccesses`, `ReportMethod` Table, `IngestionStatusInTable`),
 //! and the service rewrites it to `Succeeded`, `Skipped`, `PartiallySucceeded` or `Failed` when it
 //! is done, minutes later. Because the row is written before the message, a batch without a row
 //! was never submitted, and sending it cannot ingest it twice.

@@ -12,6 +12,9 @@
 //! (`verify`) and only its missing records are sent; when the identity may not query, it goes
 //! queued with an `ingest-by` tag if a data management endpoint is configured. Requests go out
 //! in record order and stop at the first failure, which is what lets `verify` find what landed.
+//! When the table's streaming is off (a permanent 400 that says nothing about the batch), a batch
+//! goes queued through the data management endpoint if one is configured, and streaming pauses
+//! for 15 minutes; without one the batch waits (a retriable error naming the fix), reported once.
 //! It must never send a token anywhere but the configured engine.
 
 use std::{future::Future, pin::Pin};
@@ -60,6 +63,13 @@ impl Inner {
         compressed: &Bytes,
         recovered: bool,
     ) -> Result<(&'static str, Receipt)> {
+        if self.streaming_suspension() == Some("policy_off")
+            && self.config.ingest_endpoint.is_some()
+        {
+            return self
+                .queued_while_streaming_off(batch, payload, compressed, recovered)
+                .await;
+        }
         let mut check = recovered || self.uncertain.contains(&batch.id);
         if check && self.queries_forbidden() {
             if let Some(sent) = self.resend_unchecked(batch, payload, compressed).await? {
@@ -106,6 +116,11 @@ impl Inner {
                 if progress.sent > 0 {
                     self.uncertain.mark(&batch.id);
                 }
+                if error.is_streaming_off() {
+                    return self
+                        .on_streaming_off(batch, payload, compressed, recovered, error)
+                        .await;
+                }
                 return Err(error);
             }
             // Once a part was missing, the ones after it are too: ADX holds a prefix.
@@ -114,12 +129,106 @@ impl Inner {
             }
         }
         self.uncertain.settle(&batch.id);
+        if self.forget("policy_off") {
+            tracing::info!(
+                table = %self.config.table,
+                "ADX accepts streaming ingestion into this table again"
+            );
+            self.set_problem(None);
+        }
         let route = if progress.sent == 0 {
             "already_ingested"
         } else {
             "streaming"
         };
         Ok((route, Receipt::Delivered))
+    }
+
+    /// ADX refused a streaming request because streaming is off for the table (its streaming
+    /// ingestion policy) or the cluster. With a data management endpoint the batch goes queued
+    /// (as managed mode does) and streaming pauses for 15 minutes; without one the error is
+    /// retriable (the batch is fine; the table is not) and names the fix. Either is logged once.
+    async fn on_streaming_off(
+        &self,
+        batch: &OutgoingBatch,
+        payload: &Bytes,
+        compressed: &Bytes,
+        recovered: bool,
+        error: Error,
+    ) -> Result<(&'static str, Receipt)> {
+        let (database, table) = (&self.config.database, &self.config.table);
+        if self.config.ingest_endpoint.is_some() {
+            self.suspend_streaming(super::UNAVAILABLE_SUSPENSION, "policy_off");
+            if self.note_once("policy_off") {
+                tracing::warn!(
+                    batch_id = %batch.id,
+                    table = %table,
+                    error = %error_chain(&error),
+                    "Streaming ingestion is not enabled for this table (its streaming ingestion policy, or the cluster's): sending batches queued and trying streaming again every 15 minutes. Enable it (`.alter table … policy streamingingestion enable`) or use mode queued"
+                );
+            }
+            return self
+                .queued_while_streaming_off(batch, payload, compressed, recovered)
+                .await;
+        }
+        let error = Error::StreamingOff {
+            database: database.clone(),
+            table: table.clone(),
+            source: Box::new(error),
+        };
+        if self.note_once("policy_off") {
+            tracing::error!(
+                batch_id = %batch.id,
+                error = %error_chain(&error),
+                "ADX refuses streaming ingestion into this table; batches wait in the outbox until it is enabled"
+            );
+        }
+        self.set_problem(Some(error.to_string()));
+        Err(error)
+    }
+
+    /// Streaming mode while the table's streaming is off: the batch goes queued, counted as a
+    /// `policy_off` fallback. A batch that may be partly in ADX already (an earlier attempt
+    /// streamed some of it) is looked up first: all there is delivered, none there goes queued
+    /// with its `ingest-by` tag, part of it waits for streaming to come back (queued ingestion
+    /// cannot send just the rest under the batch's id).
+    async fn queued_while_streaming_off(
+        &self,
+        batch: &OutgoingBatch,
+        payload: &Bytes,
+        compressed: &Bytes,
+        recovered: bool,
+    ) -> Result<(&'static str, Receipt)> {
+        let mut dedup = false;
+        if recovered || self.uncertain.contains(&batch.id) {
+            match self.presence(batch, payload, Known::Nothing).await? {
+                Presence::All => {
+                    self.uncertain.settle(&batch.id);
+                    return Ok(("already_ingested", Receipt::Delivered));
+                }
+                Presence::Partial => {
+                    return Err(Error::StreamingOffMidBatch {
+                        table: self.config.table.clone(),
+                    });
+                }
+                Presence::Nothing | Presence::Unknown | Presence::Forbidden => dedup = true,
+            }
+        }
+        self.http
+            .metrics
+            .adx_managed_fallbacks
+            .with_label_values(&["policy_off"])
+            .inc();
+        let attempt = if recovered {
+            Attempt::Recovered
+        } else {
+            Attempt::First
+        };
+        let receipt = self
+            .send_queued(batch, compressed, payload.len(), attempt, dedup)
+            .await?;
+        self.uncertain.settle(&batch.id);
+        Ok(("queued", receipt))
     }
 
     /// A batch that may be in ADX, whose lookup the identity may not make: queued with an

@@ -503,7 +503,10 @@ pub fn print_outcome(outcome: &DemoOutcome) {
     }
     if !outcome.sample.is_empty() {
         println!();
-        println!("  {DEMO_DATABASE}.{DEMO_TABLE} | take {} (newest):", outcome.sample.len());
+        println!(
+            "  {DEMO_DATABASE}.{DEMO_TABLE} | take {} (newest):",
+            outcome.sample.len()
+        );
         print_table(SAMPLE_COLUMNS, &outcome.sample);
     }
     println!();

@@ -362,7 +362,7 @@ impl Sink for DeferredSink {
                 .lock()
                 .unwrap()
                 .entry(batch_id.to_owned())
-                .or_insert_with(|| self.default_script.iter().cloned().collect())
+                .or_insert_with(|| self.default_script.iter().copied().collect())
                 .pop_front();
             match answer {
                 None => {

@@ -1031,19 +1031,6 @@ where
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lab::drill::percentile;
-
-    #[test]
-    fn the_kill_bound_is_lease_duration_plus_two_retry_periods() {
-        let options = DrillOptions::new("w".into(), "k".into());
-        assert_eq!(kill_bound(&options), Duration::from_secs(8));
-        assert!(percentile(&[], 0.99).is_zero());
-    }
-}
-
 /// The table's ingestion mapping breaks for a while (queued sink, status rows): the batches sent
 /// meanwhile fail in ADX, end in the dead tree with ADX's reason, `kevents dead list` shows them
 /// and `kevents dead replay --all` after the fix delivers them once.
@@ -1185,4 +1172,17 @@ async fn kevents_cli(options: &DrillOptions, args: &[&str]) -> anyhow::Result<St
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::drill::percentile;
+
+    #[test]
+    fn the_kill_bound_is_lease_duration_plus_two_retry_periods() {
+        let options = DrillOptions::new("w".into(), "k".into());
+        assert_eq!(kill_bound(&options), Duration::from_secs(8));
+        assert!(percentile(&[], 0.99).is_zero());
+    }
 }

@@ -24,8 +24,9 @@ pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's well-known development account key (public, documented; not a secret).
 pub const DEV_ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-/// Start-up budget (node start plus three listeners).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Start-up budget (node start plus three listeners; a loaded 2-core machine has taken over
+/// 30 s).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// SIGTERM grace before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 

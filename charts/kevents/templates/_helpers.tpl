@@ -47,10 +47,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- default (printf "%s-adx" (include "kevents.fullname" .)) .Values.adx.auth.clientSecret.existingSecret }}
 {{- end }}
 
-{{- define "kevents.adx" -}}
-{{- eq .Values.sink "adx" }}
-{{- end }}
-
 {{- define "kevents.authMode" -}}
 {{- if eq .Values.sink "adx" }}{{ .Values.adx.auth.mode }}{{ end }}
 {{- end }}

@@ -47,6 +47,24 @@ const EQUIVALENTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A values file with every optional part switched on: linted and dry-run, compared with nothing.
+const OPTIONS: &str = "ci/options-values.yaml";
+
+/// Every values file of `charts/kevents/ci/`.
+fn ci_files() -> Vec<&'static str> {
+    let mut files: Vec<&str> = EQUIVALENTS.iter().map(|(file, _)| *file).collect();
+    files.push(OPTIONS);
+    let on_disk = std::fs::read_dir(repo().join(CHART).join("ci"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        files.len(),
+        on_disk,
+        "a values file in ci/ that no test uses"
+    );
+    files
+}
+
 /// The pinned helm that `scripts/helm.sh` builds into `.tools/`.
 fn helm_path() -> PathBuf {
     let out = Command::new(repo().join("scripts/helm.sh"))
@@ -112,8 +130,8 @@ fn renderings(monitoring: bool) -> Vec<(String, String)> {
         "defaults".to_owned(),
         vec!["--set".to_owned(), "cluster.name=test".to_owned()],
     )];
-    for (file, _) in EQUIVALENTS {
-        all.push(((*file).to_owned(), vec!["-f".to_owned(), values(file)]));
+    for file in ci_files() {
+        all.push((file.to_owned(), vec!["-f".to_owned(), values(file)]));
     }
     all.into_iter()
         .map(|(name, mut args)| {
@@ -145,7 +163,7 @@ fn the_pinned_helm_lints_the_chart_strictly_with_every_values_file() {
         "helm reports {version}, not the version scripts/helm.sh pins"
     );
     let mut runs: Vec<Vec<String>> = vec![vec![]];
-    for (file, _) in EQUIVALENTS {
+    for file in ci_files() {
         runs.push(vec!["-f".to_owned(), values(file)]);
     }
     for extra in runs {
@@ -603,8 +621,8 @@ fn every_rendered_config_passes_check_config_and_config_keys_pass_through() {
         .map(str::to_owned)
         .to_vec(),
     )];
-    for (file, _) in EQUIVALENTS {
-        runs.push(((*file).to_owned(), vec!["-f".to_owned(), values(file)]));
+    for file in ci_files() {
+        runs.push((file.to_owned(), vec!["-f".to_owned(), values(file)]));
     }
     runs.push((
         "client secret from values, managed identity".to_owned(),
@@ -685,6 +703,19 @@ fn every_rendered_config_passes_check_config_and_config_keys_pass_through() {
                     .contains(&format!("name: {RELEASE}-adx")),
                 "the pods read the chart's Secret"
             );
+        }
+        if what == OPTIONS {
+            // One value names the Lease in the config and in the Role.
+            assert_eq!(
+                str_at(&effective, "leader.lease_name"),
+                Some("kevents-events")
+            );
+            let role = one(&docs, "Role");
+            assert_eq!(
+                str_at(role, "rules.1.resourceNames.0"),
+                Some("kevents-events")
+            );
+            assert_eq!(str_at(&effective, "source.initial_list"), Some("none"));
         }
         if what == "managed identity" {
             let policy = one(&docs, "NetworkPolicy");

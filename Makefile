@@ -34,7 +34,7 @@ release: ## Build kevents and kevents-lab (release)
 	$(CARGO) build --locked --release --bins
 
 .PHONY: tools
-tools: ## Install or check the tools the tests need (apt packages incl. bindfs, musl target, kubectl, go, openssl)
+tools: ## Install or check the tools the tests need (apt packages incl. bindfs, musl target, kubectl, go, openssl, helm)
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
@@ -50,6 +50,11 @@ tools: ## Install or check the tools the tests need (apt packages incl. bindfs, 
 	@command -v kubectl >/dev/null || { echo "kubectl is required by the tests (tests/kubectl.rs) but is not on PATH" >&2; exit 1; }
 	@command -v go >/dev/null || { echo "go is required to build kube-apiserver and etcd (make kube-binaries)" >&2; exit 1; }
 	@command -v openssl >/dev/null || { echo "openssl is required to make the test API server's certificates" >&2; exit 1; }
+	@scripts/helm.sh
+
+.PHONY: helm
+helm: ## Build the pinned helm from Go modules into .tools/helm (cached; no-op when present)
+	scripts/helm.sh
 
 .PHONY: kube-binaries
 kube-binaries: ## Build the real kube-apiserver and etcd from Go modules (cached; no-op when present)

@@ -8,9 +8,9 @@
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
-# musl-gcc compiles ring's C and assembly for the musl target; binutils strips the binary.
+# musl-gcc compiles ring's C and assembly for the musl target.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools binutils \
+    && apt-get install -y --no-install-recommends musl-tools \
     && rm -rf /var/lib/apt/lists/*
 RUN rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
@@ -19,8 +19,7 @@ COPY src ./src
 COPY scripts/static-build.sh ./scripts/static-build.sh
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=kevents-target \
-    ./scripts/static-build.sh \
-    && install -D -m 0755 target/static/kevents /out/kevents
+    ./scripts/static-build.sh --arch amd64 --out /out/kevents
 
 # distroless static: CA certificates, /etc/passwd with nobody (65534), tzdata; nothing to exec.
 # Pin it by digest in production (docker buildx imagetools inspect gcr.io/distroless/static-debian12).

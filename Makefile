@@ -72,7 +72,7 @@ static: tools ## Static kevents (musl): target/static/kevents (amd64), target/st
 	scripts/static-build.sh
 
 .PHONY: image
-image: ## Container image $(IMAGE) from the Dockerfile (needs a Docker engine)
+image: ## Container image $(IMAGE) for this machine's platform (needs Docker; multi-arch: docs/README.md)
 	docker build -t $(IMAGE) .
 
 .PHONY: manifests-check

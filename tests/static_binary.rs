@@ -207,7 +207,7 @@ fn the_arm64_static_binary_accepts_the_example_config_under_qemu() {
 }
 
 #[test]
-fn the_image_ships_the_static_build_as_65534_on_a_base_without_a_shell() {
+fn the_image_ships_the_static_build_for_its_platform_as_65534_on_a_base_without_a_shell() {
     let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let lines: Vec<&str> = text
         .lines()
@@ -223,12 +223,37 @@ fn the_image_ships_the_static_build_as_65534_on_a_base_without_a_shell() {
     assert!(stages.len() >= 2, "multi-stage");
     let build = &lines[stages[0]..*stages.last().unwrap()];
     assert!(
-        build
-            .iter()
-            .any(|l| l.contains("./scripts/static-build.sh")),
-        "the image's binary comes from scripts/static-build.sh, the build the tests run"
+        build[0].starts_with("FROM --platform=$BUILDPLATFORM "),
+        "the build stage runs on the builder's platform and cross-compiles: {}",
+        build[0]
     );
+    let script = build
+        .iter()
+        .position(|l| !l.starts_with("COPY ") && l.contains("./scripts/static-build.sh"))
+        .expect("the image's binary comes from scripts/static-build.sh, the build the tests run");
+    let target_arch = build
+        .iter()
+        .position(|l| *l == "ARG TARGETARCH")
+        .expect("the build stage declares ARG TARGETARCH, the platform the image is for");
+    assert!(target_arch < script, "ARG TARGETARCH comes before its use");
+    let words: Vec<&str> = build[script].split_whitespace().collect();
+    let after = |flag: &str| {
+        let at = words.iter().position(|w| *w == flag);
+        at.and_then(|at| words.get(at + 1)).copied()
+    };
+    assert_eq!(
+        after("--arch"),
+        Some("\"$TARGETARCH\""),
+        "the script builds the target platform's binary: {}",
+        build[script]
+    );
+    let out = after("--out").expect("the script installs the binary for the runtime stage");
     let runtime = &lines[*stages.last().unwrap()..];
+    assert!(
+        !runtime[0].contains("--platform"),
+        "the runtime base is the target platform's: {}",
+        runtime[0]
+    );
     let base = runtime[0].split_whitespace().nth(1).unwrap();
     assert!(
         base.starts_with("gcr.io/distroless/static") || base == "scratch",
@@ -239,11 +264,8 @@ fn the_image_ships_the_static_build_as_65534_on_a_base_without_a_shell() {
         "nothing runs in the runtime stage: it has no shell"
     );
     assert!(runtime.contains(&"USER 65534:65534"));
-    assert!(
-        runtime
-            .iter()
-            .any(|l| l.starts_with("COPY --from=") && l.ends_with("/usr/local/bin/kevents"))
-    );
+    let copy = format!("COPY --from=build {out} /usr/local/bin/kevents");
+    assert!(runtime.contains(&copy.as_str()), "{copy}");
     let entrypoint = runtime
         .iter()
         .find(|l| l.starts_with("ENTRYPOINT"))

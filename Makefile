@@ -17,9 +17,12 @@ DRILL_TWO_NODE := pause partition handover lease-deleted lease-renamed sick-lead
 DRILL_ADX := handover pause partition
 # Tag for `make image` (needs a Docker engine; this project's CI has none).
 IMAGE ?= kevents:dev
-# Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static),
-# bindfs (the drills' multi-node ground: one share seen through a FUSE mount per node).
-APT_PACKAGES := prometheus shellcheck musl-tools bindfs
+# Debian packages the tests need: promtool (alert rules), shellcheck (scripts), musl-gcc (static
+# amd64), the aarch64 cross gcc and its headers (static arm64), qemu-aarch64-static (runs that
+# binary in the tests), bindfs (the drills' multi-node ground: one share seen through a FUSE mount
+# per node).
+APT_PACKAGES := prometheus shellcheck musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+	qemu-user-static bindfs
 
 .PHONY: help
 help: ## List the targets
@@ -34,11 +37,14 @@ release: ## Build kevents and kevents-lab (release)
 	$(CARGO) build --locked --release --bins
 
 .PHONY: tools
-tools: ## Install or check the tools the tests need (apt packages incl. bindfs, musl target, kubectl, go, openssl, helm)
+tools: ## Install or check the tools the tests need (apt packages incl. bindfs, musl targets, kubectl, go, openssl, helm)
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v musl-gcc >/dev/null || missing="$$missing musl-tools"; \
+	command -v aarch64-linux-gnu-gcc >/dev/null || missing="$$missing gcc-aarch64-linux-gnu"; \
+	[ -f /usr/aarch64-linux-gnu/include/stdint.h ] || missing="$$missing libc6-dev-arm64-cross"; \
+	command -v qemu-aarch64-static >/dev/null || missing="$$missing qemu-user-static"; \
 	command -v bindfs >/dev/null || missing="$$missing bindfs"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
@@ -46,7 +52,9 @@ tools: ## Install or check the tools the tests need (apt packages incl. bindfs, 
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 			|| { echo "cannot install$$missing with apt-get (packages: $(APT_PACKAGES))" >&2; exit 1; }; \
 	fi
-	@rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+	@for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do \
+		rustup target list --installed | grep -qx $$t || rustup target add $$t || exit 1; \
+	done
 	@command -v kubectl >/dev/null || { echo "kubectl is required by the tests (tests/kubectl.rs) but is not on PATH" >&2; exit 1; }
 	@command -v go >/dev/null || { echo "go is required to build kube-apiserver and etcd (make kube-binaries)" >&2; exit 1; }
 	@command -v openssl >/dev/null || { echo "openssl is required to make the test API server's certificates" >&2; exit 1; }
@@ -65,11 +73,11 @@ azurite: ## Install the pinned Azurite (npm) into .tools/azurite for the ADX tes
 	scripts/azurite.sh
 
 .PHONY: static
-static: tools ## Statically linked kevents (musl) into target/static/kevents: what the image ships
+static: tools ## Static kevents (musl): target/static/kevents (amd64), target/static/aarch64/kevents
 	scripts/static-build.sh
 
 .PHONY: image
-image: ## Container image $(IMAGE) from the Dockerfile (needs a Docker engine)
+image: ## Container image $(IMAGE) for this machine's platform (needs Docker; multi-arch: docs/README.md)
 	docker build -t $(IMAGE) .
 
 .PHONY: manifests-check

@@ -1,51 +1,115 @@
 #!/usr/bin/env bash
-# Builds a statically linked `kevents` for x86_64 Linux into target/static/kevents.
+# Builds a statically linked `kevents` for Linux on x86_64 and aarch64:
+#   amd64  target/static/kevents           (x86_64-unknown-linux-musl)
+#   arm64  target/static/aarch64/kevents   (aarch64-unknown-linux-musl)
+# Usage: scripts/static-build.sh [--arch amd64|arm64 ...] [--out PATH]
+# Without --arch it builds both. --out also installs the one binary built at PATH; the Dockerfile
+# runs this same script with --arch $TARGETARCH --out /out/kevents.
 #
 # musl, not glibc: a glibc binary linked with +crt-static still loads NSS modules at run time for
 # name resolution, and a scratch or distroless-static image has none, so ADX host names would not
-# resolve. musl's resolver is built in. The Dockerfile runs this same script.
+# resolve. musl's resolver is built in.
 #
-# Needs: the rustup target x86_64-unknown-linux-musl (added here when missing) and musl-gcc
-# (Debian package musl-tools) for ring's C and assembly. Exits non-zero with the reason otherwise.
+# ring compiles C and assembly with the target's C compiler, which also links. For the machine's
+# own architecture that is musl-gcc (Debian package musl-tools), as before; for the other one it
+# is Debian's cross gcc with its C headers (gcc-aarch64-linux-gnu and libc6-dev-arm64-cross on
+# amd64; gcc-x86-64-linux-gnu and libc6-dev-amd64-cross on arm64). Those headers are glibc's, but
+# ring takes only types, memcpy/memset and assert from them, which musl provides alike, and no
+# glibc library reaches the binary: Rust's musl targets link their own musl (crt objects and
+# libc.a). Needs the rustup targets too (added here when missing). Exits non-zero naming what is
+# missing; there is no fallback to another toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGET=x86_64-unknown-linux-musl
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-OUT=target/static/kevents
 CARGO=${CARGO:-cargo}
 
 die() { echo "static-build: $*" >&2; exit 1; }
 
-if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
-    echo "static-build: adding the rustup target $TARGET" >&2
-    rustup target add "$TARGET" || die "cannot add the rustup target $TARGET"
+archs=()
+out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --arch) [ $# -ge 2 ] || die "--arch needs amd64 or arm64"; archs+=("$2"); shift 2 ;;
+        --out) [ $# -ge 2 ] || die "--out needs a path"; out=$2; shift 2 ;;
+        *) die "unknown argument '$1' (usage: static-build.sh [--arch amd64|arm64 ...] [--out PATH])" ;;
+    esac
+done
+[ ${#archs[@]} -gt 0 ] || archs=(amd64 arm64)
+if [ -n "$out" ] && [ ${#archs[@]} -ne 1 ]; then
+    die "--out installs one binary: give exactly one --arch"
 fi
-command -v musl-gcc >/dev/null || die "musl-gcc not found: install the Debian package musl-tools"
 
-# ring's build script compiles C and assembly with the target's C compiler.
-export CC_x86_64_unknown_linux_musl=musl-gcc
-# Static is musl's default; say so anyway, so a changed default cannot silently produce a
-# dynamic binary.
-export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static"
+case "$(uname -m)" in
+    x86_64 | amd64) host=x86_64 ;;
+    aarch64 | arm64) host=aarch64 ;;
+    *) host=$(uname -m) ;;
+esac
 
-"$CARGO" build --locked --release --target "$TARGET" --bin kevents
+# build ARCH: cargo build for ARCH's musl target, then copy and check the binary. Sets `built`.
+build() {
+    local arch=$1 cpu dest pkgs
+    case "$arch" in
+        amd64) cpu=x86_64 dest=target/static/kevents pkgs="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;;
+        arm64) cpu=aarch64 dest=target/static/aarch64/kevents pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+        "") die "--arch is empty (the Dockerfile's TARGETARCH is set by BuildKit: docker buildx build)" ;;
+        *) die "unsupported --arch '$arch': amd64 or arm64" ;;
+    esac
+    local target=$cpu-unknown-linux-musl
+    local env_target=${target//-/_}
+    local cargo_env=CARGO_TARGET_${env_target^^}
 
-mkdir -p "$(dirname "$OUT")"
-if command -v strip >/dev/null; then
-    strip -o "$OUT.tmp" "$TARGET_DIR/$TARGET/release/kevents"
-else
-    cp "$TARGET_DIR/$TARGET/release/kevents" "$OUT.tmp"
-fi
-mv "$OUT.tmp" "$OUT"
-
-# A static executable has no program interpreter (PT_INTERP) and no needed libraries.
-if command -v readelf >/dev/null; then
-    if readelf -l "$OUT" | grep -q 'Requesting program interpreter'; then
-        die "$OUT is dynamically linked"
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        echo "static-build: adding the rustup target $target" >&2
+        rustup target add "$target" || die "cannot add the rustup target $target"
     fi
-    if readelf -d "$OUT" 2>/dev/null | grep -q '(NEEDED)'; then
-        die "$OUT needs shared libraries"
+
+    if [ "$cpu" = "$host" ]; then
+        command -v musl-gcc >/dev/null || die "musl-gcc not found: install the Debian package musl-tools"
+        export "CC_$env_target=musl-gcc"
+    else
+        local cc=$cpu-linux-gnu-gcc
+        command -v "$cc" >/dev/null \
+            || die "$cc not found: building for $arch on $host needs the Debian packages $pkgs"
+        printf '#include <stdint.h>\n#include <string.h>\n' | "$cc" -x c -fsyntax-only - 2>/dev/null \
+            || die "$cc finds no C headers for $cpu: install the Debian packages $pkgs"
+        export "CC_$env_target=$cc" "AR_$env_target=$cpu-linux-gnu-ar" "${cargo_env}_LINKER=$cc"
+        # Ubuntu's gcc fortifies by default; the _chk functions that adds are glibc's, not musl's.
+        export "CFLAGS_$env_target=-U_FORTIFY_SOURCE"
     fi
+    # Static is musl's default; say so anyway, so a changed default cannot silently produce a
+    # dynamic binary. The linker strips it: no target-specific strip tool needed.
+    export "${cargo_env}_RUSTFLAGS=-C target-feature=+crt-static -C strip=symbols"
+
+    "$CARGO" build --locked --release --target "$target" --bin kevents
+
+    mkdir -p "$(dirname "$dest")"
+    cp "$TARGET_DIR/$target/release/kevents" "$dest.tmp"
+    mv "$dest.tmp" "$dest"
+
+    # A static executable has no program interpreter (PT_INTERP) and no needed libraries.
+    # readelf reads any architecture's ELF.
+    if command -v readelf >/dev/null; then
+        if readelf -l "$dest" | grep -q 'Requesting program interpreter'; then
+            die "$dest is dynamically linked"
+        fi
+        if readelf -d "$dest" 2>/dev/null | grep -q '(NEEDED)'; then
+            die "$dest needs shared libraries"
+        fi
+    fi
+    local version="not run on $host"
+    if [ "$cpu" = "$host" ]; then
+        version=$("$dest" --version)
+    elif command -v "qemu-$cpu-static" >/dev/null; then
+        version="$("qemu-$cpu-static" "$dest" --version) (qemu-$cpu-static)"
+    fi
+    echo "static-build: $dest ($(du -h "$dest" | cut -f1)): $version"
+    built=$dest
+}
+
+for arch in "${archs[@]}"; do
+    build "$arch"
+done
+if [ -n "$out" ]; then
+    install -D -m 0755 "$built" "$out"
 fi
-echo "static-build: $OUT ($(du -h "$OUT" | cut -f1)): $("$OUT" --version)"

@@ -1,6 +1,9 @@
-//! The statically linked `kevents` that the container image ships (`target/static/kevents`, built
-//! by `make static` / scripts/static-build.sh): it is static, it runs, and it accepts the example
-//! config; and the Dockerfile ships exactly that build on a shell-less base as user 65534.
+//! The statically linked `kevents` builds that the container image ships, built by `make static` /
+//! scripts/static-build.sh: `target/static/kevents` for amd64 and `target/static/aarch64/kevents`
+//! for arm64. Each is a static ELF file for its machine, runs, and accepts the example config; the
+//! aarch64 one runs under `qemu-aarch64-static` (Debian qemu-user-static, installed by
+//! `make tools`; without it the test fails). And the Dockerfile cross-builds exactly that build for
+//! the platform asked for, on a shell-less base as user 65534.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,57 +16,139 @@ mod support;
 
 use std::{path::PathBuf, process::Command};
 
-use support::repo;
+use support::{repo, tool};
 
-/// ELF program header type of the dynamic loader request.
+/// ELF program header types: the dynamic loader request, and the dynamic section.
 const PT_INTERP: u32 = 3;
+const PT_DYNAMIC: u32 = 2;
+/// Dynamic section tags: end of the section, and a needed shared library.
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
 
-fn static_binary() -> PathBuf {
-    let path = repo().join("target/static/kevents");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `make static` (scripts/static-build.sh)",
-        path.display()
-    );
-    path
+/// One architecture's static build.
+struct Build {
+    /// Under the repository root.
+    path: &'static str,
+    /// ELF `e_machine`: `EM_X86_64` or `EM_AARCH64`.
+    machine: u16,
+    /// Runs it on this `x86_64` machine: directly, or under user-mode emulation.
+    runner: fn() -> Option<Command>,
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> usize {
-    usize::from(u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap()))
-}
+const AMD64: Build = Build {
+    path: "target/static/kevents",
+    machine: 62,
+    runner: || None,
+};
 
-#[test]
-fn the_static_binary_has_no_dynamic_loader_and_prints_its_version() {
-    let path = static_binary();
-    let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
-    assert_eq!(bytes[4], 2, "64-bit");
-    assert_eq!(bytes[5], 1, "little endian");
-    let phoff = usize::try_from(u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap())).unwrap();
-    let (phentsize, phnum) = (u16_at(&bytes, 0x36), u16_at(&bytes, 0x38));
-    assert!(phnum > 0);
-    for i in 0..phnum {
-        let at = phoff + i * phentsize;
-        let kind = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-        assert_ne!(
-            kind,
-            PT_INTERP,
-            "{} asks for a dynamic loader",
+const ARM64: Build = Build {
+    path: "target/static/aarch64/kevents",
+    machine: 183,
+    runner: || {
+        Some(tool(
+            "qemu-aarch64-static",
+            "apt-get install -y qemu-user-static (make tools)",
+        ))
+    },
+};
+
+impl Build {
+    fn binary(&self) -> PathBuf {
+        let path = repo().join(self.path);
+        assert!(
+            path.is_file(),
+            "{} is missing: build it with `make static` (scripts/static-build.sh)",
             path.display()
         );
+        path
     }
-    let out = Command::new(&path).arg("--version").output().unwrap();
-    assert!(out.status.success());
+
+    fn command(&self) -> Command {
+        let binary = self.binary();
+        match (self.runner)() {
+            Some(mut runner) => {
+                runner.arg(binary);
+                runner
+            }
+            None => Command::new(binary),
+        }
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap())
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+fn usize_at(bytes: &[u8], at: usize) -> usize {
+    usize::try_from(u64_at(bytes, at)).unwrap()
+}
+
+/// Reads the ELF64 headers of `build`: its machine, no program interpreter, and no needed
+/// libraries in its dynamic section (a static-pie executable has one, for its own relocations).
+fn assert_static_elf_for_its_machine(build: &Build) {
+    let path = build.binary();
+    let name = path.display();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{name} is not an ELF file");
+    assert_eq!(bytes[4], 2, "{name} is not 64-bit");
+    assert_eq!(bytes[5], 1, "{name} is not little endian");
+    assert_eq!(
+        u16_at(&bytes, 0x12),
+        build.machine,
+        "{name} is built for another machine (e_machine)"
+    );
+    let phoff = usize_at(&bytes, 0x20);
+    let (phentsize, phnum) = (
+        usize::from(u16_at(&bytes, 0x36)),
+        usize::from(u16_at(&bytes, 0x38)),
+    );
+    assert!(phnum > 0, "{name} has no program headers");
+    for header in (0..phnum).map(|i| phoff + i * phentsize) {
+        let kind = u32_at(&bytes, header);
+        assert_ne!(kind, PT_INTERP, "{name} asks for a dynamic loader");
+        if kind == PT_DYNAMIC {
+            let (offset, size) = (
+                usize_at(&bytes, header + 0x08),
+                usize_at(&bytes, header + 0x20),
+            );
+            for entry in (offset..offset + size).step_by(16) {
+                let tag = u64_at(&bytes, entry);
+                if tag == DT_NULL {
+                    break;
+                }
+                assert_ne!(tag, DT_NEEDED, "{name} needs a shared library");
+            }
+        }
+    }
+}
+
+fn assert_prints_its_version(build: &Build) {
+    let out = build.command().arg("--version").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} --version: {}",
+        build.path,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("kevents {}", env!("CARGO_PKG_VERSION")),
-        "a stale static build: run `make static`"
+        "a stale static build {}: run `make static`",
+        build.path
     );
 }
 
-#[test]
-fn the_static_binary_accepts_the_example_config() {
-    let out = Command::new(static_binary())
+fn assert_accepts_the_example_config(build: &Build) {
+    let out = build
+        .command()
         .args(["check-config", "--config"])
         .arg(repo().join("examples/kevents.yaml"))
         .env_clear()
@@ -80,7 +165,8 @@ fn the_static_binary_accepts_the_example_config() {
     assert!(stdout.contains("name: aks-prod"), "{stdout}");
     assert!(stdout.contains("identity: kevents-0-"), "{stdout}");
     // Without the required cluster name it names the field, exit 2.
-    let out = Command::new(static_binary())
+    let out = build
+        .command()
         .args(["check-config", "--config"])
         .arg(repo().join("examples/kevents.yaml"))
         .env_clear()
@@ -91,7 +177,37 @@ fn the_static_binary_accepts_the_example_config() {
 }
 
 #[test]
-fn the_image_ships_the_static_build_as_65534_on_a_base_without_a_shell() {
+fn the_amd64_static_binary_is_a_static_x86_64_executable() {
+    assert_static_elf_for_its_machine(&AMD64);
+}
+
+#[test]
+fn the_arm64_static_binary_is_a_static_aarch64_executable() {
+    assert_static_elf_for_its_machine(&ARM64);
+}
+
+#[test]
+fn the_amd64_static_binary_prints_its_version() {
+    assert_prints_its_version(&AMD64);
+}
+
+#[test]
+fn the_arm64_static_binary_prints_its_version_under_qemu() {
+    assert_prints_its_version(&ARM64);
+}
+
+#[test]
+fn the_amd64_static_binary_accepts_the_example_config() {
+    assert_accepts_the_example_config(&AMD64);
+}
+
+#[test]
+fn the_arm64_static_binary_accepts_the_example_config_under_qemu() {
+    assert_accepts_the_example_config(&ARM64);
+}
+
+#[test]
+fn the_image_ships_the_static_build_for_its_platform_as_65534_on_a_base_without_a_shell() {
     let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let lines: Vec<&str> = text
         .lines()
@@ -107,12 +223,37 @@ fn the_image_ships_the_static_build_as_65534_on_a_base_without_a_shell() {
     assert!(stages.len() >= 2, "multi-stage");
     let build = &lines[stages[0]..*stages.last().unwrap()];
     assert!(
-        build
-            .iter()
-            .any(|l| l.contains("./scripts/static-build.sh")),
-        "the image's binary comes from scripts/static-build.sh, the build the tests run"
+        build[0].starts_with("FROM --platform=$BUILDPLATFORM "),
+        "the build stage runs on the builder's platform and cross-compiles: {}",
+        build[0]
     );
+    let script = build
+        .iter()
+        .position(|l| !l.starts_with("COPY ") && l.contains("./scripts/static-build.sh"))
+        .expect("the image's binary comes from scripts/static-build.sh, the build the tests run");
+    let target_arch = build
+        .iter()
+        .position(|l| *l == "ARG TARGETARCH")
+        .expect("the build stage declares ARG TARGETARCH, the platform the image is for");
+    assert!(target_arch < script, "ARG TARGETARCH comes before its use");
+    let words: Vec<&str> = build[script].split_whitespace().collect();
+    let after = |flag: &str| {
+        let at = words.iter().position(|w| *w == flag);
+        at.and_then(|at| words.get(at + 1)).copied()
+    };
+    assert_eq!(
+        after("--arch"),
+        Some("\"$TARGETARCH\""),
+        "the script builds the target platform's binary: {}",
+        build[script]
+    );
+    let out = after("--out").expect("the script installs the binary for the runtime stage");
     let runtime = &lines[*stages.last().unwrap()..];
+    assert!(
+        !runtime[0].contains("--platform"),
+        "the runtime base is the target platform's: {}",
+        runtime[0]
+    );
     let base = runtime[0].split_whitespace().nth(1).unwrap();
     assert!(
         base.starts_with("gcr.io/distroless/static") || base == "scratch",
@@ -123,11 +264,8 @@ fn the_image_ships_the_static_build_as_65534_on_a_base_without_a_shell() {
         "nothing runs in the runtime stage: it has no shell"
     );
     assert!(runtime.contains(&"USER 65534:65534"));
-    assert!(
-        runtime
-            .iter()
-            .any(|l| l.starts_with("COPY --from=") && l.ends_with("/usr/local/bin/kevents"))
-    );
+    let copy = format!("COPY --from=build {out} /usr/local/bin/kevents");
+    assert!(runtime.contains(&copy.as_str()), "{copy}");
     let entrypoint = runtime
         .iter()
         .find(|l| l.starts_with("ENTRYPOINT"))

@@ -440,7 +440,11 @@ async fn managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_i
                 client_id: None,
                 imds_endpoint: url.join("metadata/identity/oauth2/token").unwrap(),
             },
-            ..adx_config_for(&url)
+            ..kevents::emulator::adx::sink_config_at(
+                Some(url.clone()),
+                "k8s",
+                kevents::config::AdxMode::Queued,
+            )
         };
         config.request_timeout = Duration::from_secs(5);
         let sink =
@@ -488,35 +492,4 @@ async fn managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_i
         "the DM was asked through the proxy"
     );
     adx.shutdown().await;
-}
-
-/// A `sink.adx` config with both endpoints at `url` (no emulator in the child process).
-fn adx_config_for(url: &reqwest::Url) -> kevents::config::AdxConfig {
-    use kevents::config::*;
-    AdxConfig {
-        ingest_endpoint: Some(url.clone()),
-        engine_endpoint: Some(url.clone()),
-        database: "k8s".to_owned(),
-        table: "KubeEvents".to_owned(),
-        mapping: "KubeEventsFlatMapping".to_owned(),
-        format: AdxFormat::Json,
-        mode: AdxMode::Queued,
-        ingest_by_tags: false,
-        streaming_max_bytes: DEFAULT_STREAMING_MAX_BYTES,
-        request_timeout: Duration::from_secs(10),
-        resources_refresh: Duration::from_secs(3600),
-        scope: DEFAULT_SCOPE.to_owned(),
-        token_refresh_margin: Duration::from_secs(300),
-        auth: AdxAuthConfig::None,
-        failed_ingestions: FailedIngestionsConfig {
-            enabled: false,
-            interval: Duration::from_secs(60),
-        },
-        status: StatusConfig {
-            enabled: true,
-            poll_interval: Duration::from_secs(1),
-            pending_timeout: Duration::from_secs(60),
-        },
-        healthcheck: HealthcheckConfig::default(),
-    }
 }

@@ -256,35 +256,7 @@ impl AdxEmulator {
     #[must_use]
     pub fn sink_config(&self, database: &str, mode: AdxMode) -> AdxConfig {
         let url = reqwest::Url::parse(&self.url()).ok();
-        AdxConfig {
-            ingest_endpoint: url.clone(),
-            engine_endpoint: url,
-            database: database.to_owned(),
-            table: "KubeEvents".to_owned(),
-            mapping: "KubeEventsFlatMapping".to_owned(),
-            format: AdxFormat::Json,
-            mode,
-            ingest_by_tags: false,
-            streaming_max_bytes: DEFAULT_STREAMING_MAX_BYTES,
-            request_timeout: Duration::from_secs(10),
-            resources_refresh: Duration::from_secs(3600),
-            scope: DEFAULT_SCOPE.to_owned(),
-            token_refresh_margin: Duration::from_secs(300),
-            auth: AdxAuthConfig::None,
-            failed_ingestions: FailedIngestionsConfig {
-                enabled: false,
-                interval: Duration::from_secs(60),
-            },
-            status: StatusConfig {
-                enabled: true,
-                poll_interval: Duration::from_millis(200),
-                pending_timeout: Duration::from_secs(60),
-            },
-            healthcheck: HealthcheckConfig {
-                enabled: true,
-                retry_interval: Duration::from_millis(500),
-            },
-        }
+        sink_config_at(url, database, mode)
     }
 
     /// The same as config-file text (a `sink:` section), for `kevents run` processes; `mode` is
@@ -339,6 +311,41 @@ impl AdxEmulator {
                 .await
                 .ok();
         }
+    }
+}
+
+/// The `sink.adx` config [`AdxEmulator::sink_config`] makes, for an emulator at `url` (both
+/// endpoints; `None`: none configured) — also for a process that only knows the address.
+#[must_use]
+pub fn sink_config_at(url: Option<reqwest::Url>, database: &str, mode: AdxMode) -> AdxConfig {
+    AdxConfig {
+        ingest_endpoint: url.clone(),
+        engine_endpoint: url,
+        database: database.to_owned(),
+        table: "KubeEvents".to_owned(),
+        mapping: "KubeEventsFlatMapping".to_owned(),
+        format: AdxFormat::Json,
+        mode,
+        ingest_by_tags: false,
+        streaming_max_bytes: DEFAULT_STREAMING_MAX_BYTES,
+        request_timeout: Duration::from_secs(10),
+        resources_refresh: Duration::from_secs(3600),
+        scope: DEFAULT_SCOPE.to_owned(),
+        token_refresh_margin: Duration::from_secs(300),
+        auth: AdxAuthConfig::None,
+        failed_ingestions: FailedIngestionsConfig {
+            enabled: false,
+            interval: Duration::from_secs(60),
+        },
+        status: StatusConfig {
+            enabled: true,
+            poll_interval: Duration::from_millis(200),
+            pending_timeout: Duration::from_secs(60),
+        },
+        healthcheck: HealthcheckConfig {
+            enabled: true,
+            retry_interval: Duration::from_millis(500),
+        },
     }
 }
 

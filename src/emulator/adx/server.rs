@@ -284,18 +284,8 @@ async fn show_mappings(
     db: &str,
     show: &kql::ShowMappings,
 ) -> Response {
-    let latency = app.state.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if app.state.in_outage() {
-        return kusto_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "Kusto.Common.Svc.Exceptions.ServiceUnavailableException",
-            "The service is unavailable (emulator fault).",
-            false,
-        );
+    if let Some(answer) = engine_gate(app).await {
+        return answer;
     }
     if let Some(answer) = unauthorized(app, headers) {
         return answer;
@@ -390,19 +380,27 @@ struct QueryBody {
 /// ([`AdxState::set_query_forbidden`]) the answer is ADX's 403. A table or column the schema lacks
 /// is ADX's semantic error (400). Count-based faults are left to management and streaming
 /// requests.
-async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// Latency and outage of an engine command or query (count-based faults are left to management
+/// and streaming requests): the outage's 503, or `None` to go on.
+async fn engine_gate(app: &AppState) -> Option<Response> {
     let latency = app.state.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if app.state.in_outage() {
-        return kusto_error(
+    app.state.in_outage().then(|| {
+        kusto_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
             "Kusto.Common.Svc.Exceptions.ServiceUnavailableException",
             "The service is unavailable (emulator fault).",
             false,
-        );
+        )
+    })
+}
+
+async fn query(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = engine_gate(&app).await {
+        return answer;
     }
     if let Some(answer) = unauthorized(&app, &headers) {
         return answer;

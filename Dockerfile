@@ -27,6 +27,10 @@ RUN rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other members (test kit, lab) must be present for cargo to read the workspace;
+# only the product is built.
+COPY testkit ./testkit
+COPY lab ./lab
 COPY scripts/static-build.sh ./scripts/static-build.sh
 # amd64 or arm64: the platform the image is for. Declared here so the layers above are shared.
 ARG TARGETARCH

@@ -29,12 +29,12 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build kevents and kevents-lab (debug)
-	$(CARGO) build --locked --bins
+build: ## Build kevents and kevents-lab (debug; `cargo build` alone builds the product only)
+	$(CARGO) build --locked --workspace --bins
 
 .PHONY: release
 release: ## Build kevents and kevents-lab (release)
-	$(CARGO) build --locked --release --bins
+	$(CARGO) build --locked --release --workspace --bins
 
 .PHONY: tools
 tools: ## Install or check the tools the tests need (apt packages incl. bindfs, musl targets, kubectl, go, openssl, helm)
@@ -86,16 +86,16 @@ manifests-check: ## Render every overlay with kubectl kustomize and run the aler
 
 .PHONY: fmt
 fmt: ## Format the code
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors
-	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 .PHONY: test
-test: tools lint kube-binaries azurite static ## Everything: lint, unit, emulator, real-apiserver and process tests
-	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
+test: tools lint kube-binaries azurite static ## Everything: lint, unit, emulator, real-apiserver and process tests (all three crates)
+	$(CARGO) test --locked --workspace -- --test-threads=$(TEST_THREADS)
 
 .PHONY: demo
 demo: release azurite ## The main job: events into the ADX emulator on Azurite across two failovers (see README)

@@ -81,7 +81,7 @@ build() {
     # dynamic binary. The linker strips it: no target-specific strip tool needed.
     export "${cargo_env}_RUSTFLAGS=-C target-feature=+crt-static -C strip=symbols"
 
-    "$CARGO" build --locked --release --target "$target" --bin kevents
+    "$CARGO" build --locked --release --target "$target" -p kevents --bin kevents
 
     mkdir -p "$(dirname "$dest")"
     cp "$TARGET_DIR/$target/release/kevents" "$dest.tmp"

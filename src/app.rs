@@ -28,7 +28,7 @@ use crate::{
     leader::{Elector, ElectorHandle, Fence, LeadershipWatch},
     pipeline::{self, Failure},
     store,
-    telemetry::{Liveness, Metrics, StatusBoard, error_chain},
+    telemetry::{Liveness, Metrics, PIPELINE_READY, StatusBoard, error_chain},
 };
 
 /// Header carrying this replica's identity on every Kubernetes API request, so API server audit
@@ -319,14 +319,14 @@ impl<'a> Supervisor<'a> {
         self.failures = 0;
         self.last_error = None;
         self.stepping_down = false;
-        self.context.board.set_ready(pipeline::READY_CONDITION);
+        self.context.board.set_ready(PIPELINE_READY);
     }
 
     fn check_progress(&mut self) {
         let Some(run) = self.running.as_mut() else {
             return;
         };
-        let ready = self.context.board.is_ready(pipeline::READY_CONDITION);
+        let ready = self.context.board.is_ready(PIPELINE_READY);
         let now = tokio::time::Instant::now();
         match (ready, run.ready_since) {
             (true, None) => {
@@ -550,7 +550,7 @@ impl<'a> Supervisor<'a> {
         });
         if leading && self.failures > 0 && self.running.is_none() {
             board.set_not_ready(
-                pipeline::READY_CONDITION,
+                PIPELINE_READY,
                 format!(
                     "leading but not capturing: {} failure(s) in a row ({} steps down), last: {}",
                     self.failures,
@@ -584,7 +584,7 @@ fn start_pipeline(
     // Not ready from this instant until the first list (or resume) is done.
     context
         .board
-        .set_not_ready(pipeline::READY_CONDITION, "leader pipeline starting");
+        .set_not_ready(PIPELINE_READY, "leader pipeline starting");
     tracing::info!(epoch, "Starting the leader pipeline");
     let task = tokio::spawn(pipeline::run(context.clone(), fence, stop.clone()));
     Running {

@@ -4,9 +4,9 @@
 //! watches Events, captures each event version exactly once into a durable store on a shared
 //! volume, and ships it to a sink (Azure Data Explorer, a file, stdout). See `DESIGN.md`.
 //!
-//! The library holds the product (`config`, `leader`, `admin`, `telemetry`, `shutdown`, `app`)
-//! and the emulators that tests, drills, benchmarks and the demo use (`emulator`). The product
-//! never depends on the emulators.
+//! The library is the product only; the modules in data-flow order are mapped in
+//! `docs/architecture.md`. The emulators and the oracle it is checked against live in the
+//! `kevents-testkit` crate, the drills and benchmarks in `kevents-lab`; neither is a dependency.
 
 pub mod admin;
 pub mod app;
@@ -15,8 +15,7 @@ pub mod capture;
 pub mod config;
 pub mod dead;
 pub mod diagnostics;
-pub mod emulator;
-pub mod lab;
+pub mod fence;
 pub mod leader;
 pub mod pipeline;
 pub mod ship;

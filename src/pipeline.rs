@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -30,20 +30,12 @@ use crate::{
     source::{Source, Start},
     store::{self, EventStore, Guard, OpenOptions, SledStore, TermOwner},
     telemetry::error_chain,
-    telemetry::{Metrics, StatusBoard},
+    telemetry::{Metrics, PIPELINE_READY, SINK_READY, StatusBoard},
     transform::{RecordOptions, RecordShape},
 };
 
 /// Decoded events in flight between the source and capture.
 const SOURCE_CHANNEL_CAPACITY: usize = 256;
-
-/// Readiness condition raised while the leader has not finished its first list or resume.
-pub const READY_CONDITION: &str = "pipeline";
-
-/// Readiness condition raised while the sink's health check fails, or while sends ran into a
-/// configuration problem only an operator can fix. It never stops capture or shipping, and it is
-/// cleared when the term ends (a follower is ready).
-pub const SINK_READY_CONDITION: &str = "sink";
 
 /// How often the sink's own `/status` section and readiness are refreshed.
 const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -160,7 +152,7 @@ pub async fn run_with_sink(
         sink_io,
         dead,
     } = context;
-    board.set_not_ready(READY_CONDITION, "leader is taking the store over");
+    board.set_not_ready(PIPELINE_READY, "leader is taking the store over");
     let guard: Arc<dyn Guard> = Arc::new(fence.clone());
     let lease = fence.leadership().map(|l| l.lease).unwrap_or_default();
     let owner = TermOwner {
@@ -171,7 +163,7 @@ pub async fn run_with_sink(
     };
     let store = open_store(&config, &metrics, &io, &owner, &guard, &stop).await?;
     let Some((store, generation)) = store else {
-        board.set_ready(READY_CONDITION);
+        board.set_ready(PIPELINE_READY);
         return Ok(());
     };
     let result = run_stages(
@@ -187,7 +179,7 @@ pub async fn run_with_sink(
         Err(error) => tracing::error!(error = %error, "Flushing the store on stop did not finish"),
     }
     drop(store);
-    board.set_ready(READY_CONDITION);
+    board.set_ready(PIPELINE_READY);
     tracing::info!("Store closed");
     result
 }
@@ -337,13 +329,8 @@ async fn run_stages(
     // memory holds a few hundred decoded events at most, whatever the event rate.
     let (tx, rx) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
 
-    let source = Source::new(
-        client,
-        config.source.clone(),
-        metrics.clone(),
-        tx,
-        Arc::clone(board),
-    );
+    let (listed, mut listed_rx) = watch::channel(false);
+    let source = Source::new(client, config.source.clone(), metrics.clone(), tx, listed);
     let capture = Capture {
         store: Arc::clone(store) as Arc<dyn EventStore>,
         io: io.clone(),
@@ -411,6 +398,29 @@ async fn run_stages(
                     .await
                     .map_err(boxed),
             )
+        });
+    }
+    {
+        // The source reports its first list or resume; readiness is written here, not there.
+        let stop = stages.clone();
+        let board = Arc::clone(board);
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    changed = listed_rx.changed() => {
+                        if changed.is_err() {
+                            // The source ended: the stage that failed reports why.
+                            stop.cancelled().await;
+                            break;
+                        }
+                        if *listed_rx.borrow_and_update() {
+                            board.set_ready(PIPELINE_READY);
+                        }
+                    }
+                }
+            }
+            ("readiness", Ok(()))
         });
     }
     {
@@ -514,7 +524,7 @@ pub fn record_options(config: &Config) -> RecordOptions {
 }
 
 /// Runs the sink's health check when the term starts and again every `retry` while it fails,
-/// and keeps the sink's `/status` section and the [`SINK_READY_CONDITION`] current. A failure is
+/// and keeps the sink's `/status` section and the [`SINK_READY`] current. A failure is
 /// logged once per distinct failure, shown under `sink` in `/status` and as a readiness reason;
 /// shipping goes on meanwhile (the check may be wrong, and a send that works proves more).
 struct SinkWatch {
@@ -588,7 +598,7 @@ impl SinkWatch {
             }
             match (&failure, problem) {
                 (Some(error), _) => self.board.set_not_ready(
-                    SINK_READY_CONDITION,
+                    SINK_READY,
                     format!(
                         "{name} sink health check failed ({}): {}",
                         error.check, error.message
@@ -596,8 +606,8 @@ impl SinkWatch {
                 ),
                 (None, Some(problem)) => self
                     .board
-                    .set_not_ready(SINK_READY_CONDITION, format!("{name} sink: {problem}")),
-                (None, None) => self.board.set_ready(SINK_READY_CONDITION),
+                    .set_not_ready(SINK_READY, format!("{name} sink: {problem}")),
+                (None, None) => self.board.set_ready(SINK_READY),
             }
             let wake = tokio::time::Instant::now() + SINK_REPORT_INTERVAL;
             let wake = next_check.map_or(wake, |at| at.min(wake));
@@ -606,7 +616,7 @@ impl SinkWatch {
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
-        self.board.set_ready(SINK_READY_CONDITION);
+        self.board.set_ready(SINK_READY);
     }
 }
 
@@ -787,10 +797,7 @@ mod tests {
             retry: Some(Duration::from_millis(200)),
         };
         let task = tokio::spawn(watch.run(stop.clone()));
-        wait_for("the first failure", || {
-            !board.is_ready(SINK_READY_CONDITION)
-        })
-        .await;
+        wait_for("the first failure", || !board.is_ready(SINK_READY)).await;
         let snapshot = board.snapshot();
         assert_eq!(snapshot["sink"]["healthy"], false, "{snapshot}");
         assert_eq!(snapshot["sink"]["check"], "mapping", "{snapshot}");
@@ -800,7 +807,7 @@ mod tests {
             "{reasons:?}"
         );
         // Retried until it passes, then reported healthy and ready again.
-        wait_for("the check to pass", || board.is_ready(SINK_READY_CONDITION)).await;
+        wait_for("the check to pass", || board.is_ready(SINK_READY)).await;
         assert_eq!(sink.checks.load(Ordering::SeqCst), 3);
         assert_eq!(board.snapshot()["sink"]["healthy"], true);
         assert!(!task.is_finished(), "the watch runs until the term stops");
@@ -822,10 +829,10 @@ mod tests {
             retry: Some(Duration::from_secs(30)),
         };
         let task = tokio::spawn(watch.run(stop.clone()));
-        wait_for("the failure", || !board.is_ready(SINK_READY_CONDITION)).await;
+        wait_for("the failure", || !board.is_ready(SINK_READY)).await;
         stop.cancel();
         task.await.unwrap();
-        assert!(board.is_ready(SINK_READY_CONDITION), "a follower is ready");
+        assert!(board.is_ready(SINK_READY), "a follower is ready");
     }
 
     #[test]

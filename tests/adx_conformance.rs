@@ -14,14 +14,14 @@ mod adx_common;
 
 use std::{collections::BTreeSet, io::Read as _, time::Duration};
 
+use adx_common::synthetic_batch;
 use adx_common::{DB, TABLE, config, emulator, sink};
 use base64::Engine as _;
 use kevents::{
     config::{AdxFormat, AdxMode},
-    emulator::adx::AdxEmulatorConfig,
-    lab::adx::synthetic_batch,
     sink::{Sink as _, adx::source_id},
 };
+use kevents_testkit::adx::AdxEmulatorConfig;
 use serde_json::Value;
 
 #[tokio::test]

@@ -20,7 +20,7 @@ mod adx_common;
 use std::time::Duration;
 
 use adx_common::{Lab, start_lab, wait_until};
-use kevents::emulator::adx::{AdxEmulatorConfig, AdxStats};
+use kevents_testkit::adx::{AdxEmulatorConfig, AdxStats};
 use nix::sys::signal::Signal;
 
 /// How a mode is disturbed before its failovers, and what it must have used.

@@ -15,7 +15,7 @@ mod adx_common;
 use std::time::Duration;
 
 use adx_common::{DB, TABLE, metric_in, start_lab};
-use kevents::emulator::adx::{AdxEmulatorConfig, AuthSettings};
+use kevents_testkit::adx::{AdxEmulatorConfig, AuthSettings};
 
 /// What the leader's `/metrics` and `/status` say at one moment.
 #[derive(Debug)]

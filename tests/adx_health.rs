@@ -14,13 +14,13 @@ mod adx_common;
 
 use std::time::Duration;
 
+use adx_common::synthetic_batch;
 use adx_common::{DB, TABLE, config, emulator, metric};
 use kevents::{
     config::{AdxAuthConfig, AdxMode, Secret},
-    emulator::adx::{AdxEmulatorConfig, AuthSettings},
-    lab::adx::synthetic_batch,
     sink::Sink as _,
 };
+use kevents_testkit::adx::{AdxEmulatorConfig, AuthSettings};
 
 #[tokio::test]
 async fn the_health_check_passes_in_every_mode_against_a_complete_setup() {

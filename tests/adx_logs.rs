@@ -23,17 +23,18 @@ use std::{
     time::Duration,
 };
 
+use adx_common::synthetic_batch;
 use adx_common::{DB, TABLE, emulator};
 use kevents::{
     app::{RunOptions, run},
     config::{AdxAuthConfig, AdxMode, Config, Environment},
-    emulator::{
-        adx::{AdxEmulatorConfig, AuthSettings},
-        kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
-    },
-    lab::{adx::synthetic_batch, demo::ground_truth},
     sink::{AdxSink, Sink as _},
     telemetry::Metrics,
+};
+use kevents_testkit::{
+    adx::{AdxEmulatorConfig, AuthSettings},
+    harness::ground_truth,
+    kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -180,7 +181,7 @@ async fn no_token_secret_assertion_or_sas_signature_is_ever_logged() {
             imds_endpoint: authority.join("metadata/identity/oauth2/token").unwrap(),
         },
     ] {
-        let mut cfg = adx.sink_config(DB, AdxMode::Queued);
+        let mut cfg = adx_common::config(&adx, AdxMode::Queued);
         cfg.auth = auth;
         let sink = AdxSink::new(&cfg, Metrics::new().unwrap()).unwrap();
         sink.send(&synthetic_batch("logs", 1_000_000, 3))

@@ -13,13 +13,13 @@ mod adx_common;
 
 use std::time::Duration;
 
+use adx_common::synthetic_batch;
 use adx_common::{DB, TABLE, config, emulator, metric, sink, wait_until};
 use kevents::{
     config::{AdxAuthConfig, AdxMode, Secret},
-    emulator::adx::{AdxEmulatorConfig, AuthSettings},
-    lab::adx::synthetic_batch,
     sink::{OutgoingBatch, Sink as _},
 };
+use kevents_testkit::adx::{AdxEmulatorConfig, AuthSettings};
 
 #[tokio::test]
 async fn queued_batches_land_as_mapped_rows_through_azurite() {
@@ -733,7 +733,7 @@ async fn streaming_mode_halves_a_request_adx_finds_too_large_and_fails_a_record_
     // Ten records, one too large alone (an incompressible message), ten more.
     let mut payload = synthetic_batch("giant", 100, 10).payload.to_vec();
     let mut giant: serde_json::Value =
-        serde_json::from_str(&kevents::lab::adx::synthetic_record(110)).unwrap();
+        serde_json::from_str(&kevents_testkit::adx::synthetic_record(110)).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     giant["Message"] = serde_json::Value::String(
         (0..3000)
@@ -798,7 +798,7 @@ async fn a_recovered_fluent_bit_batch_already_in_adx_is_found_by_its_key_under_l
     let adx = emulator(AdxEmulatorConfig {
         kql: format!(
             "{}\n{FLUENT_BIT_KQL}",
-            kevents::emulator::adx::kql::KUBE_EVENTS_KQL
+            kevents_testkit::adx::kql::KUBE_EVENTS_KQL
         ),
         ..AdxEmulatorConfig::default()
     })

@@ -16,14 +16,14 @@ mod adx_common;
 
 use std::time::Duration;
 
+use adx_common::synthetic_batch;
 use adx_common::{DB, TABLE, config, emulator, metric, sink};
 use base64::Engine as _;
 use kevents::{
     config::AdxMode,
-    emulator::adx::AdxEmulatorConfig,
-    lab::adx::synthetic_batch,
     sink::{AdxSink, Confirmation, Receipt, Sink as _, adx::source_id},
 };
+use kevents_testkit::adx::AdxEmulatorConfig;
 
 /// Asks until the batch's status is final (or `timeout`).
 async fn confirm_until_final(
@@ -43,7 +43,7 @@ async fn confirm_until_final(
 }
 
 /// The decoded JSON of every queue message the worker read.
-fn messages(adx: &kevents::emulator::adx::AdxEmulator) -> Vec<serde_json::Value> {
+fn messages(adx: &kevents_testkit::adx::AdxEmulator) -> Vec<serde_json::Value> {
     adx.state()
         .messages()
         .iter()

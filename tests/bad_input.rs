@@ -15,9 +15,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestLab;
-use kevents::{
-    emulator::kube::{GeneratorConfig, KubeEmulatorConfig},
-    lab::drill::admin_get,
+use kevents_testkit::{
+    harness::admin_get,
+    kube::{GeneratorConfig, KubeEmulatorConfig},
 };
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -28,18 +28,18 @@ use k8s_openapi::api::{
 };
 use kevents::{
     config::LeaderConfig,
-    emulator::kube::KubeEmulatorConfig,
-    lab::{
-        apiserver::{RealApiServer, RealApiServerOptions},
-        backend::Backend,
-        demo::{
-            LEASE_NAME, LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready,
-        },
-        oracle::{self, Key, Report},
-        replica::{ReplicaOptions, Replicas},
-        writer::{EventWriter, Pace, RunningWriter, WriterConfig},
-    },
     leader::{Attempt, Elector},
+};
+use kevents_testkit::{
+    apiserver::{RealApiServer, RealApiServerOptions},
+    backend::Backend,
+    harness::{
+        LEASE_NAME, LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready,
+    },
+    kube::KubeEmulatorConfig,
+    oracle::{self, Key, Report},
+    replica::{ReplicaOptions, Replicas},
+    writer::{EventWriter, Pace, RunningWriter, WriterConfig},
 };
 use kube::{
     Api,

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kevents::lab::apiserver::{RealApiServer, RealApiServerOptions};
+use kevents_testkit::apiserver::{RealApiServer, RealApiServerOptions};
 use serde_yaml_ng::{Mapping, Value};
 use support::{KEVENTS, at, kustomize, of_kind, one, repo, stdout_of, str_at, tool, yaml_docs};
 

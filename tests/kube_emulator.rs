@@ -23,7 +23,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::events::v1::Event as V1Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kevents::emulator::kube::{ErrorFault, GeneratorConfig, KubeEmulator, KubeEmulatorConfig};
+use kevents_testkit::kube::{ErrorFault, GeneratorConfig, KubeEmulator, KubeEmulatorConfig};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use kevents::{
     config::{EventApi, FilterConfig},
-    emulator::kube::KubeEmulatorConfig,
-    lab::{apiserver::RealApiServerOptions, backend::Backend},
     source::Filter,
+};
+use kevents_testkit::{
+    apiserver::RealApiServerOptions, backend::Backend, kube::KubeEmulatorConfig,
 };
 use kube::client::Body;
 use serde_json::{Value, json};

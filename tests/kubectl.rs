@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kevents::emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig};
+use kevents_testkit::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig};
 use kube::api::{Api, PostParams};
 use kube_support::{eventually, legacy_event, start_with};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -25,9 +25,9 @@ use k8s_openapi::{
 };
 use kevents::{
     config::LeaderConfig,
-    emulator::kube::{ErrorFault, KubeEmulator, KubeEmulatorConfig},
     leader::{Attempt, Elector, Fence},
 };
+use kevents_testkit::kube::{ErrorFault, KubeEmulator, KubeEmulatorConfig};
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
@@ -441,13 +441,13 @@ async fn api_errors_never_stop_the_elector_and_it_backs_off_instead_of_hot_loopi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_is_not_ready_from_the_moment_its_leadership_is_visible() {
     use kevents::{
-        pipeline::READY_CONDITION,
+        telemetry::PIPELINE_READY,
         telemetry::{Metrics, StatusBoard},
     };
     let emulator = emulator().await;
     let board = Arc::new(StatusBoard::new());
     // A follower is ready.
-    board.set_ready(READY_CONDITION);
+    board.set_ready(PIPELINE_READY);
     assert!(board.readiness().is_ok());
     let candidate =
         elector(&emulator, "ready", 3_000).with_telemetry(Metrics::new().unwrap(), board.clone());
@@ -459,7 +459,7 @@ async fn a_new_leader_is_not_ready_from_the_moment_its_leadership_is_visible() {
         .readiness()
         .expect_err("ready while the pipeline has not started");
     assert!(
-        not_ready.iter().any(|r| r.contains(READY_CONDITION)),
+        not_ready.iter().any(|r| r.contains(PIPELINE_READY)),
         "{not_ready:?}"
     );
     assert_eq!(board.snapshot()["leader"]["role"], "leader");

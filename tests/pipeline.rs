@@ -24,12 +24,12 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kevents::{
     blocking::IoPool,
     config::{Config, Environment},
-    emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
     leader::{Fence, Leadership, LeaseId},
     pipeline,
     sink::{OutgoingBatch, SendFuture, Sink},
     telemetry::{Metrics, StatusBoard},
 };
+use kevents_testkit::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig};
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},

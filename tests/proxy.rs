@@ -23,9 +23,9 @@ use std::{
 };
 
 use futures::future::join_all;
-use kevents::{
-    emulator::kube::{KubeEmulator, KubeEmulatorConfig},
-    lab::drill::admin_get,
+use kevents_testkit::{
+    harness::admin_get,
+    kube::{KubeEmulator, KubeEmulatorConfig},
 };
 use proxy_support::{Seen, TestProxy};
 
@@ -435,18 +435,22 @@ async fn managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_i
     if let Ok(url) = std::env::var(CHILD_IMDS) {
         use kevents::sink::Sink as _;
         let url = reqwest::Url::parse(&url).unwrap();
-        let mut config = kevents::config::AdxConfig {
-            auth: kevents::config::AdxAuthConfig::ManagedIdentity {
-                client_id: None,
-                imds_endpoint: url.join("metadata/identity/oauth2/token").unwrap(),
-            },
-            ..kevents::emulator::adx::sink_config_at(
-                Some(url.clone()),
-                "k8s",
-                kevents::config::AdxMode::Queued,
-            )
+        let text = kevents_testkit::adx::sink_yaml_at(
+            url.as_str(),
+            "k8s",
+            "queued",
+            &format!(
+                "    auth:\n      mode: managed_identity\n      imds_endpoint: {}\n",
+                url.join("metadata/identity/oauth2/token").unwrap()
+            ),
+        )
+        .replace("request_timeout: 10s", "request_timeout: 5s");
+        let env = kevents::config::Environment::process();
+        let kevents::config::SinkConfig::Adx(config) =
+            kevents::config::Config::parse(&text, &env).unwrap().sink
+        else {
+            panic!("not an ADX sink");
         };
-        config.request_timeout = Duration::from_secs(5);
         let sink =
             kevents::sink::AdxSink::new(&config, kevents::telemetry::Metrics::new().unwrap())
                 .unwrap();
@@ -455,9 +459,9 @@ async fn managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_i
         assert_eq!(error.check, "ingestion_resources", "{error}");
         return;
     }
-    let adx = kevents::emulator::adx::AdxEmulator::start(
+    let adx = kevents_testkit::adx::AdxEmulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        kevents::emulator::adx::AdxEmulatorConfig::default(),
+        kevents_testkit::adx::AdxEmulatorConfig::default(),
     )
     .await
     .unwrap();

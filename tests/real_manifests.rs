@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kevents::lab::apiserver::{RealApiServer, RealApiServerOptions};
+use kevents_testkit::apiserver::{RealApiServer, RealApiServerOptions};
 use support::{kustomize_text, repo, stdout_of, tool, yaml_docs};
 
 /// The base and every overlay directory, found on disk so a new overlay is checked too.

@@ -16,10 +16,8 @@ use std::{
     time::Duration,
 };
 
-use kevents::{
-    lab::nodes::Nodes,
-    store::{CaptureItem, EventStore as _, Guard, OpenOptions, take_over},
-};
+use kevents::store::{CaptureItem, EventStore as _, Guard, OpenOptions, take_over};
+use kevents_testkit::nodes::Nodes;
 
 struct Term {
     epoch: i64,

@@ -22,6 +22,7 @@ use rand::Rng as _;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::fence::{Fence, Leadership, LeadershipWatch, LeaseId};
 use crate::{
     config::LeaderConfig,
     telemetry::error_chain,
@@ -37,39 +38,12 @@ const MAX_ERROR_BACKOFF_FACTOR: u32 = 4;
 /// Attempts to release the lease when its resourceVersion moved under us.
 const RELEASE_ATTEMPTS: usize = 3;
 
-/// The leadership term this replica holds, as published to the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leadership {
-    /// `holderIdentity` (this replica).
-    pub holder: String,
-    /// `leaseTransitions` when the lease was acquired: it grows with every acquisition, and is
-    /// advanced past the store's term when the Lease was recreated
-    /// ([`ElectorHandle::advance_epoch`]).
-    pub epoch: i64,
-    /// Start of the last successful renew plus the renew deadline (monotonic clock).
-    pub valid_until: Instant,
-    /// The Lease object this term was won on.
-    pub lease: LeaseId,
-}
-
-/// Which Lease object a term was won on: a recreated Lease has the same name and another uid.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeaseId {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// Its `metadata.uid`.
-    pub uid: String,
-}
-
-impl LeaseId {
-    fn of(lease: &Lease) -> Self {
-        Self {
-            namespace: lease.metadata.namespace.clone().unwrap_or_default(),
-            name: lease.metadata.name.clone().unwrap_or_default(),
-            uid: lease.metadata.uid.clone().unwrap_or_default(),
-        }
+/// The Lease object a term was won on.
+fn lease_id(lease: &Lease) -> LeaseId {
+    LeaseId {
+        namespace: lease.metadata.namespace.clone().unwrap_or_default(),
+        name: lease.metadata.name.clone().unwrap_or_default(),
+        uid: lease.metadata.uid.clone().unwrap_or_default(),
     }
 }
 
@@ -126,46 +100,6 @@ impl ElectorHandle {
     /// the Lease: the store holds a term `past` from a Lease that was deleted or renamed.
     pub fn advance_epoch(&self, from: i64, past: i64) {
         let _ = self.tx.send(Request::AdvanceEpoch { from, past });
-    }
-}
-
-/// The receiving side of the leadership channel: `None` while not leading.
-pub type LeadershipWatch = watch::Receiver<Option<Leadership>>;
-
-/// A fence for one leadership term: side effects check [`Fence::is_current`] right before acting.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    rx: LeadershipWatch,
-    epoch: i64,
-}
-
-impl Fence {
-    /// A fence for the term with `epoch`, read from `rx`.
-    #[must_use]
-    pub fn new(rx: LeadershipWatch, epoch: i64) -> Self {
-        Self { rx, epoch }
-    }
-
-    /// The term's epoch.
-    #[must_use]
-    pub fn epoch(&self) -> i64 {
-        self.epoch
-    }
-
-    /// The leadership of this fence's term, if it is still the published one.
-    #[must_use]
-    pub fn leadership(&self) -> Option<Leadership> {
-        self.rx.borrow().clone().filter(|l| l.epoch == self.epoch)
-    }
-
-    /// True only while this replica leads in the same term and its lease is still valid by the
-    /// local monotonic clock.
-    #[must_use]
-    pub fn is_current(&self) -> bool {
-        self.rx
-            .borrow()
-            .as_ref()
-            .is_some_and(|l| l.epoch == self.epoch && Instant::now() < l.valid_until)
     }
 }
 
@@ -725,7 +659,7 @@ impl Elector {
             // Not ready before anyone can see this replica lead: the pipeline marks itself
             // ready once it has listed or resumed.
             if let Some(board) = &self.board {
-                board.set_not_ready(crate::pipeline::READY_CONDITION, "leader pipeline starting");
+                board.set_not_ready(crate::telemetry::PIPELINE_READY, "leader pipeline starting");
             }
             if let Some(metrics) = &self.metrics {
                 metrics.leader.set(1);
@@ -735,7 +669,7 @@ impl Elector {
             holder: self.config.identity.clone(),
             epoch: held.epoch,
             valid_until: renewed_at + self.config.renew_deadline,
-            lease: LeaseId::of(&held.lease),
+            lease: lease_id(&held.lease),
         }));
     }
 

@@ -9,10 +9,7 @@
 
 mod filter;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder as _;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -21,15 +18,15 @@ use kube::{
     core::{Request, WatchEvent},
 };
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use filter::Filter;
 
 use crate::{
     config::{EventApi, InitialList, SourceConfig},
+    telemetry::Metrics,
     telemetry::error_chain,
-    telemetry::{Metrics, StatusBoard},
 };
 
 /// Resets the backoff after a watch that stayed healthy this long.
@@ -88,7 +85,8 @@ pub struct Source {
     filter: Filter,
     metrics: Metrics,
     tx: mpsc::Sender<SourceItem>,
-    board: Arc<StatusBoard>,
+    /// Set each time a list or a resume is done; the pipeline turns it into readiness.
+    listed: watch::Sender<bool>,
 }
 
 /// Source errors that end the loop.
@@ -107,7 +105,7 @@ impl Source {
         config: SourceConfig,
         metrics: Metrics,
         tx: mpsc::Sender<SourceItem>,
-        board: Arc<StatusBoard>,
+        listed: watch::Sender<bool>,
     ) -> Self {
         let filter = Filter::new(&config.filter);
         Self {
@@ -116,7 +114,7 @@ impl Source {
             filter,
             metrics,
             tx,
-            board,
+            listed,
         }
     }
 
@@ -175,7 +173,7 @@ impl Source {
                         last_held = Some(rv.clone());
                         position = Some(rv);
                         fresh = false;
-                        self.board.set_ready(crate::pipeline::READY_CONDITION);
+                        self.listed.send_replace(true);
                     }
                     Ok(None) => return Err(Error::Downstream),
                     Err(error) => {
@@ -435,7 +433,7 @@ impl Source {
             Ok(stream) => stream,
             Err(error) => return (WatchEnd::Failed(error), 0),
         };
-        self.board.set_ready(crate::pipeline::READY_CONDITION);
+        self.listed.send_replace(true);
         let mut stream = stream.boxed();
         let idle = self.config.watch_timeout + self.config.watch_idle_grace;
         let mut delivered = 0u64;

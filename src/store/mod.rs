@@ -26,22 +26,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// the volume.
 pub const DEFAULT_MAX_DEAD_BYTES: u64 = 64 << 20;
 
-/// What a store write must be fenced by: the current leadership term.
-pub trait Guard: Send + Sync {
-    /// True only while the caller's leadership term is current.
-    fn is_current(&self) -> bool;
-    /// The caller's term.
-    fn epoch(&self) -> i64;
-}
-
-impl Guard for crate::leader::Fence {
-    fn is_current(&self) -> bool {
-        crate::leader::Fence::is_current(self)
-    }
-    fn epoch(&self) -> i64 {
-        crate::leader::Fence::epoch(self)
-    }
-}
+pub use crate::fence::Guard;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]

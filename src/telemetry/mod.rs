@@ -12,6 +12,16 @@ pub use liveness::Liveness;
 pub use metrics::Metrics;
 pub use status::StatusBoard;
 
+/// Readiness condition raised while the leader has not finished its first list or resume: the
+/// elector raises it the instant it publishes a term, the pipeline clears it when the source
+/// reports the list done (and when the term's pipeline ends: a follower is ready).
+pub const PIPELINE_READY: &str = "pipeline";
+
+/// Readiness condition raised while the sink's health check fails, or while sends ran into a
+/// configuration problem only an operator can fix. It never stops capture or shipping, and it is
+/// cleared when the term ends (a follower is ready).
+pub const SINK_READY: &str = "sink";
+
 use crate::config::{LogConfig, LogFormat};
 
 /// The filter for `level`: the Kubernetes client's own per-request error lines are silenced

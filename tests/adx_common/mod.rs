@@ -5,10 +5,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use kevents::{
-    config::{AdxConfig, AdxMode},
-    emulator::adx::{AdxEmulator, AdxEmulatorConfig},
-    sink::AdxSink,
+    config::{AdxConfig, AdxMode, Config, Environment, SinkConfig},
+    sink::{AdxSink, OutgoingBatch},
     telemetry::Metrics,
+};
+use kevents_testkit::adx::{
+    AdxEmulator, AdxEmulatorConfig, QUICK_POLLING, synthetic_batch_id, synthetic_payload,
 };
 
 pub const DB: &str = "k8s";
@@ -27,8 +29,28 @@ pub fn sink(config: &AdxConfig) -> (AdxSink, Metrics) {
     (AdxSink::new(config, metrics.clone()).unwrap(), metrics)
 }
 
+/// The sink config a test uses for `emulator`: the emulator's `sink:` text, with the quick
+/// polling settings, parsed by the product's own config loader.
 pub fn config(emulator: &AdxEmulator, mode: AdxMode) -> AdxConfig {
-    emulator.sink_config(DB, mode)
+    let mode = match mode {
+        AdxMode::Queued => "queued",
+        AdxMode::Streaming => "streaming",
+        AdxMode::Managed => "managed",
+    };
+    let text = emulator.sink_yaml(DB, mode, QUICK_POLLING);
+    match Config::parse(&text, &Environment::process()).unwrap().sink {
+        SinkConfig::Adx(config) => *config,
+        other => panic!("not an ADX sink: {other:?}"),
+    }
+}
+
+/// A batch of `count` synthetic `KubeEvents` records starting at record `first`.
+pub fn synthetic_batch(prefix: &str, first: u64, count: u64) -> OutgoingBatch {
+    OutgoingBatch {
+        id: synthetic_batch_id(prefix, first, count),
+        payload: synthetic_payload(first, count).into(),
+        events: count,
+    }
 }
 
 /// The value of a metric line (`name{labels} value`) in the text exposition.
@@ -87,7 +109,7 @@ pub fn fluent_bit_batch(prefix: &str, first: u64, count: u64) -> kevents::sink::
     let mut payload = Vec::new();
     for n in first..first + count {
         let mut log: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&kevents::lab::adx::synthetic_record(n)).unwrap();
+            serde_json::from_str(&kevents_testkit::adx::synthetic_record(n)).unwrap();
         let time = log.remove("TimeGenerated").unwrap();
         let record = serde_json::json!({"TimeGenerated": time, "log": log});
         payload.extend_from_slice(record.to_string().as_bytes());
@@ -113,15 +135,13 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 
 // === end to end: real `kevents run` processes ===
 
-use kevents::{
-    emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
-    lab::{
-        demo::{
-            LEASE_NAMESPACE, ground_truth, lease_holder, wait_for_new_leader, wait_leader_ready,
-        },
-        oracle::{self, Report},
-        replica::{ReplicaOptions, Replicas},
+use kevents_testkit::{
+    harness::{
+        LEASE_NAMESPACE, ground_truth, lease_holder, wait_for_new_leader, wait_leader_ready,
     },
+    kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    oracle::{self, Report},
+    replica::{ReplicaOptions, Replicas},
 };
 use nix::sys::signal::Signal;
 

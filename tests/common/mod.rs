@@ -9,13 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kevents::{
-    emulator::kube::{KubeEmulator, KubeEmulatorConfig},
-    lab::{
-        demo::{LEASE_NAMESPACE, ground_truth, lab_pipeline_yaml, wait_leader_ready},
-        oracle::{self, Report},
-        replica::{ReplicaOptions, Replicas},
-    },
+use kevents_testkit::{
+    harness::{LEASE_NAMESPACE, ground_truth, lab_pipeline_yaml, wait_leader_ready},
+    kube::{KubeEmulator, KubeEmulatorConfig},
+    oracle::{self, Report},
+    replica::{ReplicaOptions, Replicas},
 };
 
 pub struct TestLab {

@@ -24,12 +24,12 @@ macro_rules! dual {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn emulator() {
-                $body(::kevents::lab::backend::Backend::emulator($emu).await.unwrap()).await;
+                $body(::kevents_testkit::backend::Backend::emulator($emu).await.unwrap()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn real_apiserver() {
-                $body(::kevents::lab::backend::Backend::real($real).await.unwrap()).await;
+                $body(::kevents_testkit::backend::Backend::real($real).await.unwrap()).await;
             }
         }
     };
@@ -37,8 +37,8 @@ macro_rules! dual {
         dual!(
             $name,
             $body,
-            emulator: ::kevents::emulator::kube::KubeEmulatorConfig::default(),
-            real: ::kevents::lab::apiserver::RealApiServerOptions::default()
+            emulator: ::kevents_testkit::kube::KubeEmulatorConfig::default(),
+            real: ::kevents_testkit::apiserver::RealApiServerOptions::default()
         );
     };
 }

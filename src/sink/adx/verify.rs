@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn the_emulator_parses_the_queries_the_sink_sends() {
-        use crate::emulator::adx::kql::{Expr, parse_count_query};
+        use kevents_testkit::adx::kql::{Expr, parse_count_query};
         let query = count_query("KubeEvents", &key("u \\ \"1\"", "42", Shape::Flat));
         let parsed = parse_count_query(&query).unwrap();
         assert_eq!(parsed.table, "KubeEvents");

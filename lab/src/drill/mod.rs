@@ -16,20 +16,17 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
-    emulator::{
-        adx::{AdxEmulator, AdxEmulatorConfig},
-        kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+pub use kevents_testkit::harness::admin_get;
+use kevents_testkit::{
+    adx::{AdxEmulator, AdxEmulatorConfig},
+    harness::{
+        LEASE_NAMESPACE, NamedLease, ground_truth, lab_pipeline_yaml_at, lease_holder_named,
+        wait_for_new_leader, wait_leader_ready,
     },
-    lab::{
-        demo::{
-            LEASE_NAMESPACE, NamedLease, ground_truth, lab_pipeline_yaml_at, lease_holder_named,
-            wait_for_new_leader, wait_leader_ready,
-        },
-        nodes::{self, Ground, Nodes},
-        oracle::{self, Report},
-        replica::{ReplicaOptions, Replicas, STORE_PLACEHOLDER},
-    },
+    kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    nodes::{self, Ground, Nodes},
+    oracle::{self, Report},
+    replica::{ReplicaOptions, Replicas, STORE_PLACEHOLDER},
 };
 
 pub mod faults;
@@ -315,8 +312,6 @@ pub struct Finish {
     pub latency: Vec<Duration>,
     /// Failover gaps, one per [`Lab::fault`], with its kind.
     pub gaps: Vec<(&'static str, Duration)>,
-    /// Generator stop → nothing missing.
-    pub drain: Duration,
     /// Captures seen.
     pub captures: CaptureLog,
     /// The fresh-replica audit of a multi-node ground: figures, and violations.
@@ -691,7 +686,7 @@ impl Lab {
         let mut violations = Vec::new();
         self.replicas.stop_all(Duration::from_secs(15));
         for slot in 0..self.replicas.replicas.len().min(2) {
-            let node = crate::lab::nodes::node_name(slot);
+            let node = nodes::node_name(slot);
             let log = self.options.workdir.join(format!("replica-{slot}.log"));
             let quarantined_before = count_in(&log, "quarantined");
             self.restart(slot).await?;
@@ -745,7 +740,6 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
-        let drain = stopped.elapsed();
         // Give a straggling duplicate the chance to show up before judging.
         tokio::time::sleep(self.options.retry_period * 2).await;
         let report = if report.missing == 0 {
@@ -828,7 +822,6 @@ impl Lab {
             delivery: report,
             latency,
             gaps,
-            drain,
             audit,
             captures,
         })
@@ -863,25 +856,6 @@ fn fence_lines(path: &Path) -> Vec<(i64, String)> {
             Some((parts.next()?.parse().ok()?, parts.next()?.to_owned()))
         })
         .collect()
-}
-
-/// GET on a replica's admin server; the body on 200.
-pub async fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut text))
-        .await
-        .ok()?
-        .ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 fn now_ms() -> i64 {

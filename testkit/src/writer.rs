@@ -29,7 +29,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::lab::oracle::Key;
+use crate::oracle::Key;
 
 /// Events kept as candidates for count++ updates.
 const RECENT: usize = 200;

@@ -16,8 +16,7 @@ use anyhow::Context as _;
 use super::{
     DrillOptions, DrillReport, Finish, Lab, LabSink, LabSpec, admin_get, faults, now_ms, summary,
 };
-use crate::emulator::kube::KubeEmulatorConfig;
-use crate::lab::demo::LEASE_NAMESPACE;
+use kevents_testkit::{harness::LEASE_NAMESPACE, kube::KubeEmulatorConfig};
 
 /// Graceful handover bound (SIGTERM of the leader → another leads).
 const GRACEFUL_BOUND: Duration = Duration::from_secs(3);
@@ -151,7 +150,7 @@ pub(super) async fn pause(options: DrillOptions) -> anyhow::Result<DrillReport> 
         // leader's) and has captured for a while, and past its lease.
         let store = lab.store_dir();
         let began = wait_for(Duration::from_secs(30), || {
-            crate::store::terms::current_dir(&store)
+            kevents::store::terms::current_dir(&store)
                 .ok()
                 .flatten()
                 .and_then(|dir| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -1127,7 +1126,7 @@ pub(super) async fn mapping_error(options: DrillOptions) -> anyhow::Result<Drill
 async fn wait_for_dead(
     options: &DrillOptions,
     admin: std::net::SocketAddr,
-    adx: &crate::emulator::adx::AdxState,
+    adx: &kevents_testkit::adx::AdxState,
     failed_before: u64,
 ) -> Vec<serde_json::Value> {
     let deadline = Instant::now()
@@ -1177,7 +1176,7 @@ async fn kevents_cli(options: &DrillOptions, args: &[&str]) -> anyhow::Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::drill::percentile;
+    use crate::drill::percentile;
 
     #[test]
     fn the_kill_bound_is_lease_duration_plus_two_retry_periods() {

@@ -27,8 +27,8 @@
 //! | `POST /emulator/faults/clear` | – | clear errors, latency, partitions and stalls |
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), kevents::emulator::kube::Error> {
-//! use kevents::emulator::kube::{KubeEmulator, KubeEmulatorConfig};
+//! # async fn demo() -> Result<(), kevents_testkit::kube::Error> {
+//! use kevents_testkit::kube::{KubeEmulator, KubeEmulatorConfig};
 //! let emu = KubeEmulator::start("127.0.0.1:0".parse().unwrap(), KubeEmulatorConfig::default()).await?;
 //! let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::all(emu.client());
 //! # let _ = events;

@@ -23,11 +23,9 @@ use kube::{
 };
 
 use crate::{
-    emulator::kube::{KubeEmulator, KubeEmulatorConfig},
-    lab::{
-        apiserver::{RealApiServer, RealApiServerOptions},
-        demo::{LEASE_NAME, LEASE_NAMESPACE, LeaseView},
-    },
+    apiserver::{RealApiServer, RealApiServerOptions},
+    harness::{LEASE_NAME, LEASE_NAMESPACE, LeaseView},
+    kube::{KubeEmulator, KubeEmulatorConfig},
 };
 
 /// Name of the Lease [`Backend::compact_past`] writes to move the resourceVersion on.

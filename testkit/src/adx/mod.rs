@@ -14,8 +14,8 @@
 //! anything but the address it is given.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), kevents::emulator::adx::Error> {
-//! use kevents::emulator::adx::{AdxEmulator, AdxEmulatorConfig};
+//! # async fn demo() -> Result<(), kevents_testkit::adx::Error> {
+//! use kevents_testkit::adx::{AdxEmulator, AdxEmulatorConfig};
 //! let adx = AdxEmulator::start("127.0.0.1:0".parse().unwrap(), AdxEmulatorConfig::default()).await?;
 //! println!("DM and engine at {}", adx.url());
 //! let rows = adx.state().rows("k8s", "KubeEvents");
@@ -29,16 +29,13 @@ pub mod kql;
 mod server;
 mod state;
 pub mod storage;
+mod synthetic;
 mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::config::{
-    AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES,
-    FailedIngestionsConfig, HealthcheckConfig, StatusConfig,
-};
 use tokio_util::sync::CancellationToken;
 
 pub use azurite::{Azurite, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
@@ -46,6 +43,7 @@ pub use state::{
     AdxState, AdxStats, AuthSettings, ErrorBurst, FaultRequest, RequestRecord, Throttle,
 };
 pub use storage::StorageAccount;
+pub use synthetic::{synthetic_batch_id, synthetic_payload, synthetic_record};
 
 /// Errors of the emulator's Rust API.
 #[derive(Debug, thiserror::Error)]
@@ -251,29 +249,11 @@ impl AdxEmulator {
         self.azurite.as_ref().and_then(Azurite::pid)
     }
 
-    /// A `sink.adx` config for this emulator: `auth.mode: none`, both endpoints here, short
-    /// timeouts. Tests and the lab adjust the fields they need.
-    #[must_use]
-    pub fn sink_config(&self, database: &str, mode: AdxMode) -> AdxConfig {
-        let url = reqwest::Url::parse(&self.url()).ok();
-        sink_config_at(url, database, mode)
-    }
-
-    /// The same as config-file text (a `sink:` section), for `kevents run` processes; `mode` is
-    /// `queued`, `streaming` or `managed`, `extra` is appended under `sink.adx` (indent 4). Unless
-    /// `extra` has its own `auth:` section, `auth.mode` is `none`.
+    /// A `sink:` section of a config file for this emulator, for `kevents run` processes and
+    /// for tests that parse it into the sink's config: see [`sink_yaml_at`].
     #[must_use]
     pub fn sink_yaml(&self, database: &str, mode: &str, extra: &str) -> String {
-        let auth = if extra.contains("    auth:") {
-            ""
-        } else {
-            "    auth:\n      mode: none\n"
-        };
-        format!(
-            "sink:\n  type: adx\n  adx:\n    ingest_endpoint: {url}\n    engine_endpoint: {url}\n    \
-             database: {database}\n    mode: {mode}\n    request_timeout: 10s\n{auth}{extra}",
-            url = self.url(),
-        )
+        sink_yaml_at(&self.url(), database, mode, extra)
     }
 
     /// Waits until `database.table` holds at least `rows` rows, or `timeout` passes; returns the
@@ -314,39 +294,26 @@ impl AdxEmulator {
     }
 }
 
-/// The `sink.adx` config [`AdxEmulator::sink_config`] makes, for an emulator at `url` (both
-/// endpoints; `None`: none configured) — also for a process that only knows the address.
+/// `sink.adx` keys (indent 4) that make a sink follow the emulator at test speed: status rows
+/// read every 200 ms and given up after 60 s, the health check retried every 500 ms.
+pub const QUICK_POLLING: &str = "    status:\n      poll_interval: 200ms\n      pending_timeout: 60s\n    \
+                                 healthcheck:\n      retry_interval: 500ms\n";
+
+/// A `sink:` section of a config file for an ADX emulator at `url` (both endpoints; also for a
+/// process that only knows the address): `mode` is `queued`, `streaming` or `managed`, `extra` is
+/// appended under `sink.adx` (indent 4). Unless `extra` has its own `auth:` section, `auth.mode`
+/// is `none`.
 #[must_use]
-pub fn sink_config_at(url: Option<reqwest::Url>, database: &str, mode: AdxMode) -> AdxConfig {
-    AdxConfig {
-        ingest_endpoint: url.clone(),
-        engine_endpoint: url,
-        database: database.to_owned(),
-        table: "KubeEvents".to_owned(),
-        mapping: "KubeEventsFlatMapping".to_owned(),
-        format: AdxFormat::Json,
-        mode,
-        ingest_by_tags: false,
-        streaming_max_bytes: DEFAULT_STREAMING_MAX_BYTES,
-        request_timeout: Duration::from_secs(10),
-        resources_refresh: Duration::from_secs(3600),
-        scope: DEFAULT_SCOPE.to_owned(),
-        token_refresh_margin: Duration::from_secs(300),
-        auth: AdxAuthConfig::None,
-        failed_ingestions: FailedIngestionsConfig {
-            enabled: false,
-            interval: Duration::from_secs(60),
-        },
-        status: StatusConfig {
-            enabled: true,
-            poll_interval: Duration::from_millis(200),
-            pending_timeout: Duration::from_secs(60),
-        },
-        healthcheck: HealthcheckConfig {
-            enabled: true,
-            retry_interval: Duration::from_millis(500),
-        },
-    }
+pub fn sink_yaml_at(url: &str, database: &str, mode: &str, extra: &str) -> String {
+    let auth = if extra.contains("    auth:") {
+        ""
+    } else {
+        "    auth:\n      mode: none\n"
+    };
+    format!(
+        "sink:\n  type: adx\n  adx:\n    ingest_endpoint: {url}\n    engine_endpoint: {url}\n    \
+         database: {database}\n    mode: {mode}\n    request_timeout: 10s\n{auth}{extra}",
+    )
 }
 
 impl Drop for AdxEmulator {

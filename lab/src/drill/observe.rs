@@ -21,9 +21,9 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    emulator::adx::AdxState,
-    lab::oracle::{self, Key},
+use kevents_testkit::{
+    adx::AdxState,
+    oracle::{self, Key},
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -243,12 +243,6 @@ impl CaptureLog {
             .max()
             .and_then(|ms| u64::try_from(ms).ok())
             .map(Duration::from_millis)
-    }
-
-    /// Relists counted by all replicas.
-    #[must_use]
-    pub fn relists_total(&self) -> u64 {
-        self.relists.values().sum()
     }
 }
 

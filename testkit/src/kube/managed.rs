@@ -237,7 +237,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::emulator::kube::resources::decode_value;
+    use crate::kube::resources::decode_value;
 
     fn event(body: Value) -> Object {
         decode_value(View::CoreEvents, body).unwrap()

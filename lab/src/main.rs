@@ -1,27 +1,32 @@
-//! `kevents-lab`: the emulators, the demo, and (later) drills and benchmarks.
+//! `kevents-lab`: the emulators, the demo, the drills and the benchmarks.
 //!
-//! Parses arguments and hands over to the library's `emulator` and `lab` modules. The container
-//! image never ships this binary.
+//! Parses arguments and hands over to the test kit (`kevents-testkit`: emulators, real
+//! kube-apiserver, oracle) and this crate's `demo`, `drill` and `bench` modules. It orchestrates
+//! real `kevents` processes; the container image never ships it.
+
+mod adx;
+mod bench;
+mod demo;
+mod drill;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kevents::{
-    config::units::parse_duration,
-    emulator::{
-        adx::{AdxEmulator, AdxEmulatorConfig, AuthSettings},
-        kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
-    },
-    lab::{
-        adx::{self as lab_adx, BenchOptions},
-        apiserver::{RealApiServer, RealApiServerOptions},
-        bench::{self, BenchOptions as CaptureBenchOptions},
-        demo::{self, DemoOptions},
-        drill::{self, DrillOptions},
-        nodes::{Ground, MAX_NODES},
-        oracle,
-    },
+use kevents::config::units::parse_duration;
+use kevents_testkit::{
+    adx::{AdxEmulator, AdxEmulatorConfig, AuthSettings},
+    apiserver::{RealApiServer, RealApiServerOptions},
+    kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    nodes::{Ground, MAX_NODES},
+    oracle,
+};
+
+use crate::{
+    adx::{self as lab_adx, BenchOptions},
+    bench::BenchOptions as CaptureBenchOptions,
+    demo::DemoOptions,
+    drill::DrillOptions,
 };
 
 /// kevents lab: emulators, demo, drills and benchmarks.

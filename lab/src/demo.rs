@@ -17,17 +17,17 @@ use std::{
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
-use crate::{
-    emulator::{
-        adx::{AdxEmulator, AdxEmulatorConfig, AdxState},
-        kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+use kevents_testkit::{
+    adx::{AdxEmulator, AdxEmulatorConfig, AdxState},
+    harness::{
+        LEASE_NAMESPACE, ground_truth, lease_holder, wait_for_new_leader, wait_leader_ready,
     },
-    lab::{
-        drill::ADX_INGEST_DELAY,
-        oracle::{self, Key, Report},
-        replica::{ReplicaOptions, Replicas},
-    },
+    kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    oracle::{self, Report},
+    replica::{ReplicaOptions, Replicas},
 };
+
+use crate::drill::ADX_INGEST_DELAY;
 
 /// The ADX database the demo ships to.
 pub const DEMO_DATABASE: &str = "k8s";
@@ -35,11 +35,6 @@ pub const DEMO_DATABASE: &str = "k8s";
 pub const DEMO_TABLE: &str = "KubeEvents";
 /// Columns of the sample rows printed at the end.
 const SAMPLE_COLUMNS: &[&str] = &["Namespace", "Kind", "Name", "Reason", "Count", "LastSeen"];
-
-/// Namespace of the Lease in the lab.
-pub const LEASE_NAMESPACE: &str = "kevents";
-/// Name of the Lease in the lab.
-pub const LEASE_NAME: &str = "kevents";
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -73,155 +68,6 @@ pub struct DemoOutcome {
     pub graceful_failover: Option<Duration>,
     /// kill -9 of the leader → another replica leads.
     pub kill_failover: Option<Duration>,
-}
-
-/// The current holder of the lab Lease.
-#[must_use]
-pub fn lease_holder(emulator: &KubeEmulator) -> Option<String> {
-    emulator
-        .state()
-        .lease(LEASE_NAMESPACE, LEASE_NAME)
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
-}
-
-/// The holder of the Lease `name` in the lab namespace, if any.
-#[must_use]
-pub fn lease_holder_named(emulator: &KubeEmulator, name: &str) -> Option<String> {
-    emulator
-        .state()
-        .lease(LEASE_NAMESPACE, name)
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
-}
-
-/// A Lease of the lab namespace other than the default one, seen through the emulator.
-pub struct NamedLease<'a> {
-    /// The API server.
-    pub emulator: &'a KubeEmulator,
-    /// The Lease's name.
-    pub name: &'a str,
-}
-
-impl LeaseView for NamedLease<'_> {
-    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send {
-        std::future::ready(lease_holder_named(self.emulator, self.name))
-    }
-}
-
-/// Something that can tell who holds the lab Lease: the emulator (from its state) or a
-/// [`crate::lab::backend::Backend`] (through the API).
-pub trait LeaseView {
-    /// The holder of `LEASE_NAMESPACE/LEASE_NAME`, if any.
-    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send;
-}
-
-impl LeaseView for KubeEmulator {
-    fn lab_lease_holder(&self) -> impl Future<Output = Option<String>> + Send {
-        std::future::ready(lease_holder(self))
-    }
-}
-
-/// Waits until a running replica other than `previous` holds the lease; returns its slot.
-pub async fn wait_for_new_leader(
-    emulator: &(impl LeaseView + Sync),
-    replicas: &Replicas,
-    previous: Option<&str>,
-    timeout: Duration,
-) -> Option<usize> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(holder) = emulator.lab_lease_holder().await
-            && Some(holder.as_str()) != previous
-            && let Some(slot) = replicas.slot_of(&holder)
-        {
-            return Some(slot);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until the lease holder reports itself leader and ready (its first list or resume is
-/// done); returns its slot.
-pub async fn wait_leader_ready(
-    emulator: &(impl LeaseView + Sync),
-    replicas: &Replicas,
-    timeout: Duration,
-) -> Option<usize> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(holder) = emulator.lab_lease_holder().await
-            && let Some(slot) = replicas.slot_of(&holder)
-            && let Some(status) =
-                crate::lab::drill::admin_get(replicas.replicas[slot].admin, "/status").await
-            && let Ok(status) = serde_json::from_str::<serde_json::Value>(&status)
-            && status
-                .pointer("/leader/role")
-                .and_then(serde_json::Value::as_str)
-                == Some("leader")
-            && status.get("ready").and_then(serde_json::Value::as_bool) == Some(true)
-        {
-            return Some(slot);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
-/// The pipeline config the lab replicas use: shared store, one file sink, keyed rows.
-#[must_use]
-pub fn lab_pipeline_yaml(workdir: &std::path::Path, max_batch_age: &str) -> String {
-    lab_pipeline_yaml_with(workdir, max_batch_age, "")
-}
-
-/// [`lab_pipeline_yaml`] with extra `store` keys (each line indented by two spaces).
-#[must_use]
-pub fn lab_pipeline_yaml_with(
-    workdir: &std::path::Path,
-    max_batch_age: &str,
-    store_extra: &str,
-) -> String {
-    lab_pipeline_yaml_at(
-        &workdir.join("store").display().to_string(),
-        workdir,
-        max_batch_age,
-        store_extra,
-    )
-}
-
-/// [`lab_pipeline_yaml_with`] with `store.path` given as text (a path, or
-/// [`crate::lab::replica::STORE_PLACEHOLDER`] for a store per replica); the file sink stays at
-/// `<workdir>/out/events.ndjson`, outside any shared store.
-#[must_use]
-pub fn lab_pipeline_yaml_at(
-    store: &str,
-    workdir: &std::path::Path,
-    max_batch_age: &str,
-    store_extra: &str,
-) -> String {
-    format!(
-        "store:\n  path: {store}\n  lock_timeout: 30s\n{store_extra}\
-         shipper:\n  max_batch_age: {max_batch_age}\n  retry_initial: 200ms\n  retry_max: 5s\n\
-         record:\n  extra_columns: [Uid, ResourceVersion]\n\
-         sink:\n  type: file\n  file:\n    path: {sink}\n    max_bytes: 64MiB\n    max_files: 1000\n",
-        sink = workdir.join("out/events.ndjson").display(),
-    )
-}
-
-/// Ground truth: every event version the emulator stored.
-#[must_use]
-pub fn ground_truth(emulator: &KubeEmulator) -> Vec<Key> {
-    emulator
-        .state()
-        .ground_truth(None)
-        .into_iter()
-        .map(|v| (v.uid, v.resource_version))
-        .collect()
 }
 
 /// Runs the demo.

@@ -111,7 +111,7 @@ impl Replicas {
         std::fs::create_dir_all(&options.workdir)?;
         let mut set = Self {
             options,
-            lease_name: crate::lab::demo::LEASE_NAME.to_owned(),
+            lease_name: crate::harness::LEASE_NAME.to_owned(),
             stores,
             replicas: Vec::new(),
         };

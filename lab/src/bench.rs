@@ -12,13 +12,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
-    emulator::kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
-    lab::{
-        demo::{LEASE_NAMESPACE, lab_pipeline_yaml_with, wait_leader_ready},
-        drill::admin_get,
-        replica::{ReplicaOptions, Replicas},
-    },
+use kevents_testkit::{
+    harness::{LEASE_NAMESPACE, admin_get, lab_pipeline_yaml_with, wait_leader_ready},
+    kube::{GeneratorConfig, KubeEmulator, KubeEmulatorConfig},
+    replica::{ReplicaOptions, Replicas},
 };
 
 /// Benchmark settings.

@@ -1,4 +1,3 @@
-//! The lab's ADX side: synthetic `KubeEvents` batches for sink tests and the benchmark, and
 //! `kevents-lab bench adx` (queued ingestion into the ADX emulator on Azurite, in events/s).
 //!
 //! Owns the benchmark's procedure and figures. It never asserts a timing: it measures and
@@ -12,56 +11,19 @@ use std::{
 use anyhow::Context as _;
 use futures::StreamExt as _;
 
-use crate::{
-    config::AdxMode,
-    emulator::adx::{AdxEmulator, AdxEmulatorConfig},
+use kevents::{
+    config::Config,
     sink::{AdxSink, OutgoingBatch, Sink as _},
     telemetry::Metrics,
 };
-
-/// One flat `KubeEvents` record (with `Uid` and `ResourceVersion`), as the transform writes it.
-#[must_use]
-pub fn synthetic_record(n: u64) -> String {
-    let time = jiff::Timestamp::from_second(1_760_000_000 + i64::try_from(n % 86_400).unwrap_or(0))
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    serde_json::json!({
-        "TimeGenerated": time.to_string(),
-        "Namespace": format!("ns-{}", n % 7),
-        "Name": format!("pod-{n}.18a2b3c4d5e6f708"),
-        "Kind": "Pod",
-        "ApiVersion": "v1",
-        "KubeEventType": if n.is_multiple_of(5) { "Warning" } else { "Normal" },
-        "Action": "Binding",
-        "Reason": "Scheduled",
-        "Message": format!("Successfully assigned ns-{}/pod-{n} to node-{}", n % 7, n % 3),
-        "Count": (n % 4 + 1).to_string(),
-        "CreationTimestamp": time.to_string(),
-        "FirstSeen": time.to_string(),
-        "LastSeen": time.to_string(),
-        "SourceComponent": "default-scheduler",
-        "SourceComputer": "",
-        "ReportingComponent": "default-scheduler",
-        "ReportingComputer": "",
-        "Cluster": "lab",
-        "Region": "local",
-        "Environment": "bench",
-        "Uid": format!("00000000-0000-4000-8000-{n:012}"),
-        "ResourceVersion": (n + 1).to_string(),
-    })
-    .to_string()
-}
+use kevents_testkit::adx::{AdxEmulator, AdxEmulatorConfig, synthetic_batch_id, synthetic_payload};
 
 /// A batch of `count` synthetic records starting at record `first`, id `{prefix}-{first}`.
 #[must_use]
 pub fn synthetic_batch(prefix: &str, first: u64, count: u64) -> OutgoingBatch {
-    let mut payload = Vec::new();
-    for n in first..first + count {
-        payload.extend_from_slice(synthetic_record(n).as_bytes());
-        payload.push(b'\n');
-    }
     OutgoingBatch {
-        id: format!("{prefix}-{first:012}-{:012}", first + count - 1),
-        payload: payload.into(),
+        id: synthetic_batch_id(prefix, first, count),
+        payload: synthetic_payload(first, count).into(),
         events: count,
     }
 }
@@ -130,10 +92,13 @@ pub async fn bench(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
     )
     .await
     .context("starting the ADX emulator")?;
-    let sink = AdxSink::new(
-        &emulator.sink_config("bench", AdxMode::Queued),
-        Metrics::new()?,
-    )?;
+    let yaml = emulator.sink_yaml("bench", "queued", kevents_testkit::adx::QUICK_POLLING);
+    let config = Config::parse(&yaml, &kevents::config::Environment::process())
+        .context("the benchmark's sink config")?;
+    let kevents::config::SinkConfig::Adx(adx) = &config.sink else {
+        anyhow::bail!("the benchmark's sink config is not an ADX sink");
+    };
+    let sink = AdxSink::new(adx, Metrics::new()?)?;
     // Warm-up: resources, connections.
     let warm = synthetic_batch("warm", 0, 1);
     sink.send(&warm).await?;
@@ -165,7 +130,7 @@ pub async fn bench(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
         .state()
         .rows("bench", "KubeEvents")
         .iter()
-        .filter_map(|row| crate::lab::oracle::key_of(&serde_json::Value::Object(row.clone())))
+        .filter_map(|row| kevents_testkit::oracle::key_of(&serde_json::Value::Object(row.clone())))
         .collect::<HashSet<_>>()
         .len();
     emulator.shutdown().await;

@@ -66,7 +66,9 @@ impl HungMount {
     }
 
     /// Lets the mount answer again.
-    pub fn release(self) {}
+    pub fn release(self) {
+        drop(self);
+    }
 }
 
 impl Drop for HungMount {

@@ -13,11 +13,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderName, HeaderValue};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, api::WatchParams};
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use kube::Api;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -25,7 +24,7 @@ use crate::{
     blocking::{IoPool, Stuck},
     config::Config,
     dead::DeadSlot,
-    leader::{Elector, ElectorHandle, Fence, LeadershipWatch},
+    leader::{self, Elector, ElectorHandle, Fence, LeadershipWatch},
     pipeline::{self, Failure},
     store,
     telemetry::{Liveness, Metrics, PIPELINE_READY, StatusBoard, error_chain},
@@ -37,9 +36,6 @@ pub const CLIENT_ID_HEADER: &str = "x-client-id";
 
 /// Share of the grace period given to the pipeline to stop; the rest is for releasing the lease.
 const PIPELINE_SHARE_OF_GRACE: f64 = 0.6;
-/// Server-side timeout of the follower's watch on the Lease.
-const LEASE_WATCH_TIMEOUT_SECS: u32 = 120;
-
 /// Options given on the command line rather than in the config file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -108,7 +104,7 @@ pub async fn run(
     let leadership = elector.subscribe();
     let elector_handle = elector.handle();
     let lease_watch_stop = CancellationToken::new();
-    let lease_watch = tokio::spawn(watch_lease(
+    let lease_watch = tokio::spawn(leader::watch_lease(
         leases,
         config.leader.lease_name.clone(),
         elector.waker(),
@@ -581,10 +577,8 @@ fn start_pipeline(
 ) -> Running {
     let stop = CancellationToken::new();
     let fence = Fence::new(leadership.clone(), epoch);
-    // Not ready from this instant until the first list (or resume) is done.
-    context
-        .board
-        .set_not_ready(PIPELINE_READY, "leader pipeline starting");
+    // Readiness: the elector raised the condition when it published the term; the pipeline
+    // keeps it raised while it takes the store over and clears it once the source has listed.
     tracing::info!(epoch, "Starting the leader pipeline");
     let task = tokio::spawn(pipeline::run(context.clone(), fence, stop.clone()));
     Running {
@@ -611,42 +605,6 @@ async fn stop_pipeline(running: Option<Running>, budget: Duration) {
         }
         Ok(Err(join)) => tracing::error!(epoch, error = %join, "Leader pipeline task failed"),
         Err(_) => tracing::error!(epoch, ?budget, "Leader pipeline did not stop in time"),
-    }
-}
-
-/// Watches the Lease and wakes the elector on every change, so a follower observes a renewal or
-/// a release at once instead of at its next poll. Best effort: errors only delay the wake-ups.
-async fn watch_lease(
-    leases: Api<Lease>,
-    name: String,
-    wake: Arc<Notify>,
-    retry: Duration,
-    stop: CancellationToken,
-) {
-    let params = WatchParams::default()
-        .fields(&format!("metadata.name={name}"))
-        .timeout(LEASE_WATCH_TIMEOUT_SECS);
-    loop {
-        let session = async {
-            let stream = leases.watch(&params, "0").await?;
-            let mut stream = stream.boxed();
-            while let Some(_event) = stream.try_next().await? {
-                wake.notify_one();
-            }
-            Ok::<(), kube::Error>(())
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            result = session => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "Lease watch ended; polling continues");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(retry) => {}
-                    }
-                }
-            }
-        }
     }
 }
 

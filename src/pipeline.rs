@@ -167,8 +167,8 @@ pub async fn run_with_sink(
         return Ok(());
     };
     let result = run_stages(
-        &config, client, &metrics, &board, &store, generation, &io, &sink_io, &dead, guard, fence,
-        sink, &stop,
+        &config, client, &metrics, &board, &store, generation, &io, &sink_io, &dead, fence, sink,
+        &stop,
     )
     .await;
     // Flush and close before the lease may be released.
@@ -279,11 +279,12 @@ async fn run_stages(
     io: &IoPool,
     sink_io: &IoPool,
     dead: &DeadSlot,
-    guard: Arc<dyn Guard>,
     fence: Fence,
     sink: Option<Arc<dyn Sink>>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
+    // Every stage's side effects are fenced by this term.
+    let guard: Arc<dyn Guard> = Arc::new(fence.clone());
     let meta = {
         let store = Arc::clone(store);
         io.run("meta", move || store.meta()).await??

@@ -22,12 +22,15 @@ use rand::Rng as _;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod lease_watch;
+
 pub use crate::fence::{Fence, Leadership, LeadershipWatch, LeaseId};
 use crate::{
     config::LeaderConfig,
     telemetry::error_chain,
     telemetry::{Liveness, Metrics, StatusBoard},
 };
+pub use lease_watch::watch_lease;
 
 /// Share of the retry period added as random jitter to a follower's wait.
 const FOLLOWER_JITTER: f64 = 0.2;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     blocking::{IoPool, Stuck},
     capture::Capture,
-    config::{Config, RecordShapeConfig, SinkConfig},
+    config::{Config, SinkConfig},
     dead::{DeadHandle, DeadSlot},
     diagnostics,
     leader::Fence,
@@ -31,7 +31,7 @@ use crate::{
     store::{self, EventStore, Guard, OpenOptions, SledStore, TermOwner},
     telemetry::error_chain,
     telemetry::{Metrics, StatusBoard},
-    transform::{RecordOptions, RecordShape},
+    transform::RecordOptions,
 };
 
 /// Decoded events in flight between the source and capture.
@@ -501,10 +501,7 @@ pub fn build_sink(config: &Config, metrics: &Metrics, io: &IoPool) -> Result<Arc
 #[must_use]
 pub fn record_options(config: &Config) -> RecordOptions {
     RecordOptions {
-        shape: match config.record.shape {
-            RecordShapeConfig::Flat => RecordShape::Flat,
-            RecordShapeConfig::FluentBit => RecordShape::FluentBit,
-        },
+        shape: config.record.shape,
         include_uid: config.record.include_uid,
         include_resource_version: config.record.include_resource_version,
         cluster: config.cluster.name.clone(),

@@ -14,9 +14,10 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::{
-    Environment, Error, RecordShapeConfig, Result, duration_field, map, scalar,
+    Environment, Error, Result, duration_field, map, scalar,
     units::{format_bytes, format_duration, parse_bytes},
 };
+use crate::transform::RecordShape;
 
 /// The default AAD authority (public cloud).
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -339,7 +340,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 impl RawAdx {
     pub(super) fn validate(
         self,
-        shape: RecordShapeConfig,
+        shape: RecordShape,
         env: &Environment<'_>,
     ) -> Result<AdxConfig> {
         let mode = match self.mode.as_deref() {
@@ -381,8 +382,8 @@ impl RawAdx {
         };
         let mapping = non_empty(self.mapping).unwrap_or_else(|| {
             match shape {
-                RecordShapeConfig::Flat => "KubeEventsFlatMapping",
-                RecordShapeConfig::FluentBit => "FluentBitMappingEvents",
+                RecordShape::Flat => "KubeEventsFlatMapping",
+                RecordShape::FluentBit => "FluentBitMappingEvents",
             }
             .to_owned()
         });

@@ -23,8 +23,7 @@ pub use adx::{
 };
 pub use expand::ExpandError;
 pub use pipeline::{
-    FilterConfig, InitialList, RecordConfig, RecordShapeConfig, ShipperConfig, SinkConfig,
-    SourceConfig, StoreConfig,
+    FilterConfig, InitialList, RecordConfig, ShipperConfig, SinkConfig, SourceConfig, StoreConfig,
 };
 use units::{format_duration, parse_duration};
 

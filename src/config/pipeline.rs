@@ -14,6 +14,7 @@ use super::{
     duration_field, map, scalar,
     units::{format_bytes, format_duration, parse_bytes},
 };
+use crate::transform::RecordShape;
 
 /// What a leader does on its very first start, when the store holds no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,20 +104,11 @@ pub struct ShipperConfig {
     pub max_awaiting_batches: usize,
 }
 
-/// Output record shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordShapeConfig {
-    /// The flat `KubeEvents` row.
-    Flat,
-    /// `{"TimeGenerated": …, "log": {…}}` for the `FluentBitMappingEvents` mapping.
-    FluentBit,
-}
-
 /// Output records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordConfig {
-    /// Shape.
-    pub shape: RecordShapeConfig,
+    /// Shape (`flat` or `fluent-bit`), read straight into the transform's own type.
+    pub shape: RecordShape,
     /// Add the `Uid` column.
     pub include_uid: bool,
     /// Add the `ResourceVersion` column.
@@ -202,7 +194,7 @@ pub(super) struct RawShipper {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRecord {
-    shape: Option<String>,
+    shape: Option<RecordShape>,
     #[serde(default)]
     extra_columns: Vec<String>,
 }
@@ -446,18 +438,8 @@ impl RawShipper {
 
 impl RawRecord {
     pub(super) fn validate(self) -> Result<RecordConfig> {
-        let shape = match self.shape.as_deref() {
-            None | Some("flat") => RecordShapeConfig::Flat,
-            Some("fluent-bit") => RecordShapeConfig::FluentBit,
-            Some(other) => {
-                return Err(Error::invalid(
-                    "record.shape",
-                    format!("`{other}` is not one of `flat`, `fluent-bit`"),
-                ));
-            }
-        };
         let mut record = RecordConfig {
-            shape,
+            shape: self.shape.unwrap_or_default(),
             include_uid: false,
             include_resource_version: false,
         };
@@ -479,7 +461,7 @@ impl RawRecord {
 
 pub(super) fn validate_sink(
     raw: Option<RawSink>,
-    shape: RecordShapeConfig,
+    shape: RecordShape,
     env: &Environment<'_>,
 ) -> Result<SinkConfig> {
     let Some(raw) = raw else {
@@ -639,8 +621,8 @@ pub(super) fn print_record(record: &RecordConfig) -> Value {
         (
             "shape",
             match record.shape {
-                RecordShapeConfig::Flat => "flat",
-                RecordShapeConfig::FluentBit => "fluent-bit",
+                RecordShape::Flat => "flat",
+                RecordShape::FluentBit => "fluent-bit",
             }
             .into(),
         ),

@@ -26,7 +26,7 @@ use crate::{
     diagnostics,
     leader::Fence,
     ship::{Shipper, ShipperOptions},
-    sink::{AdxSink, FileSink, FileSinkOptions, HealthError, Sink, StdoutSink},
+    sink::{HealthError, Sink},
     source::{Source, Start},
     store::{self, EventStore, Guard, OpenOptions, SledStore, TermOwner},
     telemetry::error_chain,
@@ -325,7 +325,10 @@ async fn run_stages(
     };
     let sink = match sink {
         Some(sink) => sink,
-        None => build_sink(config, metrics, sink_io)?,
+        None => crate::sink::build(config, metrics, sink_io).map_err(|e| Error::Sink {
+            sink: e.sink(),
+            source: Box::new(e),
+        })?,
     };
     let healthcheck = match &config.sink {
         SinkConfig::Adx(adx) => adx.healthcheck,
@@ -459,42 +462,6 @@ async fn run_stages(
         Some(error) if !stop.is_cancelled() => Err(error),
         _ => Ok(()),
     }
-}
-
-/// The sink `config` describes. Call from within a tokio runtime (the ADX sink may start its
-/// failed-ingestions poller).
-///
-/// # Errors
-/// Fails if the sink cannot be opened or built.
-pub fn build_sink(config: &Config, metrics: &Metrics, io: &IoPool) -> Result<Arc<dyn Sink>, Error> {
-    Ok(match &config.sink {
-        SinkConfig::Stdout => Arc::new(StdoutSink),
-        SinkConfig::File {
-            path,
-            max_bytes,
-            max_files,
-        } => Arc::new(
-            FileSink::open(FileSinkOptions {
-                path: path.clone(),
-                max_bytes: *max_bytes,
-                max_files: *max_files,
-            })
-            .map_err(|source| Error::Sink {
-                sink: "file",
-                source: Box::new(source),
-            })?
-            .with_write_stall(config.diagnostics.stall_sink_write)
-            .with_io(io.clone()),
-        ),
-        SinkConfig::Adx(adx) => {
-            Arc::new(
-                AdxSink::new(adx, metrics.clone()).map_err(|source| Error::Sink {
-                    sink: "adx",
-                    source: Box::new(source),
-                })?,
-            )
-        }
-    })
 }
 
 /// The transform options for `config`.

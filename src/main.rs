@@ -56,9 +56,11 @@ enum Command {
 fn main() -> ExitCode {
     let Args { command } = Args::parse();
     match command {
-        Command::CheckConfig { config } => match Config::load(&config, &Environment::process()) {
-            Ok(config) => {
-                print!("{}", config.to_redacted_yaml());
+        Command::CheckConfig { config } => match Config::load(&config, &Environment::process())
+            .and_then(|loaded| loaded.to_redacted_yaml())
+        {
+            Ok(effective) => {
+                print!("{effective}");
                 ExitCode::SUCCESS
             }
             Err(error) => {

@@ -21,17 +21,17 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     blocking::{IoPool, Stuck},
     capture::Capture,
-    config::{Config, RecordShapeConfig, SinkConfig},
+    config::{Config, SinkConfig},
     dead::{DeadHandle, DeadSlot},
     diagnostics,
     leader::Fence,
     ship::{Shipper, ShipperOptions},
-    sink::{AdxSink, FileSink, FileSinkOptions, HealthError, Sink, StdoutSink},
+    sink::{HealthError, Sink},
     source::{Source, Start},
     store::{self, EventStore, Guard, OpenOptions, SledStore, TermOwner},
     telemetry::error_chain,
     telemetry::{Metrics, PIPELINE_READY, SINK_READY, StatusBoard},
-    transform::{RecordOptions, RecordShape},
+    transform::RecordOptions,
 };
 
 /// Decoded events in flight between the source and capture.
@@ -318,7 +318,10 @@ async fn run_stages(
     };
     let sink = match sink {
         Some(sink) => sink,
-        None => build_sink(config, metrics, sink_io)?,
+        None => crate::sink::build(config, metrics, sink_io).map_err(|e| Error::Sink {
+            sink: e.sink(),
+            source: Box::new(e),
+        })?,
     };
     let healthcheck = match &config.sink {
         SinkConfig::Adx(adx) => adx.healthcheck,
@@ -472,50 +475,11 @@ async fn run_stages(
     }
 }
 
-/// The sink `config` describes. Call from within a tokio runtime (the ADX sink may start its
-/// failed-ingestions poller).
-///
-/// # Errors
-/// Fails if the sink cannot be opened or built.
-pub fn build_sink(config: &Config, metrics: &Metrics, io: &IoPool) -> Result<Arc<dyn Sink>, Error> {
-    Ok(match &config.sink {
-        SinkConfig::Stdout => Arc::new(StdoutSink),
-        SinkConfig::File {
-            path,
-            max_bytes,
-            max_files,
-        } => Arc::new(
-            FileSink::open(FileSinkOptions {
-                path: path.clone(),
-                max_bytes: *max_bytes,
-                max_files: *max_files,
-            })
-            .map_err(|source| Error::Sink {
-                sink: "file",
-                source: Box::new(source),
-            })?
-            .with_write_stall(config.diagnostics.stall_sink_write)
-            .with_io(io.clone()),
-        ),
-        SinkConfig::Adx(adx) => {
-            Arc::new(
-                AdxSink::new(adx, metrics.clone()).map_err(|source| Error::Sink {
-                    sink: "adx",
-                    source: Box::new(source),
-                })?,
-            )
-        }
-    })
-}
-
 /// The transform options for `config`.
 #[must_use]
 pub fn record_options(config: &Config) -> RecordOptions {
     RecordOptions {
-        shape: match config.record.shape {
-            RecordShapeConfig::Flat => RecordShape::Flat,
-            RecordShapeConfig::FluentBit => RecordShape::FluentBit,
-        },
+        shape: config.record.shape,
         include_uid: config.record.include_uid,
         include_resource_version: config.record.include_resource_version,
         cluster: config.cluster.name.clone(),

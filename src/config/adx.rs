@@ -2,21 +2,22 @@
 //! and authentication (client secret, workload identity, managed identity, none).
 //!
 //! Owns this section's raw schema, defaults, validation (errors name the dotted key) and its
-//! redacted print. Workload identity reads the variables the AKS webhook injects through the
-//! config [`Environment`], never `std::env` directly. It must never print a secret: the client
-//! secret prints as `<redacted>`.
+//! serialization in the file's shape (the redacted print). Workload identity reads the variables
+//! the AKS webhook injects through the config [`Environment`], never `std::env` directly. It must
+//! never print a secret: a [`Secret`] serializes as `<redacted>`, whatever it holds.
 
 use std::{fmt, path::PathBuf, time::Duration};
 
 use reqwest::Url;
 use secrecy::{ExposeSecret as _, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_yaml_ng::Value;
 
 use super::{
-    Environment, Error, RecordShapeConfig, Result, duration_field, map, scalar,
-    units::{format_bytes, format_duration, parse_bytes},
+    Environment, Error, Result, duration_field, scalar,
+    units::{parse_bytes, serialize_bytes, serialize_duration},
 };
+use crate::transform::RecordShape;
 
 /// The default AAD authority (public cloud).
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -34,7 +35,11 @@ pub const WORKLOAD_IDENTITY_ENV: [&str; 4] = [
 /// The documented streaming ingestion limit per request.
 pub const DEFAULT_STREAMING_MAX_BYTES: u64 = 4 << 20;
 
-/// A secret configuration value. Compares by value (config equality in tests) and never prints.
+/// What a secret prints as, in `Debug` and in the effective config.
+pub const REDACTED: &str = "<redacted>";
+
+/// A secret configuration value. Compares by value (config equality in tests) and never prints:
+/// `Debug` and `Serialize` both write [`REDACTED`].
 #[derive(Clone)]
 pub struct Secret(SecretString);
 
@@ -54,7 +59,14 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
+    }
+}
+
+/// The redacting serializer: the printed effective config shows `<redacted>`, never the value.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
     }
 }
 
@@ -67,7 +79,8 @@ impl PartialEq for Secret {
 impl Eq for Secret {}
 
 /// How the sink delivers a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AdxMode {
     /// Blob upload + queue message to the data management service (every cluster accepts it).
     Queued,
@@ -78,7 +91,8 @@ pub enum AdxMode {
 }
 
 /// The ingestion data format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AdxFormat {
     /// JSON Lines (`format: json`, blob suffix `.json.gz`): a bad line does not fail the blob.
     Json,
@@ -97,8 +111,10 @@ impl AdxFormat {
     }
 }
 
-/// How the sink obtains AAD tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the sink obtains AAD tokens. Serializes as the file's `auth` section without `scope` and
+/// `refresh_margin` (kept in [`AdxConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
 pub enum AdxAuthConfig {
     /// No token (the emulator, or a cluster behind an authenticating proxy).
     None,
@@ -111,6 +127,7 @@ pub enum AdxAuthConfig {
         /// The secret.
         client_secret: Secret,
         /// AAD authority, e.g. `https://login.microsoftonline.com`.
+        #[serde(serialize_with = "serialize_url")]
         authority_host: Url,
     },
     /// AKS workload identity: a federated service-account token exchanged for an AAD token.
@@ -122,6 +139,7 @@ pub enum AdxAuthConfig {
         /// The projected token file, re-read on every token fetch (the kubelet rotates it).
         token_file: PathBuf,
         /// AAD authority.
+        #[serde(serialize_with = "serialize_url")]
         authority_host: Url,
     },
     /// Managed identity through the instance metadata service.
@@ -129,6 +147,7 @@ pub enum AdxAuthConfig {
         /// A user-assigned identity's client id; `None` = system-assigned.
         client_id: Option<String>,
         /// The IMDS token endpoint.
+        #[serde(serialize_with = "serialize_url")]
         imds_endpoint: Url,
     },
 }
@@ -147,17 +166,18 @@ impl AdxAuthConfig {
 }
 
 /// Polling of the data management service's failed-ingestions queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FailedIngestionsConfig {
     /// Poll at all.
     pub enabled: bool,
     /// How often.
+    #[serde(serialize_with = "serialize_duration")]
     pub interval: Duration,
 }
 
 /// Ingestion status reporting for queued ingestion: how kevents learns that a queued batch
 /// landed (or failed) before it deletes it from the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StatusConfig {
     /// Ask the data management service for a status row per batch (`ReportLevel`
     /// `FailuresAndSuccesses`, `ReportMethod` Table) and keep each queued batch until its row is
@@ -165,19 +185,22 @@ pub struct StatusConfig {
     pub enabled: bool,
     /// How often the rows of batches awaiting confirmation are read (the first read waits this
     /// long too; later ones back off to 4×).
+    #[serde(serialize_with = "serialize_duration")]
     pub poll_interval: Duration,
     /// A row still `Pending` this long after it was written is taken as a submission that never
     /// reached the queue, and the batch is submitted again.
+    #[serde(serialize_with = "serialize_duration")]
     pub pending_timeout: Duration,
 }
 
 /// The sink's health check (`sink.adx.healthcheck`): run when a leader's pipeline starts, and
 /// again every `retry_interval` while it fails. It reports only; shipping is attempted anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HealthcheckConfig {
     /// Run it at all.
     pub enabled: bool,
     /// How long after a failed check it runs again.
+    #[serde(serialize_with = "serialize_duration")]
     pub retry_interval: Duration,
 }
 
@@ -198,7 +221,8 @@ pub const DEFAULT_HEALTHCHECK_RETRY: Duration = Duration::from_secs(30);
 pub struct AdxConfig {
     /// The data management endpoint (`https://ingest-<cluster>.<region>.kusto.windows.net`).
     pub ingest_endpoint: Option<Url>,
-    /// The engine endpoint for streaming (default: `ingest_endpoint` without `ingest-`).
+    /// The engine endpoint for streaming (validation fills in the default: `ingest_endpoint`
+    /// without `ingest-`).
     pub engine_endpoint: Option<Url>,
     /// Target database.
     pub database: String,
@@ -239,17 +263,107 @@ impl AdxConfig {
     /// `ingest-` host prefix removed.
     #[must_use]
     pub fn engine(&self) -> Option<Url> {
-        if let Some(engine) = &self.engine_endpoint {
-            return Some(engine.clone());
+        self.engine_endpoint
+            .clone()
+            .or_else(|| engine_of(self.ingest_endpoint.as_ref()?))
+    }
+}
+
+/// The engine endpoint of a data management endpoint: its host without the `ingest-` prefix.
+fn engine_of(ingest_endpoint: &Url) -> Option<Url> {
+    let mut url = ingest_endpoint.clone();
+    if let Some(host) = url.host_str().and_then(|h| h.strip_prefix("ingest-")) {
+        let host = host.to_owned();
+        if url.set_host(Some(&host)).is_err() {
+            return None;
         }
-        let mut url = self.ingest_endpoint.clone()?;
-        if let Some(host) = url.host_str().and_then(|h| h.strip_prefix("ingest-")) {
-            let host = host.to_owned();
-            if url.set_host(Some(&host)).is_err() {
-                return None;
-            }
+    }
+    Some(url)
+}
+
+/// A URL as the file writes it: without the trailing `/` the parser adds to a bare host.
+fn trimmed(url: &Url) -> &str {
+    url.as_str().trim_end_matches('/')
+}
+
+fn serialize_url<S: Serializer>(url: &Url, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(trimmed(url))
+}
+
+/// The file's shape of `sink.adx`: the typed config keeps the token scope and refresh margin
+/// beside `auth` (the sink needs them whatever the mode), the file nests them under `auth`.
+impl Serialize for AdxConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Auth<'a> {
+            #[serde(flatten)]
+            mode: &'a AdxAuthConfig,
+            scope: &'a str,
+            #[serde(serialize_with = "serialize_duration")]
+            refresh_margin: Duration,
         }
-        Some(url)
+        #[derive(Serialize)]
+        struct Adx<'a> {
+            ingest_endpoint: Option<&'a str>,
+            engine_endpoint: Option<String>,
+            database: &'a str,
+            table: &'a str,
+            mapping: &'a str,
+            format: AdxFormat,
+            mode: AdxMode,
+            ingest_by_tags: bool,
+            #[serde(serialize_with = "serialize_bytes")]
+            streaming_max_bytes: u64,
+            #[serde(serialize_with = "serialize_duration")]
+            request_timeout: Duration,
+            #[serde(serialize_with = "serialize_duration")]
+            resources_refresh: Duration,
+            auth: Auth<'a>,
+            failed_ingestions: FailedIngestionsConfig,
+            status: StatusConfig,
+            healthcheck: HealthcheckConfig,
+        }
+        let Self {
+            ingest_endpoint,
+            engine_endpoint: _,
+            database,
+            table,
+            mapping,
+            format,
+            mode,
+            ingest_by_tags,
+            streaming_max_bytes,
+            request_timeout,
+            resources_refresh,
+            scope,
+            token_refresh_margin,
+            auth,
+            failed_ingestions,
+            status,
+            healthcheck,
+        } = self;
+        Adx {
+            ingest_endpoint: ingest_endpoint.as_ref().map(trimmed),
+            engine_endpoint: self.engine().as_ref().map(|url| trimmed(url).to_owned()),
+            database,
+            table,
+            mapping,
+            format: *format,
+            mode: *mode,
+            ingest_by_tags: *ingest_by_tags,
+            streaming_max_bytes: *streaming_max_bytes,
+            request_timeout: *request_timeout,
+            resources_refresh: *resources_refresh,
+            auth: Auth {
+                mode: auth,
+                scope,
+                refresh_margin: *token_refresh_margin,
+            },
+            failed_ingestions: *failed_ingestions,
+            status: *status,
+            healthcheck: *healthcheck,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -337,11 +451,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 }
 
 impl RawAdx {
-    pub(super) fn validate(
-        self,
-        shape: RecordShapeConfig,
-        env: &Environment<'_>,
-    ) -> Result<AdxConfig> {
+    pub(super) fn validate(self, shape: RecordShape, env: &Environment<'_>) -> Result<AdxConfig> {
         let mode = match self.mode.as_deref() {
             None | Some("queued") => AdxMode::Queued,
             Some("streaming") => AdxMode::Streaming,
@@ -367,6 +477,8 @@ impl RawAdx {
                  (streaming mode accepts sink.adx.engine_endpoint instead)",
             ));
         }
+        // The effective engine endpoint, so the typed (and printed) config holds what is used.
+        let engine_endpoint = engine_endpoint.or_else(|| engine_of(ingest_endpoint.as_ref()?));
         let database = non_empty(self.database)
             .ok_or_else(|| Error::invalid("sink.adx.database", "is required"))?;
         let format = match self.format.as_deref() {
@@ -381,8 +493,8 @@ impl RawAdx {
         };
         let mapping = non_empty(self.mapping).unwrap_or_else(|| {
             match shape {
-                RecordShapeConfig::Flat => "KubeEventsFlatMapping",
-                RecordShapeConfig::FluentBit => "FluentBitMappingEvents",
+                RecordShape::Flat => "KubeEventsFlatMapping",
+                RecordShape::FluentBit => "FluentBitMappingEvents",
             }
             .to_owned()
         });
@@ -590,131 +702,4 @@ impl RawAuth {
             )),
         }
     }
-}
-
-// === effective print ===
-
-fn url_value(url: Option<&Url>) -> Value {
-    url.map_or(Value::Null, |u| u.as_str().trim_end_matches('/').into())
-}
-
-pub(super) fn print_adx(adx: &AdxConfig) -> Value {
-    let auth = match &adx.auth {
-        AdxAuthConfig::None => map([("mode", "none".into())]),
-        AdxAuthConfig::ClientSecret {
-            tenant_id,
-            client_id,
-            client_secret: _,
-            authority_host,
-        } => map([
-            ("mode", "client_secret".into()),
-            ("tenant_id", tenant_id.clone().into()),
-            ("client_id", client_id.clone().into()),
-            ("client_secret", "<redacted>".into()),
-            ("authority_host", url_value(Some(authority_host))),
-            ("scope", adx.scope.clone().into()),
-            (
-                "refresh_margin",
-                format_duration(adx.token_refresh_margin).into(),
-            ),
-        ]),
-        AdxAuthConfig::WorkloadIdentity {
-            tenant_id,
-            client_id,
-            token_file,
-            authority_host,
-        } => map([
-            ("mode", "workload_identity".into()),
-            ("tenant_id", tenant_id.clone().into()),
-            ("client_id", client_id.clone().into()),
-            ("token_file", token_file.display().to_string().into()),
-            ("authority_host", url_value(Some(authority_host))),
-            ("scope", adx.scope.clone().into()),
-            (
-                "refresh_margin",
-                format_duration(adx.token_refresh_margin).into(),
-            ),
-        ]),
-        AdxAuthConfig::ManagedIdentity {
-            client_id,
-            imds_endpoint,
-        } => map([
-            ("mode", "managed_identity".into()),
-            (
-                "client_id",
-                client_id.clone().map_or(Value::Null, Value::from),
-            ),
-            ("imds_endpoint", url_value(Some(imds_endpoint))),
-            ("scope", adx.scope.clone().into()),
-            (
-                "refresh_margin",
-                format_duration(adx.token_refresh_margin).into(),
-            ),
-        ]),
-    };
-    map([
-        ("ingest_endpoint", url_value(adx.ingest_endpoint.as_ref())),
-        ("engine_endpoint", url_value(adx.engine().as_ref())),
-        ("database", adx.database.clone().into()),
-        ("table", adx.table.clone().into()),
-        ("mapping", adx.mapping.clone().into()),
-        ("format", adx.format.as_str().into()),
-        (
-            "mode",
-            match adx.mode {
-                AdxMode::Queued => "queued",
-                AdxMode::Streaming => "streaming",
-                AdxMode::Managed => "managed",
-            }
-            .into(),
-        ),
-        ("ingest_by_tags", adx.ingest_by_tags.into()),
-        (
-            "streaming_max_bytes",
-            format_bytes(adx.streaming_max_bytes).into(),
-        ),
-        (
-            "request_timeout",
-            format_duration(adx.request_timeout).into(),
-        ),
-        (
-            "resources_refresh",
-            format_duration(adx.resources_refresh).into(),
-        ),
-        ("auth", auth),
-        (
-            "failed_ingestions",
-            map([
-                ("enabled", adx.failed_ingestions.enabled.into()),
-                (
-                    "interval",
-                    format_duration(adx.failed_ingestions.interval).into(),
-                ),
-            ]),
-        ),
-        (
-            "status",
-            map([
-                ("enabled", adx.status.enabled.into()),
-                (
-                    "poll_interval",
-                    format_duration(adx.status.poll_interval).into(),
-                ),
-                (
-                    "pending_timeout",
-                    format_duration(adx.status.pending_timeout).into(),
-                ),
-            ]),
-        ),
-        (
-            "healthcheck",
-            map([
-                ("enabled", adx.healthcheck.enabled.into()),
-                (
-                    "retry_interval",
-                    format_duration(adx.healthcheck.retry_interval).into(),
-                ),
-            ]),
-        ),
-    ])
 }

@@ -1,4 +1,4 @@
-//! `${VAR}` expansion in configuration values.
+//! `${VAR}` expansion in configuration values, and its inverse for printing.
 //!
 //! Owns the expansion syntax: `${VAR}` (an unset variable is an error), `${VAR:-default}` (the
 //! default when unset or empty) and `$$` (a literal `$`). It works on YAML string scalars after
@@ -135,6 +135,22 @@ pub fn expand_str(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Writes every `$` in the string scalars of `value` as `$$`, so expanding the printed text gives
+/// the values back as they are (a value is printed after expansion, never re-expanded).
+pub fn escape_tree(value: &mut Value) {
+    match value {
+        Value::String(text) => {
+            if text.contains('$') {
+                *text = text.replace('$', "$$");
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(escape_tree),
+        Value::Mapping(map) => map.iter_mut().for_each(|(_, item)| escape_tree(item)),
+        Value::Tagged(tagged) => escape_tree(&mut tagged.value),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 fn is_var_name(name: &str) -> bool {

@@ -2,8 +2,10 @@
 //! [`Config`] before anything starts. `kevents check-config` runs exactly this.
 //!
 //! Owns the schema, `${VAR}` expansion, defaults and validation, and the redacted print of the
-//! effective configuration. This is the only module that reads the process environment for
-//! configuration. It must never log or print a secret value.
+//! effective configuration: serde `Serialize` of the typed [`Config`] itself (durations and sizes
+//! in the file's units, secrets as `<redacted>`), so the print cannot drift from the schema and
+//! parses back into the same configuration. This is the only module that reads the process
+//! environment for configuration. It must never log or print a secret value.
 
 mod adx;
 mod expand;
@@ -14,19 +16,19 @@ pub mod units;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use serde::{Serialize, Serializer};
 use serde_yaml_ng::{Mapping, Value};
 
 pub use adx::{
     AdxAuthConfig, AdxConfig, AdxFormat, AdxMode, DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_ENDPOINT,
-    DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES, FailedIngestionsConfig, HealthcheckConfig, Secret,
-    StatusConfig, WORKLOAD_IDENTITY_ENV,
+    DEFAULT_SCOPE, DEFAULT_STREAMING_MAX_BYTES, FailedIngestionsConfig, HealthcheckConfig,
+    REDACTED, Secret, StatusConfig, WORKLOAD_IDENTITY_ENV,
 };
 pub use expand::ExpandError;
 pub use pipeline::{
-    FilterConfig, InitialList, RecordConfig, RecordShapeConfig, ShipperConfig, SinkConfig,
-    SourceConfig, StoreConfig,
+    FilterConfig, InitialList, RecordConfig, ShipperConfig, SinkConfig, SourceConfig, StoreConfig,
 };
-use units::{format_duration, parse_duration};
+use units::{parse_duration, serialize_duration};
 
 /// Where a pod's own namespace is found in-cluster.
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
@@ -58,6 +60,9 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The effective configuration could not be written as YAML.
+    #[error("cannot print the effective config")]
+    Print(#[source] serde_yaml_ng::Error),
 }
 
 impl Error {
@@ -73,7 +78,8 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -82,16 +88,18 @@ pub enum LogFormat {
 }
 
 /// Which Event API the source reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EventApi {
     /// `core/v1` Events (`/api/v1/events`), the default.
+    #[serde(rename = "core/v1")]
     CoreV1,
     /// `events.k8s.io/v1` Events.
+    #[serde(rename = "events.k8s.io/v1")]
     EventsV1,
 }
 
 /// Identity of this cluster, written into every record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterTags {
     /// `Cluster` column.
     pub name: String,
@@ -102,14 +110,14 @@ pub struct ClusterTags {
 }
 
 /// How to reach the Kubernetes API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KubernetesConfig {
     /// An explicit kubeconfig file; `None` means in-cluster config or `KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
 }
 
 /// Lease-based leader election.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaderConfig {
     /// Lease object name.
     pub lease_name: String,
@@ -118,22 +126,25 @@ pub struct LeaderConfig {
     /// This replica's identity (holderIdentity).
     pub identity: String,
     /// How long a lease is valid after it was last observed to change.
+    #[serde(serialize_with = "serialize_duration")]
     pub lease_duration: Duration,
     /// A leader that has not renewed within this demotes itself.
+    #[serde(serialize_with = "serialize_duration")]
     pub renew_deadline: Duration,
     /// Interval between acquire/renew attempts (jittered).
+    #[serde(serialize_with = "serialize_duration")]
     pub retry_period: Duration,
 }
 
 /// The admin HTTP server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
     /// Listen address of `/livez`, `/readyz`, `/metrics`, `/status`.
     pub listen: SocketAddr,
 }
 
 /// Logging.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogConfig {
     /// An `EnvFilter` directive such as `info` or `kevents=debug,info`.
     pub level: String,
@@ -142,22 +153,26 @@ pub struct LogConfig {
 }
 
 /// Drill aids.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiagnosticsConfig {
     /// While its lease is current, the leader appends `<unix_ms> <identity> <epoch>` lines to this
     /// file (fenced exactly like every other side effect); drills read it to prove the fence.
     pub fence_log: Option<PathBuf>,
     /// How often a fence-log line is written.
+    #[serde(serialize_with = "serialize_duration")]
     pub fence_log_interval: Duration,
     /// Drills only: a store capture waits this long between its fence check and its write, so a
     /// pause can land inside the check-then-act window (zero: never).
+    #[serde(serialize_with = "serialize_duration")]
     pub stall_store_commit: Duration,
     /// Drills only: the file sink waits this long between journaling a batch and writing it.
+    #[serde(serialize_with = "serialize_duration")]
     pub stall_sink_write: Duration,
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The validated configuration. It serializes in the file's shape and field order (see
+/// [`Config::to_redacted_yaml`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     /// Cluster tags.
     pub cluster: ClusterTags,
@@ -165,14 +180,6 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// Leader election.
     pub leader: LeaderConfig,
-    /// Admin server.
-    pub admin: AdminConfig,
-    /// Logging.
-    pub log: LogConfig,
-    /// Time allowed for a graceful shutdown after SIGTERM/SIGINT.
-    pub shutdown_grace_period: Duration,
-    /// Drill aids.
-    pub diagnostics: DiagnosticsConfig,
     /// The list/watch source.
     pub source: SourceConfig,
     /// The durable store.
@@ -183,6 +190,31 @@ pub struct Config {
     pub record: RecordConfig,
     /// Where batches go.
     pub sink: SinkConfig,
+    /// Admin server.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Time allowed for a graceful shutdown after SIGTERM/SIGINT (`shutdown.grace_period`).
+    #[serde(rename = "shutdown", serialize_with = "serialize_shutdown")]
+    pub shutdown_grace_period: Duration,
+    /// Drill aids.
+    pub diagnostics: DiagnosticsConfig,
+}
+
+/// `shutdown_grace_period` as the file's `shutdown` section.
+fn serialize_shutdown<S: Serializer>(
+    grace_period: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Shutdown {
+        #[serde(serialize_with = "serialize_duration")]
+        grace_period: Duration,
+    }
+    Shutdown {
+        grace_period: *grace_period,
+    }
+    .serialize(serializer)
 }
 
 /// Where configuration values not in the file come from: the environment and the pod's files.
@@ -252,130 +284,14 @@ impl Config {
         raw.validate(env)
     }
 
-    /// The effective configuration as YAML, with every default filled in and secrets redacted.
-    #[must_use]
-    pub fn to_redacted_yaml(&self) -> String {
-        let Self {
-            cluster,
-            kubernetes,
-            leader,
-            admin,
-            log,
-            shutdown_grace_period,
-            diagnostics,
-            source,
-            store,
-            shipper,
-            record,
-            sink,
-        } = self;
-        let mut root = Mapping::new();
-        root.insert(
-            "cluster".into(),
-            map([
-                ("name", cluster.name.clone().into()),
-                ("region", cluster.region.clone().into()),
-                ("environment", cluster.environment.clone().into()),
-            ]),
-        );
-        root.insert(
-            "kubernetes".into(),
-            map([(
-                "kubeconfig",
-                kubernetes
-                    .kubeconfig
-                    .as_ref()
-                    .map_or(Value::Null, |p| p.display().to_string().into()),
-            )]),
-        );
-        root.insert(
-            "leader".into(),
-            map([
-                ("lease_name", leader.lease_name.clone().into()),
-                (
-                    "lease_namespace",
-                    leader
-                        .lease_namespace
-                        .clone()
-                        .map_or(Value::Null, Value::from),
-                ),
-                ("identity", leader.identity.clone().into()),
-                (
-                    "lease_duration",
-                    format_duration(leader.lease_duration).into(),
-                ),
-                (
-                    "renew_deadline",
-                    format_duration(leader.renew_deadline).into(),
-                ),
-                ("retry_period", format_duration(leader.retry_period).into()),
-            ]),
-        );
-        root.insert("source".into(), pipeline::print_source(source));
-        root.insert("store".into(), pipeline::print_store(store));
-        root.insert("shipper".into(), pipeline::print_shipper(shipper));
-        root.insert("record".into(), pipeline::print_record(record));
-        root.insert("sink".into(), pipeline::print_sink(sink));
-        root.insert(
-            "admin".into(),
-            map([("listen", admin.listen.to_string().into())]),
-        );
-        root.insert(
-            "log".into(),
-            map([
-                ("level", log.level.clone().into()),
-                (
-                    "format",
-                    match log.format {
-                        LogFormat::Text => "text",
-                        LogFormat::Json => "json",
-                    }
-                    .into(),
-                ),
-            ]),
-        );
-        root.insert(
-            "shutdown".into(),
-            map([(
-                "grace_period",
-                format_duration(*shutdown_grace_period).into(),
-            )]),
-        );
-        root.insert(
-            "diagnostics".into(),
-            map([
-                (
-                    "fence_log",
-                    diagnostics
-                        .fence_log
-                        .as_ref()
-                        .map_or(Value::Null, |p| p.display().to_string().into()),
-                ),
-                (
-                    "fence_log_interval",
-                    format_duration(diagnostics.fence_log_interval).into(),
-                ),
-                (
-                    "stall_store_commit",
-                    format_duration(diagnostics.stall_store_commit).into(),
-                ),
-                (
-                    "stall_sink_write",
-                    format_duration(diagnostics.stall_sink_write).into(),
-                ),
-            ]),
-        );
-        serde_yaml_ng::to_string(&Value::Mapping(root)).unwrap_or_default()
+    /// The effective configuration as YAML: every default filled in, durations and sizes in the
+    /// units the file takes, every secret as `<redacted>`, and `$` written `$$`. Parsed again
+    /// (in the same environment) it gives this same configuration, but for the redacted secrets.
+    pub fn to_redacted_yaml(&self) -> Result<String> {
+        let mut tree = serde_yaml_ng::to_value(self).map_err(Error::Print)?;
+        expand::escape_tree(&mut tree);
+        serde_yaml_ng::to_string(&tree).map_err(Error::Print)
     }
-}
-
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Mapping(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect(),
-    )
 }
 
 pub(crate) fn duration_field(key: &str, text: Option<&str>, default: Duration) -> Result<Duration> {

@@ -1,19 +1,24 @@
 //! Configuration of the leader pipeline: `source`, `store`, `shipper`, `record` and `sink`.
 //!
-//! Owns these sections' raw schema, defaults, validation and effective print. It never opens a
-//! file or a connection: it only describes them.
+//! Owns these sections' raw schema, defaults and validation, and their serialization in the
+//! file's shape (the effective print). It never opens a file or a connection: it only describes
+//! them.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_yaml_ng::Value;
 
 use super::{
     Environment, Error, EventApi, Result,
-    adx::{AdxConfig, RawAdx, print_adx},
-    duration_field, map, scalar,
-    units::{format_bytes, format_duration, parse_bytes},
+    adx::{AdxConfig, RawAdx},
+    duration_field, scalar,
+    units::{format_bytes, parse_bytes, serialize_bytes, serialize_duration},
 };
+use crate::transform::RecordShape;
 
 /// What a leader does on its very first start, when the store holds no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +29,16 @@ pub enum InitialList {
     None,
     /// Ship held events whose own time is at most this old.
     MaxAge(Duration),
+}
+
+impl Serialize for InitialList {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::All => serializer.serialize_str("all"),
+            Self::None => serializer.serialize_str("none"),
+            Self::MaxAge(age) => serialize_duration(age, serializer),
+        }
+    }
 }
 
 /// Which events to keep. Empty lists keep everything.
@@ -43,84 +58,156 @@ pub struct FilterConfig {
     pub involved_kinds: Vec<String>,
 }
 
+/// The file nests the include/exclude pairs (`namespaces.include`) beside `types` and
+/// `involved_kinds`, all directly in `source`.
+impl Serialize for FilterConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct IncludeExclude<'a> {
+            include: &'a [String],
+            exclude: &'a [String],
+        }
+        #[derive(Serialize)]
+        struct Filter<'a> {
+            namespaces: IncludeExclude<'a>,
+            types: &'a [String],
+            reasons: IncludeExclude<'a>,
+            involved_kinds: &'a [String],
+        }
+        let Self {
+            namespaces_include,
+            namespaces_exclude,
+            types,
+            reasons_include,
+            reasons_exclude,
+            involved_kinds,
+        } = self;
+        Filter {
+            namespaces: IncludeExclude {
+                include: namespaces_include,
+                exclude: namespaces_exclude,
+            },
+            types,
+            reasons: IncludeExclude {
+                include: reasons_include,
+                exclude: reasons_exclude,
+            },
+            involved_kinds,
+        }
+        .serialize(serializer)
+    }
+}
+
 /// The list/watch source.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceConfig {
     /// Which Event API to read.
     pub api: EventApi,
     /// First-start behaviour.
     pub initial_list: InitialList,
     /// `timeoutSeconds` of each watch request.
+    #[serde(serialize_with = "serialize_duration")]
     pub watch_timeout: Duration,
     /// A watch that delivers nothing for this long after its timeout is treated as dead.
+    #[serde(serialize_with = "serialize_duration")]
     pub watch_idle_grace: Duration,
     /// LIST page size.
     pub page_size: u32,
-    /// Filters.
+    /// Filters (their keys sit directly in `source`).
+    #[serde(flatten)]
     pub filter: FilterConfig,
 }
 
 /// The durable store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreConfig {
     /// Store directory (the shared volume in production).
     pub path: PathBuf,
     /// sled page cache.
+    #[serde(serialize_with = "serialize_bytes")]
     pub cache_capacity: u64,
     /// Capture pauses while the outbox and the dead tree together hold this many bytes.
+    #[serde(serialize_with = "serialize_bytes")]
     pub max_outbox_bytes: u64,
     /// The dead tree holds at most this many payload bytes; the oldest dead batches are dropped
     /// first (the newest is always kept). Less than `max_outbox_bytes`.
+    #[serde(serialize_with = "serialize_bytes")]
     pub max_dead_bytes: u64,
     /// Dedupe entries are kept this long after an event was last seen.
+    #[serde(serialize_with = "serialize_duration")]
     pub seen_retention: Duration,
     /// The API server's `--event-ttl`: resuming from an older checkpoint is reported as a gap.
+    #[serde(serialize_with = "serialize_duration")]
     pub event_ttl: Duration,
     /// How long a new leader retries while the store's file lock is held.
+    #[serde(serialize_with = "serialize_duration")]
     pub lock_timeout: Duration,
     /// Deadline of one store call (and of one file-sink write): a call on the volume that takes
     /// longer counts as hung; the leader steps down and `/livez` fails while it lasts.
+    #[serde(serialize_with = "serialize_duration")]
     pub io_timeout: Duration,
     /// Events captured per transaction at most (group commit).
     pub max_commit_events: usize,
 }
 
 /// Batching and retries of the shipper.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShipperConfig {
     /// Records per batch at most.
     pub max_batch_events: usize,
     /// Uncompressed bytes per batch at most.
+    #[serde(serialize_with = "serialize_bytes")]
     pub max_batch_bytes: u64,
     /// A record waits at most this long before its batch is cut.
+    #[serde(serialize_with = "serialize_duration")]
     pub max_batch_age: Duration,
     /// First retry delay.
+    #[serde(serialize_with = "serialize_duration")]
     pub retry_initial: Duration,
     /// Longest retry delay.
+    #[serde(serialize_with = "serialize_duration")]
     pub retry_max: Duration,
     /// Batches the sink accepted for later processing (ADX queued ingestion) whose outcome is
     /// not known yet, at most; more wait before being cut.
     pub max_awaiting_batches: usize,
 }
 
-/// Output record shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordShapeConfig {
-    /// The flat `KubeEvents` row.
-    Flat,
-    /// `{"TimeGenerated": …, "log": {…}}` for the `FluentBitMappingEvents` mapping.
-    FluentBit,
-}
-
 /// Output records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordConfig {
-    /// Shape.
-    pub shape: RecordShapeConfig,
+    /// Shape (`flat` or `fluent-bit`), read straight into the transform's own type.
+    pub shape: RecordShape,
     /// Add the `Uid` column.
     pub include_uid: bool,
     /// Add the `ResourceVersion` column.
     pub include_resource_version: bool,
+}
+
+/// The file lists the optional columns by name (`extra_columns: [Uid]`).
+impl Serialize for RecordConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Record {
+            shape: RecordShape,
+            extra_columns: Vec<&'static str>,
+        }
+        let Self {
+            shape,
+            include_uid,
+            include_resource_version,
+        } = *self;
+        Record {
+            shape,
+            extra_columns: [
+                (include_uid, "Uid"),
+                (include_resource_version, "ResourceVersion"),
+            ]
+            .into_iter()
+            .filter_map(|(on, column)| on.then_some(column))
+            .collect(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Where batches go.
@@ -139,6 +226,42 @@ pub enum SinkConfig {
     },
     /// Azure Data Explorer.
     Adx(Box<AdxConfig>),
+}
+
+/// The file names the sink in `type` and holds its settings in a section of that name.
+impl Serialize for SinkConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct FileSection<'a> {
+            path: &'a Path,
+            #[serde(serialize_with = "serialize_bytes")]
+            max_bytes: u64,
+            max_files: usize,
+        }
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        enum Sink<'a> {
+            Stdout,
+            File { file: FileSection<'a> },
+            Adx { adx: &'a AdxConfig },
+        }
+        match self {
+            Self::Stdout => Sink::Stdout,
+            Self::File {
+                path,
+                max_bytes,
+                max_files,
+            } => Sink::File {
+                file: FileSection {
+                    path,
+                    max_bytes: *max_bytes,
+                    max_files: *max_files,
+                },
+            },
+            Self::Adx(adx) => Sink::Adx { adx },
+        }
+        .serialize(serializer)
+    }
 }
 
 // === raw schema ===
@@ -202,7 +325,7 @@ pub(super) struct RawShipper {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRecord {
-    shape: Option<String>,
+    shape: Option<RecordShape>,
     #[serde(default)]
     extra_columns: Vec<String>,
 }
@@ -446,18 +569,8 @@ impl RawShipper {
 
 impl RawRecord {
     pub(super) fn validate(self) -> Result<RecordConfig> {
-        let shape = match self.shape.as_deref() {
-            None | Some("flat") => RecordShapeConfig::Flat,
-            Some("fluent-bit") => RecordShapeConfig::FluentBit,
-            Some(other) => {
-                return Err(Error::invalid(
-                    "record.shape",
-                    format!("`{other}` is not one of `flat`, `fluent-bit`"),
-                ));
-            }
-        };
         let mut record = RecordConfig {
-            shape,
+            shape: self.shape.unwrap_or_default(),
             include_uid: false,
             include_resource_version: false,
         };
@@ -479,7 +592,7 @@ impl RawRecord {
 
 pub(super) fn validate_sink(
     raw: Option<RawSink>,
-    shape: RecordShapeConfig,
+    shape: RecordShape,
     env: &Environment<'_>,
 ) -> Result<SinkConfig> {
     let Some(raw) = raw else {
@@ -519,79 +632,6 @@ pub(super) fn validate_sink(
     }
 }
 
-// === effective print ===
-
-fn strings(values: &[String]) -> Value {
-    Value::Sequence(values.iter().map(|v| Value::from(v.clone())).collect())
-}
-
-pub(super) fn print_source(source: &SourceConfig) -> Value {
-    let f = &source.filter;
-    map([
-        (
-            "api",
-            match source.api {
-                EventApi::CoreV1 => "core/v1",
-                EventApi::EventsV1 => "events.k8s.io/v1",
-            }
-            .into(),
-        ),
-        (
-            "initial_list",
-            match source.initial_list {
-                InitialList::All => "all".into(),
-                InitialList::None => "none".into(),
-                InitialList::MaxAge(age) => format_duration(age).into(),
-            },
-        ),
-        (
-            "watch_timeout",
-            format_duration(source.watch_timeout).into(),
-        ),
-        (
-            "watch_idle_grace",
-            format_duration(source.watch_idle_grace).into(),
-        ),
-        ("page_size", source.page_size.into()),
-        (
-            "namespaces",
-            map([
-                ("include", strings(&f.namespaces_include)),
-                ("exclude", strings(&f.namespaces_exclude)),
-            ]),
-        ),
-        ("types", strings(&f.types)),
-        (
-            "reasons",
-            map([
-                ("include", strings(&f.reasons_include)),
-                ("exclude", strings(&f.reasons_exclude)),
-            ]),
-        ),
-        ("involved_kinds", strings(&f.involved_kinds)),
-    ])
-}
-
-pub(super) fn print_store(store: &StoreConfig) -> Value {
-    map([
-        ("path", store.path.display().to_string().into()),
-        ("cache_capacity", format_bytes(store.cache_capacity).into()),
-        (
-            "max_outbox_bytes",
-            format_bytes(store.max_outbox_bytes).into(),
-        ),
-        ("max_dead_bytes", format_bytes(store.max_dead_bytes).into()),
-        (
-            "seen_retention",
-            format_duration(store.seen_retention).into(),
-        ),
-        ("event_ttl", format_duration(store.event_ttl).into()),
-        ("lock_timeout", format_duration(store.lock_timeout).into()),
-        ("io_timeout", format_duration(store.io_timeout).into()),
-        ("max_commit_events", store.max_commit_events.into()),
-    ])
-}
-
 /// Default deadline of a store call: far above a healthy share's worst commit (a few hundred ms
 /// on Azure Files), well below what an operator would wait before calling the mount hung.
 const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -605,67 +645,4 @@ fn io_timeout(text: Option<&str>) -> Result<Duration> {
         ));
     }
     Ok(timeout)
-}
-
-pub(super) fn print_shipper(shipper: &ShipperConfig) -> Value {
-    map([
-        ("max_batch_events", shipper.max_batch_events.into()),
-        (
-            "max_batch_bytes",
-            format_bytes(shipper.max_batch_bytes).into(),
-        ),
-        (
-            "max_batch_age",
-            format_duration(shipper.max_batch_age).into(),
-        ),
-        (
-            "retry_initial",
-            format_duration(shipper.retry_initial).into(),
-        ),
-        ("retry_max", format_duration(shipper.retry_max).into()),
-        ("max_awaiting_batches", shipper.max_awaiting_batches.into()),
-    ])
-}
-
-pub(super) fn print_record(record: &RecordConfig) -> Value {
-    let mut extra = Vec::new();
-    if record.include_uid {
-        extra.push("Uid".to_owned());
-    }
-    if record.include_resource_version {
-        extra.push("ResourceVersion".to_owned());
-    }
-    map([
-        (
-            "shape",
-            match record.shape {
-                RecordShapeConfig::Flat => "flat",
-                RecordShapeConfig::FluentBit => "fluent-bit",
-            }
-            .into(),
-        ),
-        ("extra_columns", strings(&extra)),
-    ])
-}
-
-pub(super) fn print_sink(sink: &SinkConfig) -> Value {
-    match sink {
-        SinkConfig::Stdout => map([("type", "stdout".into())]),
-        SinkConfig::File {
-            path,
-            max_bytes,
-            max_files,
-        } => map([
-            ("type", "file".into()),
-            (
-                "file",
-                map([
-                    ("path", path.display().to_string().into()),
-                    ("max_bytes", format_bytes(*max_bytes).into()),
-                    ("max_files", (*max_files).into()),
-                ]),
-            ),
-        ]),
-        SinkConfig::Adx(adx) => map([("type", "adx".into()), ("adx", print_adx(adx))]),
-    }
 }

@@ -230,7 +230,7 @@ fn the_adx_client_secret_prints_redacted_and_defaults_are_filled_in() {
         &env_with(&[("ADX_SECRET", "s3cr3t-value")]),
     )
     .unwrap();
-    let printed = config.to_redacted_yaml();
+    let printed = config.to_redacted_yaml().unwrap();
     assert!(!printed.contains("s3cr3t-value"), "{printed}");
     assert!(printed.contains("client_secret: <redacted>"), "{printed}");
     assert!(!format!("{config:?}").contains("s3cr3t-value"));
@@ -298,7 +298,7 @@ fn the_effective_config_round_trips_through_the_parser() {
         &env_with(&[]),
     )
     .unwrap();
-    let printed = config.to_redacted_yaml();
+    let printed = config.to_redacted_yaml().unwrap();
     let again = Config::parse(&printed, &env_with(&[])).unwrap();
     assert_eq!(config, again, "{printed}");
 }
@@ -516,5 +516,84 @@ fn the_dead_tree_cap_defaults_to_64_mib_and_to_a_quarter_of_a_smaller_outbox() {
     assert!(
         err.to_string().contains("less than store.max_outbox_bytes"),
         "{err}"
+    );
+}
+
+/// The example's environment: cluster tags and what the AKS workload identity webhook sets.
+fn example_env() -> Environment<'static> {
+    env_with(&[
+        ("CLUSTER", "aks-prod"),
+        ("REGION", "westeurope"),
+        ("POD_NAME", "kevents-0"),
+        ("AZURE_CLIENT_ID", "c"),
+        ("AZURE_TENANT_ID", "t"),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        ),
+    ])
+}
+
+#[test]
+fn the_printed_example_config_parses_back_into_the_same_config() {
+    let example = include_str!("../../examples/kevents.yaml");
+    let adx = example.replacen("type: file ", "type: adx ", 1);
+    let texts = [
+        example.to_owned(),
+        adx.clone(),
+        adx.replacen("mode: workload_identity", "mode: managed_identity", 1),
+        adx.replacen("mode: workload_identity", "mode: none", 1)
+            .replacen("mode: queued", "mode: streaming", 1)
+            .replacen(
+                "scope: https://kusto.kusto.windows.net/.default",
+                "scope: https://kusto.kusto.usgovcloudapi.net/.default",
+                1,
+            ),
+        example
+            .replacen("shape: flat", "shape: fluent-bit", 1)
+            .replacen(
+                "extra_columns: []",
+                "extra_columns: [ResourceVersion, Uid]",
+                1,
+            )
+            .replacen("initial_list: all", "initial_list: 1h30m", 1)
+            .replacen("types: []", "types: [Warning]", 1),
+    ];
+    for text in texts {
+        let config = Config::parse(&text, &example_env()).unwrap();
+        let printed = config.to_redacted_yaml().unwrap();
+        let again = Config::parse(&printed, &example_env()).unwrap();
+        assert_eq!(config, again, "{printed}");
+        assert_eq!(again.to_redacted_yaml().unwrap(), printed);
+    }
+}
+
+#[test]
+fn a_printed_client_secret_parses_back_as_the_redaction_mark_only() {
+    let text = adx(
+        "    ingest_endpoint: https://ingest-c.westeurope.kusto.windows.net\n    database: k8s\n    auth:\n      mode: client_secret\n      tenant_id: t\n      client_id: c\n      client_secret: ${ADX_SECRET}\n",
+    );
+    let config = Config::parse(&text, &env_with(&[("ADX_SECRET", "s3cr3t-value")])).unwrap();
+    let printed = config.to_redacted_yaml().unwrap();
+    assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    let again = Config::parse(&printed, &env_with(&[])).unwrap();
+    let redacted = Config::parse(&text, &env_with(&[("ADX_SECRET", REDACTED)])).unwrap();
+    assert_eq!(again, redacted, "{printed}");
+}
+
+#[test]
+fn a_dollar_in_a_value_prints_escaped_and_parses_back_unchanged() {
+    let config = Config::parse(
+        "cluster:\n  name: a$$b\n  region: ${REGION}\nsink:\n  type: file\n  file:\n    path: /tmp/$${x}.ndjson\n",
+        &env_with(&[("REGION", "${NOT_A_VAR}")]),
+    )
+    .unwrap();
+    assert_eq!(config.cluster.name, "a$b");
+    assert_eq!(config.cluster.region, "${NOT_A_VAR}");
+    let printed = config.to_redacted_yaml().unwrap();
+    assert_eq!(
+        Config::parse(&printed, &env_with(&[])).unwrap(),
+        config,
+        "{printed}"
     );
 }

@@ -2,8 +2,12 @@
 //! `1048576`) in configuration, parsed and printed back.
 //!
 //! Owns only the syntax; it never decides what a sensible value is (that is validation's job).
+//! The `serialize_*` functions are the `#[serde(serialize_with = …)]` of the typed config, so the
+//! printed effective config uses the units the file takes.
 
 use std::time::Duration;
+
+use serde::Serializer;
 
 /// Parses a duration such as `15s`, `500ms`, `1m30s`, `2h` or `1d`. A bare number is rejected:
 /// a unit is required so `15` can never be mistaken for milliseconds.
@@ -119,6 +123,19 @@ pub fn format_bytes(bytes: u64) -> String {
         }
     }
     bytes.to_string()
+}
+
+/// Serializes a duration as [`format_duration`] prints it (`15s`, `1m30s`, `500ms`).
+pub fn serialize_duration<S: Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*value))
+}
+
+/// Serializes a byte size as [`format_bytes`] prints it (`64MiB`, or a plain number of bytes).
+pub fn serialize_bytes<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_bytes(*value))
 }
 
 #[cfg(test)]

@@ -7,15 +7,22 @@
 //! checks the destination's setup without sending anything. A sink must accept the
 //! same batch id twice and deliver it once where its destination allows (the file sink does;
 //! stdout cannot). Sinks never touch the store: the shipper acknowledges a batch once the sink
-//! says it was delivered.
+//! says it was delivered. [`build`] turns the `sink` configuration into the sink it describes, so
+//! the pipeline only wires it in.
 
 pub mod adx;
 mod file;
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 pub use adx::AdxSink;
 pub use file::{FileSink, FileSinkOptions};
+
+use crate::{
+    blocking::IoPool,
+    config::{Config, SinkConfig},
+    telemetry::Metrics,
+};
 
 /// A batch handed to a sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +89,61 @@ impl Error {
 
 /// `type Result<T> = Result<T, sink::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A sink its configuration describes could not be set up. Shows the cause itself: the caller
+/// names the sink ([`BuildError::sink`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The file sink's file could not be opened.
+    #[error(transparent)]
+    File(std::io::Error),
+    /// The ADX sink could not be built (its HTTP client, or an endpoint its mode needs).
+    #[error(transparent)]
+    Adx(adx::Error),
+}
+
+impl BuildError {
+    /// Which sink failed (`file`, `adx`).
+    #[must_use]
+    pub fn sink(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Adx(_) => "adx",
+        }
+    }
+}
+
+/// The sink `config.sink` describes. Call from within a tokio runtime (the ADX sink may start its
+/// failed-ingestions poller).
+///
+/// # Errors
+/// Fails if the sink cannot be opened or built.
+pub fn build(
+    config: &Config,
+    metrics: &Metrics,
+    io: &IoPool,
+) -> std::result::Result<Arc<dyn Sink>, BuildError> {
+    Ok(match &config.sink {
+        SinkConfig::Stdout => Arc::new(StdoutSink),
+        SinkConfig::File {
+            path,
+            max_bytes,
+            max_files,
+        } => Arc::new(
+            FileSink::open(FileSinkOptions {
+                path: path.clone(),
+                max_bytes: *max_bytes,
+                max_files: *max_files,
+            })
+            .map_err(BuildError::File)?
+            .with_write_stall(config.diagnostics.stall_sink_write)
+            .with_io(io.clone()),
+        ),
+        SinkConfig::Adx(adx) => {
+            Arc::new(AdxSink::new(adx, metrics.clone()).map_err(BuildError::Adx)?)
+        }
+    })
+}
 
 /// What a sink did with a batch it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

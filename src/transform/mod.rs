@@ -110,7 +110,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which record shape [`to_record`] writes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordShape {
     /// One flat `KubeEvents` row, columns as in [`FLAT_COLUMNS`] (mapping `KubeEventsFlatMapping`).

@@ -15,7 +15,11 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::{Inner, Operation, auth::endpoint_name, xml_text};
+use super::{
+    Inner, Operation,
+    auth::endpoint_name,
+    http::{STORAGE_VERSION, xml_text},
+};
 use crate::telemetry::error_chain;
 
 /// Ingestion ids remembered (about a day of batches at one per 15 s is 5760).
@@ -96,7 +100,7 @@ pub(super) async fn poll(inner: Arc<Inner>) {
                 .http
                 .client
                 .get(url)
-                .header("x-ms-version", super::STORAGE_VERSION);
+                .header("x-ms-version", STORAGE_VERSION);
             let body = match inner
                 .http
                 .send(Operation::FailedIngestionsPoll, request, &endpoint, &[])

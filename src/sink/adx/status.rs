@@ -17,7 +17,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 use serde_json::{Map, Value, json};
 
-use super::{Error, Inner, Operation, Result, auth::endpoint_name, stable_index};
+use super::{Error, Inner, Operation, Result, auth::endpoint_name, queued::stable_index};
 
 /// `x-ms-version` of Table service requests.
 const TABLE_VERSION: &str = "2019-02-02";

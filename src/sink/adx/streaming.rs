@@ -158,7 +158,7 @@ impl Inner {
     ) -> Result<(&'static str, Receipt)> {
         let (database, table) = (&self.config.database, &self.config.table);
         if self.config.ingest_endpoint.is_some() {
-            self.suspend_streaming(super::UNAVAILABLE_SUSPENSION, "policy_off");
+            self.suspend_streaming(super::managed::UNAVAILABLE_SUSPENSION, "policy_off");
             if self.note_once("policy_off") {
                 tracing::warn!(
                     batch_id = %batch.id,

@@ -1,6 +1,14 @@
 //! Unit tests of the ADX sink's error classification.
 
-use super::*;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use super::{
+    Error, Operation,
+    http::{parse_error_body, streaming_is_permanent},
+    queued::stable_index,
+};
 
 fn status(operation: Operation, status: u16, body: &str) -> Error {
     let (code, message, flag) = parse_error_body(body.as_bytes());

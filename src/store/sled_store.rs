@@ -41,6 +41,12 @@ const K_OUTBOX_BYTES: &[u8] = b"outbox_bytes";
 const K_DEAD_EVENTS: &[u8] = b"dead_events";
 const K_DEAD_BYTES: &[u8] = b"dead_bytes";
 
+/// Proof that the caller holds the store's write lock and found its term current when it took
+/// it ([`SledStore::fenced`]); dropped, it releases the lock.
+struct Fenced<'a> {
+    _lock: std::sync::MutexGuard<'a, ()>,
+}
+
 /// Records deleted per transaction when a batch is acknowledged.
 const ACK_CHUNK: u64 = 1000;
 
@@ -303,8 +309,7 @@ impl SledStore {
 
     /// Counts the dead tree into `dead_events`/`dead_bytes` when the store predates those
     /// counters (`dead_bytes` absent; `dead_events` then counted every batch that ever died).
-    /// Caller holds the write lock and has checked the fence.
-    fn count_dead_if_uncounted(&self) -> Result<()> {
+    fn count_dead_if_uncounted(&self, _fenced: &Fenced<'_>) -> Result<()> {
         if self
             .meta
             .get(K_DEAD_BYTES)
@@ -359,10 +364,7 @@ impl SledStore {
                 }
             }
             if !covered.is_empty() {
-                let _lock = self.lock();
-                if !guard.is_current() {
-                    return Err(Error::Fenced);
-                }
+                let _fenced = self.fenced(guard)?;
                 tx_result(
                     (&self.seen, &self.seen_time).transaction(|(seen, seen_time)| {
                         for (uid, value) in &covered {
@@ -390,6 +392,16 @@ impl SledStore {
         self.write_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The write lock, only while `guard`'s term is current: every write of the store starts
+    /// here, and the helpers that write take the returned proof, so none can skip the check.
+    fn fenced(&self, guard: &dyn Guard) -> Result<Fenced<'_>> {
+        let lock = self.lock();
+        if !guard.is_current() {
+            return Err(Error::Fenced);
+        }
+        Ok(Fenced { _lock: lock })
     }
 
     /// Overwrites the stored schema version (tests of the quarantine path).
@@ -442,10 +454,7 @@ impl EventStore for SledStore {
     }
 
     fn begin_term(&self, guard: &dyn Guard) -> Result<()> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let fenced = self.fenced(guard)?;
         let ours = guard.epoch();
         tx_result(self.meta.transaction(|meta| {
             let stored = match meta.get(K_EPOCH)? {
@@ -459,7 +468,7 @@ impl EventStore for SledStore {
             meta.insert(K_EPOCH, &ours.to_be_bytes())?;
             Ok(())
         }))?;
-        self.count_dead_if_uncounted()?;
+        self.count_dead_if_uncounted(&fenced)?;
         self.flush_now()
     }
 
@@ -470,10 +479,7 @@ impl EventStore for SledStore {
         now_ms: i64,
         guard: &dyn Guard,
     ) -> Result<CaptureOutcome> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let _fenced = self.fenced(guard)?;
         let stall = self.commit_stall_ms.load(Ordering::Relaxed);
         if stall > 0 {
             std::thread::sleep(Duration::from_millis(stall));
@@ -558,10 +564,7 @@ impl EventStore for SledStore {
     }
 
     fn forget_checkpoint(&self, guard: &dyn Guard) -> Result<()> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let _fenced = self.fenced(guard)?;
         tx_result(self.meta.transaction(|meta| {
             meta.remove(K_CHECKPOINT)?;
             meta.remove(K_CHECKPOINT_TIME)?;
@@ -631,10 +634,7 @@ impl EventStore for SledStore {
     }
 
     fn record_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let _fenced = self.fenced(guard)?;
         let encoded = serde_json::to_vec(batch).map_err(|_| malformed(b"batch"))?;
         tx_result(self.batches.transaction(|batches| {
             batches.insert(&batch.first.to_be_bytes(), encoded.as_slice())?;
@@ -654,10 +654,7 @@ impl EventStore for SledStore {
     }
 
     fn ack_batch(&self, batch: &BatchRecord, guard: &dyn Guard) -> Result<()> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let _fenced = self.fenced(guard)?;
         // Delete in chunks (huge transactions clone many tree nodes), the batch entry last: a
         // crash in between leaves the batch recorded, and its re-send is idempotent by id.
         let mut first = batch.first;
@@ -689,10 +686,7 @@ impl EventStore for SledStore {
         now_ms: i64,
         guard: &dyn Guard,
     ) -> Result<Vec<DroppedDead>> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let _fenced = self.fenced(guard)?;
         let mut payload = String::new();
         for entry in self
             .outbox
@@ -773,10 +767,7 @@ impl EventStore for SledStore {
     }
 
     fn replay_dead(&self, ids: &[String], guard: &dyn Guard) -> Result<ReplayOutcome> {
-        let _lock = self.lock();
-        if !guard.is_current() {
-            return Err(Error::Fenced);
-        }
+        let _fenced = self.fenced(guard)?;
         let mut wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -848,10 +839,7 @@ impl EventStore for SledStore {
         const CHUNK: usize = 1000;
         let mut pruned = 0u64;
         loop {
-            let _lock = self.lock();
-            if !guard.is_current() {
-                return Err(Error::Fenced);
-            }
+            let _fenced = self.fenced(guard)?;
             let end = seen_time_key(older_than_ms, "");
             let keys: Vec<IVec> = self
                 .seen_time

@@ -16,5 +16,6 @@ pub mod demo;
 pub mod drill;
 pub mod nodes;
 pub mod oracle;
+pub mod peers;
 pub mod replica;
 pub mod writer;

@@ -124,3 +124,13 @@ drill-long: release azurite ## The 10-minute ADX outage, and every short drill D
 bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU) and ADX queued ingestion
 	./target/release/kevents-lab bench capture --events 1000000 --rate 20000
 	./target/release/kevents-lab bench adx
+
+.PHONY: otelcol
+otelcol: ## Build the pinned OpenTelemetry Collector (k8s receivers) into .tools/otelcol (cached)
+	scripts/otelcol.sh
+
+# `make bench-peers PEERS_ARGS="--runs 3 --duration 90s"`; outside CI (builds the collector, ~5 min cold).
+PEERS_ARGS ?=
+.PHONY: bench-peers
+bench-peers: release kube-binaries otelcol ## kevents vs the OpenTelemetry Collector, 3 replicas, real kube-apiserver: loss, duplicates, failover, CPU, RSS
+	./target/release/kevents-lab bench peers $(PEERS_ARGS)

@@ -122,7 +122,7 @@ fn metric_value(text: &str, metric: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -133,7 +133,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// User plus system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {

@@ -8,6 +8,7 @@ mod adx;
 mod bench;
 mod demo;
 mod drill;
+mod peers;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -27,6 +28,7 @@ use crate::{
     bench::BenchOptions as CaptureBenchOptions,
     demo::DemoOptions,
     drill::DrillOptions,
+    peers as lab_peers,
 };
 
 /// kevents lab: emulators, demo, drills and benchmarks.
@@ -201,6 +203,33 @@ enum BenchTarget {
         rate: f64,
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/bench")]
+        workdir: PathBuf,
+    },
+    /// kevents vs the OpenTelemetry Collector (`k8sobjects`, `k8s_events`; built by
+    /// scripts/otelcol.sh), 3 replicas each on a real kube-apiserver, SIGTERM and kill -9 of the
+    /// leader: missing, duplicated, failover gap, CPU s per 1,000 events, RSS.
+    Peers {
+        /// Writing time per run (SIGTERM at a third, kill -9 at two thirds).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Event writes per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Share of writes that bump the count of a recent event.
+        #[arg(long, default_value_t = 0.3)]
+        update_ratio: f64,
+        /// Runs per tool (the table shows medians).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Tools, comma-separated: `kevents`, `k8sobjects`, `k8s_events`.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "kevents,k8sobjects,k8s_events"
+        )]
+        tools: Vec<lab_peers::Tool>,
+        /// Working directory (cleared first).
+        #[arg(long, default_value = "target/bench-peers")]
         workdir: PathBuf,
     },
     /// Queued ingestion through the ADX sink into the ADX emulator on Azurite, in events/s.
@@ -445,6 +474,37 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
             .await?;
             report.print();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target:
+                BenchTarget::Peers {
+                    duration,
+                    rate,
+                    update_ratio,
+                    runs,
+                    tools,
+                    workdir,
+                },
+        } => {
+            let otelcol = if tools.iter().any(|t| *t != lab_peers::Tool::Kevents) {
+                Some(lab_peers::otelcol_binary()?)
+            } else {
+                None
+            };
+            let options = lab_peers::PeersOptions {
+                duration,
+                rate,
+                update_ratio,
+                runs,
+                replicas: 3,
+                tools,
+                workdir,
+                kevents: kevents_binary()?,
+                otelcol,
+            };
+            let outcomes = lab_peers::run(&options).await?;
+            lab_peers::print_table(&options, &outcomes);
             Ok(ExitCode::SUCCESS)
         }
         Command::Oracle { truth, delivered } => {

@@ -121,12 +121,8 @@ impl KubeBinaries {
     }
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn binaries_dir() -> anyhow::Result<PathBuf> {
-    let script = repo_root().join("scripts/kube-binaries.sh");
+    let script = crate::repo_root().join("scripts/kube-binaries.sh");
     let out = Command::new(&script)
         .arg("--print-dir")
         .stdin(Stdio::null())

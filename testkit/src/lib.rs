@@ -13,6 +13,8 @@
 //! what it checks cannot catch that code's bugs. Integration tests and the lab link it; the
 //! product never does.
 
+use std::path::{Path, PathBuf};
+
 pub mod adx;
 pub mod apiserver;
 pub mod backend;
@@ -22,3 +24,11 @@ pub mod nodes;
 pub mod oracle;
 pub mod replica;
 pub mod writer;
+
+/// The repository's root (the workspace, one above this crate): where `scripts/`, `.tools/` and
+/// `.cache/` are.
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    kit.parent().unwrap_or(kit).to_path_buf()
+}

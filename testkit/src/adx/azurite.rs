@@ -79,10 +79,7 @@ impl Azurite {
     #[must_use]
     pub fn executable() -> PathBuf {
         std::env::var_os("AZURITE_BIN").map_or_else(
-            || {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join(".tools/azurite/node_modules/.bin/azurite")
-            },
+            || crate::repo_root().join(".tools/azurite/node_modules/.bin/azurite"),
             PathBuf::from,
         )
     }

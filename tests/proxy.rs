@@ -435,16 +435,17 @@ async fn managed_identity_tokens_bypass_the_proxy_while_other_adx_requests_use_i
     if let Ok(url) = std::env::var(CHILD_IMDS) {
         use kevents::sink::Sink as _;
         let url = reqwest::Url::parse(&url).unwrap();
-        let text = kevents_testkit::adx::sink_yaml_at(
-            url.as_str(),
-            "k8s",
-            "queued",
-            &format!(
-                "    auth:\n      mode: managed_identity\n      imds_endpoint: {}\n",
-                url.join("metadata/identity/oauth2/token").unwrap()
-            ),
-        )
-        .replace("request_timeout: 10s", "request_timeout: 5s");
+        let text = "cluster:\n  name: test\n".to_owned()
+            + &kevents_testkit::adx::sink_yaml_at(
+                url.as_str(),
+                "k8s",
+                "queued",
+                &format!(
+                    "    auth:\n      mode: managed_identity\n      imds_endpoint: {}\n",
+                    url.join("metadata/identity/oauth2/token").unwrap()
+                ),
+            )
+            .replace("request_timeout: 10s", "request_timeout: 5s");
         let env = kevents::config::Environment::process();
         let kevents::config::SinkConfig::Adx(config) =
             kevents::config::Config::parse(&text, &env).unwrap().sink

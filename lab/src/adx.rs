@@ -92,7 +92,10 @@ pub async fn bench(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
     )
     .await
     .context("starting the ADX emulator")?;
-    let yaml = emulator.sink_yaml("bench", "queued", kevents_testkit::adx::QUICK_POLLING);
+    let yaml = format!(
+        "cluster:\n  name: bench\n{}",
+        emulator.sink_yaml("bench", "queued", kevents_testkit::adx::QUICK_POLLING)
+    );
     let config = Config::parse(&yaml, &kevents::config::Environment::process())
         .context("the benchmark's sink config")?;
     let kevents::config::SinkConfig::Adx(adx) = &config.sink else {

@@ -37,7 +37,10 @@ pub fn config(emulator: &AdxEmulator, mode: AdxMode) -> AdxConfig {
         AdxMode::Streaming => "streaming",
         AdxMode::Managed => "managed",
     };
-    let text = emulator.sink_yaml(DB, mode, QUICK_POLLING);
+    let text = format!(
+        "cluster:\n  name: test\n{}",
+        emulator.sink_yaml(DB, mode, QUICK_POLLING)
+    );
     match Config::parse(&text, &Environment::process()).unwrap().sink {
         SinkConfig::Adx(config) => *config,
         other => panic!("not an ADX sink: {other:?}"),

@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::leader::Fence;
+use crate::fence::Fence;
 
 /// Appends `<unix_ms> <identity> <epoch>` to `path` every `interval` while `fence` is current,
 /// until `stop` is cancelled or the fence goes stale.

@@ -24,7 +24,7 @@ use crate::{
     config::{Config, SinkConfig},
     dead::{DeadHandle, DeadSlot},
     diagnostics,
-    leader::Fence,
+    fence::Fence,
     ship::{Shipper, ShipperOptions},
     sink::{HealthError, Sink},
     source::{Source, Start},

@@ -341,6 +341,7 @@ async fn run_stages(
         guard: Arc::clone(&guard),
         record: record_options(config),
         max_commit_events: config.store.max_commit_events,
+        commit_window: crate::capture::COMMIT_WINDOW,
         max_outbox_bytes: config.store.max_outbox_bytes,
         metrics: metrics.clone(),
         shipper_wake: Arc::clone(&shipper_wake),

@@ -194,6 +194,8 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BenchTarget {
     /// The capture path: emulator watch → durable capture → file sink; events/s, RSS, CPU.
+    /// With --rates: CPU per 1,000 events and RSS of leader and follower at each rate, and idle
+    /// CPU. With --backlog: a cold start over that many retained events.
     Capture {
         /// Event versions to push through.
         #[arg(long, default_value_t = 1_000_000)]
@@ -201,6 +203,25 @@ enum BenchTarget {
         /// Generator writes per second.
         #[arg(long, default_value_t = 20_000.0)]
         rate: f64,
+        /// Measure at each of these rates (events/s, comma-separated) instead, e.g. 50,500,2000.
+        #[arg(long, value_delimiter = ',', conflicts_with = "backlog")]
+        rates: Option<Vec<f64>>,
+        /// With --rates: the measured window of each rate.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// With --rates: the idle window (no events), before the first rate and after the last.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        idle: Duration,
+        /// Measure a cold start instead: the generator first creates this many retained events,
+        /// then kevents starts.
+        #[arg(long)]
+        backlog: Option<u64>,
+        /// With --backlog: generator writes per second while filling.
+        #[arg(long, default_value_t = 50_000.0)]
+        fill_rate: f64,
+        /// With --rates or --backlog: the shipper's `max_batch_age` (the product default).
+        #[arg(long, default_value = "15s")]
+        batch_age: String,
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/bench")]
         workdir: PathBuf,
@@ -461,9 +482,62 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench {
             target:
                 BenchTarget::Capture {
+                    rates: Some(rates),
+                    duration,
+                    idle,
+                    batch_age,
+                    workdir,
+                    ..
+                },
+        } => {
+            anyhow::ensure!(
+                !rates.is_empty() && rates.iter().all(|r| *r > 0.0),
+                "--rates needs positive rates"
+            );
+            let report = bench::rates(bench::RatesOptions {
+                rates,
+                duration,
+                idle,
+                max_batch_age: batch_age,
+                workdir,
+                kevents: kevents_binary()?,
+            })
+            .await?;
+            report.print();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target:
+                BenchTarget::Capture {
+                    backlog: Some(events),
+                    fill_rate,
+                    batch_age,
+                    workdir,
+                    ..
+                },
+        } => {
+            anyhow::ensure!(
+                events > 0 && fill_rate > 0.0,
+                "--backlog needs events and a rate"
+            );
+            let report = bench::backlog(bench::BacklogOptions {
+                events,
+                fill_rate,
+                max_batch_age: batch_age,
+                workdir,
+                kevents: kevents_binary()?,
+            })
+            .await?;
+            report.print();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target:
+                BenchTarget::Capture {
                     events,
                     rate,
                     workdir,
+                    ..
                 },
         } => {
             let report = bench::capture(CaptureBenchOptions {

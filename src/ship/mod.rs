@@ -131,6 +131,40 @@ impl Awaiting {
     }
 }
 
+/// Where to read the outbox on from, and how much more of it the next batch can take, given
+/// what `span` already holds of it (starting at `cursor`).
+fn rest_of(span: &OutboxSpan, cursor: u64, options: &ShipperOptions) -> (u64, usize, u64) {
+    if span.events == 0 {
+        return (cursor, options.max_events, options.max_bytes);
+    }
+    let events = usize::try_from(span.events).unwrap_or(usize::MAX);
+    let room = options.max_events.saturating_sub(events);
+    let bytes = options.max_bytes.saturating_sub(span.bytes);
+    if bytes == 0 {
+        return (span.last + 1, 0, 0);
+    }
+    (span.last + 1, room, bytes)
+}
+
+/// Appends `grown` (read on from `span.last + 1`) to `span`, unless it alone overflows the bytes
+/// left (a read always takes its first record): then the batch is full as it is.
+fn extend(span: &mut OutboxSpan, grown: OutboxSpan, max_bytes: u64) -> bool {
+    if grown.events == 0 {
+        return false;
+    }
+    if span.events == 0 {
+        *span = grown;
+        return true;
+    }
+    if span.bytes + grown.bytes > max_bytes {
+        return false;
+    }
+    span.last = grown.last;
+    span.events += grown.events;
+    span.bytes += grown.bytes;
+    true
+}
+
 /// A point in time far enough away to mean "never" in a `select!`.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
@@ -161,6 +195,8 @@ impl Shipper {
             }
         }
         let mut pending_since: Option<Instant> = None;
+        // The records from `cursor` on seen so far (the next batch, as far as it is known).
+        let mut span = OutboxSpan::default();
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -179,14 +215,23 @@ impl Shipper {
                     () = tokio::time::sleep_until(next_check.into()) => continue,
                 }
             }
-            let (max_events, max_bytes) = (self.options.max_events, self.options.max_bytes);
-            // Sizes only: the records are read once, when the batch is sent.
-            let span = self
-                .blocking("outbox_span", move |store| {
-                    store.outbox_span(cursor, max_events, max_bytes)
+            // Sizes only: the records are read once, when the batch is sent. Only what capture
+            // appended since the last look is read: the records from `cursor` on do not change
+            // until a batch is cut from them (capture and replays append after them).
+            let (grown, meta) = {
+                let (from, max_events, max_bytes) = rest_of(&span, cursor, &self.options);
+                self.blocking("outbox_span", move |store| {
+                    let grown = if max_events == 0 {
+                        OutboxSpan::default()
+                    } else {
+                        store.outbox_span(from, max_events, max_bytes)?
+                    };
+                    Ok((grown, store.meta()?))
                 })
-                .await?;
-            self.publish_outbox().await;
+                .await?
+            };
+            extend(&mut span, grown, self.options.max_bytes);
+            self.publish_meta(&meta);
             if span.events == 0 {
                 pending_since = None;
                 tokio::select! {
@@ -210,8 +255,9 @@ impl Shipper {
                 }
                 continue;
             }
-            let batch = self.cut(span).await?;
+            let batch = self.cut(span, &meta.store_id).await?;
             cursor = batch.last + 1;
+            span = OutboxSpan::default();
             pending_since = None;
             match self.deliver(&batch, &stop, SendKind::First).await? {
                 Delivery::Stopped => return Ok(()),
@@ -347,10 +393,9 @@ impl Shipper {
     }
 
     /// Records a batch for `span` (fenced) and returns it.
-    async fn cut(&self, span: OutboxSpan) -> Result<BatchRecord> {
-        let meta = self.blocking("meta", |store| store.meta()).await?;
+    async fn cut(&self, span: OutboxSpan, store_id: &str) -> Result<BatchRecord> {
         let batch = BatchRecord {
-            id: BatchRecord::id_for(&meta.store_id, span.first, span.last),
+            id: BatchRecord::id_for(store_id, span.first, span.last),
             first: span.first,
             last: span.last,
             events: span.events,
@@ -499,24 +544,28 @@ impl Shipper {
             let store = Arc::clone(&self.store);
             self.io.run("meta", move || store.meta()).await
         } {
-            self.metrics
-                .outbox_events
-                .set(i64::try_from(meta.outbox_events).unwrap_or(i64::MAX));
-            self.metrics
-                .outbox_bytes
-                .set(i64::try_from(meta.outbox_bytes).unwrap_or(i64::MAX));
-            self.board.publish(
-                "outbox",
-                serde_json::json!({
-                    "events": meta.outbox_events,
-                    "bytes": meta.outbox_bytes,
-                    "dead_events": meta.dead_events,
-                    "dead_bytes": meta.dead_bytes,
-                    "awaiting_confirmation": self.metrics.batches_awaiting.get(),
-                    "checkpoint": meta.checkpoint,
-                }),
-            );
+            self.publish_meta(&meta);
         }
+    }
+
+    fn publish_meta(&self, meta: &store::Meta) {
+        self.metrics
+            .outbox_events
+            .set(i64::try_from(meta.outbox_events).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_bytes
+            .set(i64::try_from(meta.outbox_bytes).unwrap_or(i64::MAX));
+        self.board.publish(
+            "outbox",
+            serde_json::json!({
+                "events": meta.outbox_events,
+                "bytes": meta.outbox_bytes,
+                "dead_events": meta.dead_events,
+                "dead_bytes": meta.dead_bytes,
+                "awaiting_confirmation": self.metrics.batches_awaiting.get(),
+                "checkpoint": meta.checkpoint,
+            }),
+        );
     }
 
     async fn blocking<T: Send + 'static>(

@@ -521,3 +521,94 @@ async fn run_until_empty_with(
         "the outbox did not drain"
     );
 }
+
+fn span(first: u64, last: u64, bytes: u64) -> OutboxSpan {
+    OutboxSpan {
+        first,
+        last,
+        events: last - first + 1,
+        bytes,
+    }
+}
+
+#[test]
+fn a_known_span_is_read_on_from_its_end_with_the_room_left() {
+    let options = ShipperOptions {
+        max_events: 10,
+        max_bytes: 1000,
+        ..ShipperOptions::default()
+    };
+    assert_eq!(
+        rest_of(&OutboxSpan::default(), 40, &options),
+        (40, 10, 1000)
+    );
+    assert_eq!(rest_of(&span(40, 43, 300), 40, &options), (44, 6, 700));
+    assert_eq!(rest_of(&span(40, 49, 300), 40, &options).1, 0);
+    assert_eq!(rest_of(&span(40, 41, 1000), 40, &options).1, 0);
+}
+
+#[test]
+fn a_span_grows_by_what_was_appended_but_never_past_its_byte_limit() {
+    let mut known = OutboxSpan::default();
+    assert!(!extend(&mut known, OutboxSpan::default(), 1000));
+    assert!(extend(&mut known, span(5, 6, 200), 1000));
+    assert_eq!(known, span(5, 6, 200));
+    assert!(extend(&mut known, span(7, 9, 300), 1000));
+    assert_eq!(known, span(5, 9, 500));
+    // A read always takes its first record, even one larger than the room left.
+    assert!(!extend(&mut known, span(10, 10, 600), 1000));
+    assert_eq!(known, span(5, 9, 500));
+}
+
+#[tokio::test]
+async fn records_appended_while_a_batch_fills_all_go_out_once_in_order() {
+    let fx = fixture(3);
+    let sink = Arc::new(ScriptedSink::default());
+    let mut shipper = shipper(&fx, sink.clone(), 5);
+    shipper.options.max_age = Duration::from_millis(300);
+    let wake = Arc::clone(&shipper.wake);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(shipper.run(stop.clone()));
+    for round in 0..4u64 {
+        let items: Vec<CaptureItem> = (0..2)
+            .map(|i| CaptureItem {
+                uid: format!("late-{round}-{i}"),
+                resource_version: format!("{}", 10 + round),
+                record: format!("{{\"late\":{}}}", round * 2 + i).into_bytes(),
+            })
+            .collect();
+        fx.store
+            .capture(
+                &items,
+                Some(&format!("{}", 10 + round)),
+                0,
+                fx.guard.as_ref(),
+            )
+            .unwrap();
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fx.store.meta().unwrap().outbox_events > 0 {
+        assert!(Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let delivered = sink.delivered.lock().unwrap();
+    let mut lines = Vec::new();
+    for batch in delivered.iter() {
+        assert!(
+            batch.events <= 5,
+            "a batch over max_events: {}",
+            batch.events
+        );
+        let text = std::str::from_utf8(&batch.payload).unwrap();
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    let expected: Vec<String> = (0..3)
+        .map(|i| format!("{{\"n\":{i}}}"))
+        .chain((0..8).map(|i| format!("{{\"late\":{i}}}")))
+        .collect();
+    assert_eq!(lines, expected);
+}

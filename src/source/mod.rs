@@ -324,7 +324,7 @@ impl Source {
                 params = params.continue_token(token);
             }
             let http = request.list(&params).map_err(kube::Error::BuildRequest)?;
-            let page: Value = match self.client.request(http).await {
+            let mut page: Value = match self.client.request(http).await {
                 Ok(page) => page,
                 Err(error) if is_gone(&error) && continue_token.is_some() => {
                     // The continue token expired mid-list: start the list again.
@@ -355,40 +355,45 @@ impl Source {
                     }
                 }
             }
-            if let Some(items) = page.get("items").and_then(Value::as_array) {
-                for item in items {
-                    if mode == InitialList::None {
-                        continue;
-                    }
-                    if !self.filter.matches(item) {
-                        self.metrics.events_filtered.inc();
-                        continue;
-                    }
-                    if let Some(cutoff) = cutoff
-                        && crate::transform::event_time(item).is_some_and(|t| t < cutoff)
-                    {
-                        self.metrics.events_filtered.inc();
-                        continue;
-                    }
-                    items_total += 1;
-                    self.metrics.events_received.inc();
-                    let sent = self
-                        .tx
-                        .send(SourceItem::Upsert {
-                            object: item.clone(),
-                            checkpoint: None,
-                        })
-                        .await;
-                    if sent.is_err() {
-                        return Ok(None);
-                    }
-                }
-            }
+            // The items move downstream one by one (no copy); the page goes when its last item
+            // is sent, so a relist holds one page, whatever the number of retained events.
             continue_token = page
                 .pointer("/metadata/continue")
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned);
+            let items = match page.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            };
+            drop(page);
+            for item in items {
+                if mode == InitialList::None {
+                    continue;
+                }
+                if !self.filter.matches(&item) {
+                    self.metrics.events_filtered.inc();
+                    continue;
+                }
+                if let Some(cutoff) = cutoff
+                    && crate::transform::event_time(&item).is_some_and(|t| t < cutoff)
+                {
+                    self.metrics.events_filtered.inc();
+                    continue;
+                }
+                items_total += 1;
+                self.metrics.events_received.inc();
+                let sent = self
+                    .tx
+                    .send(SourceItem::Upsert {
+                        object: item,
+                        checkpoint: None,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return Ok(None);
+                }
+            }
             if continue_token.is_none() {
                 break;
             }

@@ -121,8 +121,9 @@ drill-long: release azurite ## The 10-minute ADX outage, and every short drill D
 	done
 
 .PHONY: bench
-bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU) and ADX queued ingestion
+bench: release azurite ## Benchmarks: capture path (events/s, RSS, CPU; cost at 50, 500, 2,000 events/s) and ADX queued ingestion
 	./target/release/kevents-lab bench capture --events 1000000 --rate 20000
+	./target/release/kevents-lab bench capture --rates 50,500,2000 --duration 45s --idle 30s
 	./target/release/kevents-lab bench adx
 
 .PHONY: otelcol

@@ -169,47 +169,14 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 /// # Errors
 /// Fails if the lab cannot be set up.
 pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
-    if options.workdir.exists() {
-        std::fs::remove_dir_all(&options.workdir)?;
-    }
-    std::fs::create_dir_all(&options.workdir)?;
-    let emulator = KubeEmulator::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        KubeEmulatorConfig {
-            compaction_interval: Some(Duration::from_secs(600)),
-            ..KubeEmulatorConfig::default()
-        },
-    )
-    .await
-    .context("starting the Kubernetes API emulator")?;
-    let kubeconfig = options.workdir.join("kubeconfig");
-    emulator.write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)?;
-    let pipeline = lab_pipeline_yaml_with(&options.workdir, "1s", "  max_outbox_bytes: 4GiB\n");
-    let mut replicas = Replicas::start(
-        ReplicaOptions {
-            kevents: options.kevents.clone(),
-            workdir: options.workdir.clone(),
-            kubeconfig,
-            lease_namespace: LEASE_NAMESPACE.to_owned(),
-            lease_duration: "15s".to_owned(),
-            renew_deadline: "10s".to_owned(),
-            retry_period: "2s".to_owned(),
-            pipeline_yaml: pipeline,
-            log_level: "warn".to_owned(),
-        },
-        2,
-    )?;
-    let leader = wait_leader_ready(&emulator, &replicas, Duration::from_secs(60))
-        .await
-        .context("no ready leader")?;
-    let follower = 1 - leader;
-    let leader_pid = replicas.replicas[leader]
-        .pid()
-        .context("leader not running")?;
-    let follower_pid = replicas.replicas[follower]
-        .pid()
-        .context("follower not running")?;
-    let admin = replicas.replicas[leader].admin;
+    let (lab, _) = start_lab(&options.workdir, &options.kevents, "1s", None).await?;
+    let Lab {
+        emulator,
+        mut replicas,
+        leader_pid,
+        follower_pid,
+        admin,
+    } = lab;
 
     emulator.state().set_generator(Some(GeneratorConfig {
         events_per_second: options.rate,

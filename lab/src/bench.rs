@@ -169,7 +169,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 /// # Errors
 /// Fails if the lab cannot be set up.
 pub async fn capture(options: BenchOptions) -> anyhow::Result<BenchReport> {
-    let (lab, _) = start_lab(&options.workdir, &options.kevents, "1s", None).await?;
+    let (lab, _) = start_lab(&options.workdir, &options.kevents, "1s", None, None).await?;
     let Lab {
         emulator,
         mut replicas,
@@ -276,6 +276,7 @@ async fn start_lab(
     workdir: &std::path::Path,
     kevents: &std::path::Path,
     max_batch_age: &str,
+    cache_capacity: Option<&str>,
     fill: Option<(u64, f64)>,
 ) -> anyhow::Result<(Lab, Instant)> {
     if workdir.exists() {
@@ -311,7 +312,11 @@ async fn start_lab(
     }
     let kubeconfig = workdir.join("kubeconfig");
     emulator.write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)?;
-    let pipeline = lab_pipeline_yaml_with(workdir, max_batch_age, "  max_outbox_bytes: 4GiB\n");
+    let mut store_extra = "  max_outbox_bytes: 4GiB\n".to_owned();
+    if let Some(capacity) = cache_capacity {
+        store_extra.push_str(&format!("  cache_capacity: {capacity}\n"));
+    }
+    let pipeline = lab_pipeline_yaml_with(workdir, max_batch_age, &store_extra);
     let started = Instant::now();
     let replicas = Replicas::start(
         ReplicaOptions {
@@ -412,6 +417,8 @@ pub struct RatesOptions {
     pub idle: Duration,
     /// The shipper's `max_batch_age`, as config text.
     pub max_batch_age: String,
+    /// The store's `cache_capacity`, as config text (the product default when `None`).
+    pub cache_capacity: Option<String>,
     /// Working directory (cleared first).
     pub workdir: PathBuf,
     /// The `kevents` binary.
@@ -534,6 +541,7 @@ pub async fn rates(options: RatesOptions) -> anyhow::Result<RatesReport> {
         &options.workdir,
         &options.kevents,
         &options.max_batch_age,
+        options.cache_capacity.as_deref(),
         None,
     )
     .await?;
@@ -603,6 +611,8 @@ pub struct BacklogOptions {
     pub fill_rate: f64,
     /// The shipper's `max_batch_age`, as config text.
     pub max_batch_age: String,
+    /// The store's `cache_capacity`, as config text (the product default when `None`).
+    pub cache_capacity: Option<String>,
     /// Working directory (cleared first).
     pub workdir: PathBuf,
     /// The `kevents` binary.
@@ -656,6 +666,7 @@ pub async fn backlog(options: BacklogOptions) -> anyhow::Result<BacklogReport> {
         &options.workdir,
         &options.kevents,
         &options.max_batch_age,
+        options.cache_capacity.as_deref(),
         Some((options.events, options.fill_rate)),
     )
     .await?;

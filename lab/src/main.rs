@@ -222,6 +222,10 @@ enum BenchTarget {
         /// With --rates or --backlog: the shipper's `max_batch_age` (the product default).
         #[arg(long, default_value = "15s")]
         batch_age: String,
+        /// With --rates or --backlog: the store's `cache_capacity` (config text, e.g. 4MiB;
+        /// the product default when not given).
+        #[arg(long)]
+        cache_capacity: Option<String>,
         /// Working directory (cleared first).
         #[arg(long, default_value = "target/bench")]
         workdir: PathBuf,
@@ -486,6 +490,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     duration,
                     idle,
                     batch_age,
+                    cache_capacity,
                     workdir,
                     ..
                 },
@@ -499,6 +504,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 duration,
                 idle,
                 max_batch_age: batch_age,
+                cache_capacity,
                 workdir,
                 kevents: kevents_binary()?,
             })
@@ -512,6 +518,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     backlog: Some(events),
                     fill_rate,
                     batch_age,
+                    cache_capacity,
                     workdir,
                     ..
                 },
@@ -524,6 +531,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 events,
                 fill_rate,
                 max_batch_age: batch_age,
+                cache_capacity,
                 workdir,
                 kevents: kevents_binary()?,
             })

@@ -272,6 +272,7 @@ fn dead_list_offline_reads_a_stopped_store_and_refuses_one_in_use() {
                 uid: "u1".into(),
                 resource_version: "7".into(),
                 record: br#"{"Uid":"u1"}"#.to_vec(),
+                listed: None,
             }],
             None,
             0,

@@ -34,7 +34,8 @@ use kevents_testkit::{
     apiserver::{RealApiServer, RealApiServerOptions},
     backend::Backend,
     harness::{
-        LEASE_NAME, LEASE_NAMESPACE, lab_pipeline_yaml, wait_for_new_leader, wait_leader_ready,
+        LEASE_NAME, LEASE_NAMESPACE, admin_get, lab_pipeline_yaml, lab_pipeline_yaml_with,
+        wait_for_new_leader, wait_leader_ready,
     },
     kube::KubeEmulatorConfig,
     oracle::{self, Key, Report},
@@ -108,16 +109,18 @@ impl Lab {
         backend
             .write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)
             .unwrap();
-        Self::start_with(backend, dir, count, kubeconfig, LEASE_NAMESPACE)
+        let pipeline = lab_pipeline_yaml(dir.path(), "300ms");
+        Self::start_with(backend, dir, count, kubeconfig, LEASE_NAMESPACE, pipeline)
     }
 
-    /// `count` replicas with `kubeconfig`, electing in `lease_namespace`.
+    /// `count` replicas with `kubeconfig` and `pipeline_yaml`, electing in `lease_namespace`.
     fn start_with(
         backend: Backend,
         dir: tempfile::TempDir,
         count: usize,
         kubeconfig: PathBuf,
         lease_namespace: &str,
+        pipeline_yaml: String,
     ) -> Self {
         let replicas = Replicas::start(
             ReplicaOptions {
@@ -128,7 +131,7 @@ impl Lab {
                 lease_duration: format!("{}ms", LEASE_DURATION.as_millis()),
                 renew_deadline: "2s".to_owned(),
                 retry_period: format!("{}ms", RETRY_PERIOD.as_millis()),
-                pipeline_yaml: lab_pipeline_yaml(dir.path(), "300ms"),
+                pipeline_yaml,
                 log_level: "info".to_owned(),
             },
             count,
@@ -555,6 +558,109 @@ dual!(
     }
 );
 
+/// The value of `series` in a Prometheus text page (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn killed_mid_first_list(backend: Backend) {
+    // Events retained before any collector runs: the first list returns all of them.
+    for ns in APP_NAMESPACES {
+        backend.ensure_namespace(ns).await.unwrap();
+    }
+    let writer = EventWriter::new(
+        backend.client(),
+        WriterConfig {
+            namespaces: APP_NAMESPACES.iter().map(|s| (*s).to_owned()).collect(),
+            seed: 17,
+        },
+    )
+    // Creates only: a list shows the latest version of each event, so an update made before it
+    // would hide the version it replaced from every collector.
+    .spawn(Pace {
+        events_per_second: 400.0,
+        update_ratio: 0.0,
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while writer.stats().created < 1_200 {
+        assert!(
+            Instant::now() < deadline,
+            "the writer did not create 1,200 events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.pause().await;
+    // One replica that lists slowly: pages of 50, groups of at most 100, each commit held 300 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    backend
+        .write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)
+        .unwrap();
+    let pipeline = format!(
+        "{}source:\n  page_size: 50\ndiagnostics:\n  stall_store_commit: 300ms\n",
+        lab_pipeline_yaml_with(dir.path(), "300ms", "  max_commit_events: 100\n"),
+    );
+    let mut lab = Lab::start_with(backend, dir, 1, kubeconfig, LEASE_NAMESPACE, pipeline);
+    let admin = lab.replicas.replicas[0].admin;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let captured_before_kill = loop {
+        let metrics = admin_get(admin, "/metrics").await.unwrap_or_default();
+        let captured = metric(&metrics, "kevents_events_captured_total");
+        if captured >= 300.0 {
+            break captured;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the first list captured nothing in 60 s",
+            lab.backend.name()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    lab.replicas.signal(0, Signal::SIGKILL).unwrap();
+    assert!(lab.replicas.wait_exit(0, Duration::from_secs(15)).is_some());
+    assert!(
+        !lab.logs().contains("Listed events"),
+        "{}: the list ended before the kill ({captured_before_kill} captured): nothing was tested",
+        lab.backend.name()
+    );
+    // The next leader lists again; the writes go on once it has.
+    lab.replicas.restart(0).unwrap();
+    lab.listed(1).await;
+    let admin = lab.replicas.replicas[0].admin;
+    let metrics = admin_get(admin, "/metrics").await.unwrap_or_default();
+    let duplicates = metric(&metrics, "kevents_events_duplicate_total");
+    assert!(
+        duplicates >= captured_before_kill,
+        "{}: the second list must drop the {captured_before_kill} events the first captured; it dropped {duplicates}",
+        lab.backend.name()
+    );
+    writer
+        .pace(Pace {
+            events_per_second: 100.0,
+            update_ratio: 0.3,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let truth = stop_writer(writer).await;
+    lab.assert_delivered_exactly_once(&truth, Duration::from_secs(60))
+        .await;
+    assert!(
+        !lab.logs().contains("out of key order"),
+        "{}: the API server's list was not in key order",
+        lab.backend.name()
+    );
+    lab.stop().await;
+}
+
+dual!(
+    a_leader_killed_in_its_first_list_is_followed_by_a_list_that_drops_what_it_captured,
+    killed_mid_first_list
+);
+
 // ---------------------------------------------------------------------------------------------
 // kubectl.
 
@@ -813,7 +919,8 @@ async fn kevents_runs_end_to_end_with_the_rbac_of_its_manifests_and_can_do_nothi
     assert_eq!(can_i(&["delete", "leases", "-n", &sa_namespace]), "no");
 
     // End to end with that token.
-    let lab = Lab::start_with(backend, dir, 1, sa_kubeconfig, &sa_namespace);
+    let pipeline = lab_pipeline_yaml(dir.path(), "300ms");
+    let lab = Lab::start_with(backend, dir, 1, sa_kubeconfig, &sa_namespace, pipeline);
     lab.listed(1).await;
     let writer = lab.writer(17).await.spawn(Pace {
         events_per_second: 50.0,

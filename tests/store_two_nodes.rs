@@ -56,6 +56,7 @@ fn items(from: usize, count: usize) -> Vec<CaptureItem> {
             uid: format!("uid-{n}"),
             resource_version: (n + 1).to_string(),
             record: format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(900)).into_bytes(),
+            listed: None,
         })
         .collect()
 }

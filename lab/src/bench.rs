@@ -312,10 +312,10 @@ async fn start_lab(
     }
     let kubeconfig = workdir.join("kubeconfig");
     emulator.write_kubeconfig(&kubeconfig, LEASE_NAMESPACE)?;
-    let mut store_extra = "  max_outbox_bytes: 4GiB\n".to_owned();
-    if let Some(capacity) = cache_capacity {
-        store_extra.push_str(&format!("  cache_capacity: {capacity}\n"));
-    }
+    let store_extra = match cache_capacity {
+        Some(capacity) => format!("  max_outbox_bytes: 4GiB\n  cache_capacity: {capacity}\n"),
+        None => "  max_outbox_bytes: 4GiB\n".to_owned(),
+    };
     let pipeline = lab_pipeline_yaml_with(workdir, max_batch_age, &store_extra);
     let started = Instant::now();
     let replicas = Replicas::start(

@@ -37,6 +37,7 @@ fn store_with_a_dead_batch(dir: &std::path::Path) -> (Arc<SledStore>, String) {
             uid: (*uid).to_owned(),
             resource_version: (i + 1).to_string(),
             record: format!("{{\"uid\":\"{uid}\"}}").into_bytes(),
+            listed: None,
         })
         .collect();
     store.capture(&items, None, 0, &Current).unwrap();

@@ -200,6 +200,7 @@ impl Capture {
             SourceItem::Upsert {
                 object,
                 checkpoint: position,
+                listed,
             } => {
                 if let Some(rv) = position {
                     pending.checkpoint = Some(rv);
@@ -218,6 +219,11 @@ impl Capture {
                             uid: key.uid,
                             resource_version: key.resource_version,
                             record,
+                            listed: listed.map(|listed| store::ListPosition {
+                                list_resource_version: listed.resource_version,
+                                list_run: listed.run,
+                                key: listed.key,
+                            }),
                         });
                     }
                     Err(error) => self.malformed("transform", &error),
@@ -264,6 +270,11 @@ impl Capture {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.events_captured.inc_by(outcome.captured);
         self.metrics.events_duplicate.inc_by(outcome.duplicates);
+        if outcome.unordered_list {
+            tracing::warn!(
+                "A list returned its events out of key order: the rest of it is deduped by one entry per event (more memory), and what it captured before may be captured again if this leader stops before the list ends"
+            );
+        }
         if outcome.captured > 0 {
             let now = jiff::Timestamp::now();
             for time in times.into_iter().flatten() {
@@ -377,6 +388,7 @@ mod tests {
                 "type": "Warning"
             }),
             checkpoint: Some(n.to_string()),
+            listed: None,
         }
     }
 

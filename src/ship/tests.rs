@@ -94,6 +94,7 @@ fn fixture(records: usize) -> Fixture {
             uid: format!("u{i}"),
             resource_version: "1".into(),
             record: format!("{{\"n\":{i}}}").into_bytes(),
+            listed: None,
         })
         .collect();
     store.capture(&items, Some("1"), 0, guard.as_ref()).unwrap();
@@ -575,6 +576,7 @@ async fn records_appended_while_a_batch_fills_all_go_out_once_in_order() {
                 uid: format!("late-{round}-{i}"),
                 resource_version: format!("{}", 10 + round),
                 record: format!("{{\"late\":{}}}", round * 2 + i).into_bytes(),
+                listed: None,
             })
             .collect();
         fx.store

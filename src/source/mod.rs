@@ -42,12 +42,45 @@ pub enum SourceItem {
         object: Value,
         /// The checkpoint to store with it, if any.
         checkpoint: Option<String>,
+        /// Set for an item of a LIST.
+        listed: Option<Listed>,
     },
     /// Only moves the checkpoint (DELETED, BOOKMARK, filtered events, the end of a list).
     Checkpoint(String),
     /// A relist found resourceVersions lower than the stored checkpoint (the API server's data
     /// was restored, or this is another cluster): forget the checkpoint before the list's items.
     Rewound,
+}
+
+/// Where an item sits in a LIST. A paged LIST is a snapshot at its resourceVersion, returned in
+/// storage key order (`namespace/name` as bytes): each continue token resumes after the last key
+/// returned. Capture uses this to know how far an unfinished list got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The list's resourceVersion.
+    pub resource_version: String,
+    /// Random per LIST started, so a list restarted at the same resourceVersion is told apart.
+    pub run: u64,
+    /// The item's key, `namespace/name`.
+    pub key: String,
+}
+
+impl Listed {
+    /// `object`'s position in run `run` of the list at `resource_version`; `None` without a
+    /// name.
+    fn of(object: &Value, resource_version: &str, run: u64) -> Option<Self> {
+        let metadata = object.get("metadata")?;
+        let name = metadata.get("name")?.as_str()?;
+        let namespace = metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Some(Self {
+            resource_version: resource_version.to_owned(),
+            run,
+            key: format!("{namespace}/{name}"),
+        })
+    }
 }
 
 /// True when a list's resourceVersion is numerically below the one held before it.
@@ -305,6 +338,7 @@ impl Source {
         let mut continue_token: Option<String> = None;
         let mut list_rv: Option<String> = None;
         let mut items_total = 0u64;
+        let mut run = 0u64;
         let cutoff = match mode {
             InitialList::MaxAge(age) => Some(
                 jiff::Timestamp::now()
@@ -322,6 +356,8 @@ impl Source {
             }
             if let Some(token) = &continue_token {
                 params = params.continue_token(token);
+            } else {
+                run = rand::random();
             }
             let http = request.list(&params).map_err(kube::Error::BuildRequest)?;
             let mut page: Value = match self.client.request(http).await {
@@ -383,11 +419,13 @@ impl Source {
                 }
                 items_total += 1;
                 self.metrics.events_received.inc();
+                let listed = list_rv.as_deref().and_then(|rv| Listed::of(&item, rv, run));
                 let sent = self
                     .tx
                     .send(SourceItem::Upsert {
                         object: item,
                         checkpoint: None,
+                        listed,
                     })
                     .await;
                 if sent.is_err() {
@@ -480,6 +518,7 @@ impl Source {
                         SourceItem::Upsert {
                             object,
                             checkpoint: Some(rv),
+                            listed: None,
                         }
                     } else {
                         self.metrics.events_filtered.inc();

@@ -10,6 +10,7 @@
 //! `docs/store-across-nodes.md`); a late write lands in a directory no newer term uses.
 //! It must never log record contents, and never depend on `kube` or `reqwest`.
 
+mod list_marks;
 mod sled_store;
 pub mod terms;
 
@@ -117,6 +118,21 @@ pub struct CaptureItem {
     pub resource_version: String,
     /// The output record (one JSON object, no newline).
     pub record: Vec<u8>,
+    /// Set for an item of a LIST: where it sits in the list.
+    pub listed: Option<ListPosition>,
+}
+
+/// Where an item sits in a LIST: the list's resourceVersion and the item's storage key
+/// (`namespace/name`), which a list returns in rising order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPosition {
+    /// The list's resourceVersion.
+    pub list_resource_version: String,
+    /// Which run of the list (random per LIST started): a list restarted at the same
+    /// resourceVersion is another run.
+    pub list_run: u64,
+    /// `metadata.namespace` + `/` + `metadata.name`.
+    pub key: String,
 }
 
 /// What a capture did.
@@ -128,6 +144,9 @@ pub struct CaptureOutcome {
     pub duplicates: u64,
     /// Bytes appended.
     pub bytes: u64,
+    /// A listed item came in a lower key than one before it in its list: that list is deduped
+    /// by an entry per item from then on (see `list_marks`).
+    pub unordered_list: bool,
 }
 
 /// Store-wide values.

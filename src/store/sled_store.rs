@@ -24,6 +24,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError, abort},
 };
 
+use super::list_marks::{Advance, ListMarks};
 use super::{
     BatchRecord, CaptureItem, CaptureOutcome, DEFAULT_MAX_DEAD_BYTES, DeadBatch, DroppedDead,
     Error, EventStore, Guard, Meta, OutboxEntry, OutboxSpan, ReplayOutcome, ReplayedBatch, Result,
@@ -34,6 +35,8 @@ const K_SCHEMA: &[u8] = b"schema_version";
 const K_STORE_ID: &[u8] = b"store_id";
 const K_CHECKPOINT: &[u8] = b"checkpoint";
 const K_CHECKPOINT_TIME: &[u8] = b"checkpoint_time_ms";
+/// How far each unfinished list got while the store had no checkpoint ([`ListMarks`]).
+const K_LIST_MARKS: &[u8] = b"list_marks";
 const K_EPOCH: &[u8] = b"epoch";
 const K_NEXT_SEQ: &[u8] = b"next_seq";
 const K_OUTBOX_EVENTS: &[u8] = b"outbox_events";
@@ -493,6 +496,16 @@ impl EventStore for SledStore {
                     let stored = meta
                         .get(K_CHECKPOINT)?
                         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(numeric_rv));
+                    // Without a checkpoint, listed items are deduped by how far earlier lists
+                    // got, not by an entry each (a first list may hold a million events).
+                    let mut marks = match (stored, meta.get(K_LIST_MARKS)?) {
+                        (None, Some(raw)) => Some(ListMarks::decode(&raw).ok_or_else(|| {
+                            ConflictableTransactionError::Abort(malformed(K_LIST_MARKS))
+                        })?),
+                        (None, None) => Some(ListMarks::default()),
+                        (Some(_), _) => None,
+                    };
+                    let mut marks_changed = false;
                     let mut outcome = CaptureOutcome::default();
                     let mut next_seq = tx_u64(meta, K_NEXT_SEQ)?;
                     // Versions taken earlier in this transaction without a dedupe entry.
@@ -503,6 +516,23 @@ impl EventStore for SledStore {
                         // on purpose) before the checkpoint moved past it.
                         if let (Some(stored), Some(rv)) = (stored, rv)
                             && rv <= stored
+                        {
+                            outcome.duplicates += 1;
+                            continue;
+                        }
+                        // The list's resourceVersion and the item's key, when marks apply.
+                        let listed =
+                            marks
+                                .as_ref()
+                                .and(rv)
+                                .and(item.listed.as_ref())
+                                .and_then(|listed| {
+                                    numeric_rv(&listed.list_resource_version)
+                                        .map(|list| (list, listed.list_run, listed.key.as_bytes()))
+                                });
+                        if let (Some(marks), Some(rv), Some((list, run, key))) =
+                            (&marks, rv, listed)
+                            && marks.covers(rv, key, list, run)
                         {
                             outcome.duplicates += 1;
                             continue;
@@ -526,10 +556,19 @@ impl EventStore for SledStore {
                         }
                         outbox.insert(&next_seq.to_be_bytes(), item.record.as_slice())?;
                         next_seq += 1;
-                        if covering
+                        let covered = covering
                             .zip(rv)
                             .is_some_and(|(covering, rv)| rv <= covering)
-                        {
+                            || match (&mut marks, listed) {
+                                (Some(marks), Some((list, run, key))) => {
+                                    marks_changed = true;
+                                    let advance = marks.advance(list, run, key);
+                                    outcome.unordered_list |= advance == Advance::Poisoned;
+                                    advance == Advance::Covered
+                                }
+                                _ => false,
+                            };
+                        if covered {
                             if previous.is_some() {
                                 seen.remove(item.uid.as_bytes())?;
                             }
@@ -554,6 +593,14 @@ impl EventStore for SledStore {
                     if let Some(rv) = checkpoint {
                         meta.insert(K_CHECKPOINT, rv.as_bytes())?;
                         meta.insert(K_CHECKPOINT_TIME, &now_ms.to_be_bytes())?;
+                        // The checkpoint covers everything the marks did.
+                        meta.remove(K_LIST_MARKS)?;
+                    } else if let Some(marks) = marks.as_ref().filter(|_| marks_changed) {
+                        if marks.is_empty() {
+                            meta.remove(K_LIST_MARKS)?;
+                        } else {
+                            meta.insert(K_LIST_MARKS, marks.encode())?;
+                        }
                     }
                     Ok(outcome)
                 },
@@ -568,6 +615,8 @@ impl EventStore for SledStore {
         tx_result(self.meta.transaction(|meta| {
             meta.remove(K_CHECKPOINT)?;
             meta.remove(K_CHECKPOINT_TIME)?;
+            // Marks compare resourceVersions of the history that was just left behind.
+            meta.remove(K_LIST_MARKS)?;
             Ok(())
         }))?;
         self.flush_now()

@@ -41,6 +41,7 @@ fn item(uid: &str, rv: &str) -> CaptureItem {
         uid: uid.to_owned(),
         resource_version: rv.to_owned(),
         record: format!("{{\"uid\":\"{uid}\",\"rv\":\"{rv}\"}}").into_bytes(),
+        listed: None,
     }
 }
 
@@ -183,6 +184,215 @@ fn forgetting_the_checkpoint_captures_lower_versions_of_a_restored_api_server() 
         Err(Error::Fenced)
     ));
     assert_eq!(store.meta().unwrap().checkpoint.as_deref(), Some("50"));
+}
+
+/// An item at `key` of the list at `list` (one run per list resourceVersion).
+fn listed(uid: &str, rv: &str, list: &str, key: &str) -> CaptureItem {
+    CaptureItem {
+        listed: Some(ListPosition {
+            list_resource_version: list.to_owned(),
+            list_run: list.parse().unwrap(),
+            key: key.to_owned(),
+        }),
+        ..item(uid, rv)
+    }
+}
+
+/// The records in the outbox, as written by [`item`].
+fn outbox_records(store: &SledStore) -> Vec<String> {
+    store
+        .outbox_from(0, usize::MAX, u64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|entry| String::from_utf8(entry.record).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_first_list_keeps_no_dedupe_entry_and_listing_again_after_a_crash_drops_what_it_captured() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let guard = TestGuard::new(1);
+        let store = open_with_term(dir.path(), &guard);
+        // The list at 100 gets through ns/c, then the leader dies.
+        for page in [
+            vec![
+                listed("a", "10", "100", "ns/a"),
+                listed("b", "20", "100", "ns/b"),
+            ],
+            vec![listed("c", "30", "100", "ns/c")],
+        ] {
+            let outcome = store.capture(&page, None, 1_000, &guard).unwrap();
+            assert_eq!(
+                (outcome.captured, outcome.duplicates),
+                (page.len() as u64, 0)
+            );
+        }
+        assert_eq!(store.seen_len(), 0, "a first list keeps no entry per event");
+    }
+    let guard = TestGuard::new(2);
+    let store = open_with_term(dir.path(), &guard);
+    // The next leader lists at 120: b was written after 100, d was never reached, e is new.
+    let again = store
+        .capture(
+            &[
+                listed("a", "10", "120", "ns/a"),
+                listed("b", "110", "120", "ns/b"),
+                listed("c", "30", "120", "ns/c"),
+                listed("d", "40", "120", "ns/d"),
+                listed("e", "115", "120", "ns/e"),
+            ],
+            Some("120"),
+            2_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((again.captured, again.duplicates), (3, 2));
+    assert!(!again.unordered_list);
+    assert_eq!(
+        outbox_records(&store),
+        [
+            r#"{"uid":"a","rv":"10"}"#,
+            r#"{"uid":"b","rv":"20"}"#,
+            r#"{"uid":"c","rv":"30"}"#,
+            r#"{"uid":"b","rv":"110"}"#,
+            r#"{"uid":"d","rv":"40"}"#,
+            r#"{"uid":"e","rv":"115"}"#,
+        ]
+    );
+    assert_eq!(store.seen_len(), 0);
+    // The checkpoint replaced the marks; a later relist is deduped by it.
+    let relist = store
+        .capture(
+            &[
+                listed("d", "40", "130", "ns/d"),
+                listed("f", "125", "130", "ns/f"),
+            ],
+            None,
+            3_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((relist.captured, relist.duplicates), (1, 1));
+    assert_eq!(
+        store.seen_len(),
+        1,
+        "above the checkpoint: an entry, as before"
+    );
+}
+
+#[test]
+fn a_mark_does_not_cover_what_the_crashed_list_never_reached_even_across_two_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = |epoch: i64, items: &[CaptureItem]| {
+        let guard = TestGuard::new(epoch);
+        let store = open_with_term(dir.path(), &guard);
+        let outcome = store.capture(items, None, 1_000, &guard).unwrap();
+        (outcome.captured, outcome.duplicates)
+    };
+    // List 100 reaches ns/m; list 200 reaches only ns/c before its leader dies too.
+    assert_eq!(
+        capture(
+            1,
+            &[
+                listed("a", "10", "100", "ns/a"),
+                listed("m", "50", "100", "ns/m")
+            ]
+        ),
+        (2, 0)
+    );
+    assert_eq!(capture(2, &[listed("a", "10", "200", "ns/a")]), (0, 1));
+    assert_eq!(capture(3, &[listed("c", "150", "200", "ns/c")]), (1, 0));
+    // List 300: m is still covered by list 100's mark, c by list 200's; n and c's newer version
+    // are not.
+    assert_eq!(
+        capture(
+            4,
+            &[
+                listed("a", "10", "300", "ns/a"),
+                listed("c", "150", "300", "ns/c"),
+                listed("c2", "250", "300", "ns/d"),
+                listed("m", "50", "300", "ns/m"),
+                listed("n", "60", "300", "ns/n"),
+            ]
+        ),
+        (2, 3)
+    );
+}
+
+#[test]
+fn a_list_out_of_key_order_falls_back_to_dedupe_entries_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let guard = TestGuard::new(1);
+        let store = open_with_term(dir.path(), &guard);
+        let first = store
+            .capture(&[listed("m", "10", "100", "ns/m")], None, 1_000, &guard)
+            .unwrap();
+        assert!(!first.unordered_list);
+        let out_of_order = store
+            .capture(
+                &[
+                    listed("c", "20", "100", "ns/c"),
+                    listed("z", "30", "100", "ns/z"),
+                ],
+                None,
+                1_000,
+                &guard,
+            )
+            .unwrap();
+        assert_eq!(out_of_order.captured, 2);
+        assert!(
+            out_of_order.unordered_list,
+            "reported when the order breaks"
+        );
+        assert_eq!(store.seen_len(), 2, "the rest of the list keeps entries");
+        let later = store
+            .capture(&[listed("y", "40", "100", "ns/y")], None, 1_000, &guard)
+            .unwrap();
+        assert!(!later.unordered_list, "reported once");
+        assert_eq!(store.seen_len(), 3);
+    }
+    let guard = TestGuard::new(2);
+    let store = open_with_term(dir.path(), &guard);
+    let again = store
+        .capture(
+            &[
+                listed("c", "20", "120", "ns/c"),
+                listed("m", "10", "120", "ns/m"),
+                listed("y", "40", "120", "ns/y"),
+                listed("z", "30", "120", "ns/z"),
+            ],
+            Some("120"),
+            2_000,
+            &guard,
+        )
+        .unwrap();
+    // m was covered only by the poisoned mark: captured again (a duplicate, never a loss).
+    assert_eq!((again.captured, again.duplicates), (1, 3));
+}
+
+#[test]
+fn with_a_checkpoint_listed_items_above_it_keep_dedupe_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = TestGuard::new(1);
+    let store = open_with_term(dir.path(), &guard);
+    store
+        .capture(&[item("a", "50")], Some("50"), 1_000, &guard)
+        .unwrap();
+    let relist = store
+        .capture(
+            &[
+                listed("a", "50", "100", "ns/a"),
+                listed("b", "60", "100", "ns/b"),
+            ],
+            None,
+            2_000,
+            &guard,
+        )
+        .unwrap();
+    assert_eq!((relist.captured, relist.duplicates), (1, 1));
+    assert_eq!(store.seen_len(), 1);
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! unfinished lists while there is no checkpoint: see `list_marks` and docs/dedupe.md), `seen`
 //! (uid → last resourceVersion and time, for versions neither the checkpoint nor a list mark
 //! covers: a version at or below the stored checkpoint is a replay by resourceVersion order, so
-//! covered versions need no entry and the tree stays small), `seen_time` (time + uid index for pruning), `outbox` (sequence →
-//! record), `batches` (in-flight batches), `dead` (batches the sink rejected for good, bounded by
-//! `max_dead_bytes`: the oldest go first). Owns the byte encodings and the counters in `meta`. It
+//! covered versions need no entry and the tree stays small), `seen_time` (time + uid index for
+//! pruning), `outbox` (sequence → record), `batches` (in-flight batches), `dead` (batches the sink
+//! rejected for good, bounded by `max_dead_bytes`: the oldest go first). Owns the byte encodings and the counters in `meta`. It
 //! must never run a write without the fence check, never flush per event (group commit: one flush
 //! per transaction), and never delete a store it cannot read (quarantine).
 

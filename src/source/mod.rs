@@ -8,11 +8,12 @@
 //! commits it. It must never hot-loop against a failing API server.
 
 mod filter;
+mod pace;
 
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder as _;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use kube::{
     api::{ListParams, WatchParams},
     core::{Request, WatchEvent},
@@ -480,10 +481,12 @@ impl Source {
         let mut stream = stream.boxed();
         let idle = self.config.watch_timeout + self.config.watch_idle_grace;
         let mut delivered = 0u64;
+        let mut pace = pace::Pace::new(tokio::time::Instant::now());
         loop {
-            let Ok(next) = tokio::time::timeout(idle, stream.try_next()).await else {
+            let Some(next) = pace::next(&mut stream, &mut pace, idle).await else {
                 return (WatchEnd::Stalled, delivered);
             };
+            let next = next.transpose();
             let event = match next {
                 Ok(Some(event)) => event,
                 Ok(None) => return (WatchEnd::Closed, delivered),

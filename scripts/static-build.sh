@@ -78,13 +78,17 @@ build() {
         export "CFLAGS_$env_target=-U_FORTIFY_SOURCE"
     fi
     # Static is musl's default; say so anyway, so a changed default cannot silently produce a
-    # dynamic binary. The linker strips it: no target-specific strip tool needed.
-    export "${cargo_env}_RUSTFLAGS=-C target-feature=+crt-static -C strip=symbols"
+    # dynamic binary. The linker strips it: no target-specific strip tool needed. Packed relative
+    # relocations (DT_RELR, applied by musl's static-pie start-up since musl 1.2.4) replace a
+    # ~800 KiB relocation table that every replica would keep mapped with an ~8 KiB one.
+    export "${cargo_env}_RUSTFLAGS=-C target-feature=+crt-static -C strip=symbols -C link-arg=-Wl,-z,pack-relative-relocs"
 
-    "$CARGO" build --locked --release --target "$target" -p kevents --bin kevents
+    # The `image` profile (Cargo.toml): release, with the code off the per-event path optimised
+    # for size.
+    "$CARGO" build --locked --profile image --target "$target" -p kevents --bin kevents
 
     mkdir -p "$(dirname "$dest")"
-    cp "$TARGET_DIR/$target/release/kevents" "$dest.tmp"
+    cp "$TARGET_DIR/$target/image/kevents" "$dest.tmp"
     mv "$dest.tmp" "$dest"
 
     # A static executable has no program interpreter (PT_INTERP) and no needed libraries.

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{KEVENTS, free_port, http_get, start_follower};
+use support::{AlwaysCurrent, KEVENTS, free_port, http_get, start_follower, store_with_one_event};
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -226,17 +226,7 @@ fn dead_replay_needs_ids_or_all_and_says_there_is_no_offline_replay() {
 
 #[test]
 fn dead_list_offline_reads_a_stopped_store_and_refuses_one_in_use() {
-    use kevents::store::{self, BatchRecord, CaptureItem, EventStore as _, Guard, OpenOptions};
-
-    struct Current;
-    impl Guard for Current {
-        fn is_current(&self) -> bool {
-            true
-        }
-        fn epoch(&self) -> i64 {
-            1
-        }
-    }
+    use kevents::store::{BatchRecord, EventStore as _};
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
@@ -254,31 +244,7 @@ fn dead_list_offline_reads_a_stopped_store_and_refuses_one_in_use() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no store under"), "{stderr}");
 
-    let handover = store::take_over(
-        &OpenOptions {
-            path: root.clone(),
-            cache_capacity: 1 << 20,
-            lock_timeout: Duration::from_secs(5),
-        },
-        &"test".into(),
-        &Current,
-        &|| false,
-    )
-    .unwrap();
-    let store = handover.store;
-    store
-        .capture(
-            &[CaptureItem {
-                uid: "u1".into(),
-                resource_version: "7".into(),
-                record: br#"{"Uid":"u1"}"#.to_vec(),
-                listed: None,
-            }],
-            None,
-            0,
-            &Current,
-        )
-        .unwrap();
+    let store = store_with_one_event(&root);
     let batch = BatchRecord {
         id: BatchRecord::id_for("cafe", 0, 0),
         first: 0,
@@ -288,9 +254,9 @@ fn dead_list_offline_reads_a_stopped_store_and_refuses_one_in_use() {
         epoch: 1,
         created_ms: 0,
     };
-    store.record_batch(&batch, &Current).unwrap();
+    store.record_batch(&batch, &AlwaysCurrent).unwrap();
     store
-        .dead_batch(&batch, "400 Bad Request: no such column", 0, &Current)
+        .dead_batch(&batch, "400 Bad Request: no such column", 0, &AlwaysCurrent)
         .unwrap();
 
     // Held open by this process, as a running leader holds it.

@@ -21,9 +21,15 @@ use support::{repo, tool};
 /// ELF program header types: the dynamic loader request, and the dynamic section.
 const PT_INTERP: u32 = 3;
 const PT_DYNAMIC: u32 = 2;
-/// Dynamic section tags: end of the section, and a needed shared library.
+/// Dynamic section tags: end of the section, a needed shared library, the size of the `RELA`
+/// relocation table, and the packed relative relocations (`DT_RELR`).
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
+const DT_RELASZ: u64 = 8;
+const DT_RELR: u64 = 36;
+/// A `RELA` table any larger means the relative relocations are not packed: ~800 KiB unpacked,
+/// mapped by every replica (docs/cost-at-low-rates.md, "A smaller executable").
+const RELA_BOUND: u64 = 64 << 10;
 
 /// One architecture's static build.
 struct Build {
@@ -92,7 +98,10 @@ fn usize_at(bytes: &[u8], at: usize) -> usize {
 }
 
 /// Reads the ELF64 headers of `build`: its machine, no program interpreter, and no needed
-/// libraries in its dynamic section (a static-pie executable has one, for its own relocations).
+/// libraries in its dynamic section. A static-pie executable (amd64) has one, for its own
+/// relocations, which must be packed (`DT_RELR`, scripts/static-build.sh); a static executable
+/// that is not position-independent (arm64: Rust's target links it so) has none and nothing to
+/// relocate.
 fn assert_static_elf_for_its_machine(build: &Build) {
     let path = build.binary();
     let name = path.display();
@@ -111,10 +120,12 @@ fn assert_static_elf_for_its_machine(build: &Build) {
         usize::from(u16_at(&bytes, 0x38)),
     );
     assert!(phnum > 0, "{name} has no program headers");
+    let (mut dynamic, mut packed) = (false, false);
     for header in (0..phnum).map(|i| phoff + i * phentsize) {
         let kind = u32_at(&bytes, header);
         assert_ne!(kind, PT_INTERP, "{name} asks for a dynamic loader");
         if kind == PT_DYNAMIC {
+            dynamic = true;
             let (offset, size) = (
                 usize_at(&bytes, header + 0x08),
                 usize_at(&bytes, header + 0x20),
@@ -125,9 +136,22 @@ fn assert_static_elf_for_its_machine(build: &Build) {
                     break;
                 }
                 assert_ne!(tag, DT_NEEDED, "{name} needs a shared library");
+                packed |= tag == DT_RELR;
+                if tag == DT_RELASZ {
+                    let size = u64_at(&bytes, entry + 8);
+                    assert!(
+                        size < RELA_BOUND,
+                        "{name} has a {size}-byte RELA relocation table: not linked with \
+                         -z pack-relative-relocs"
+                    );
+                }
             }
         }
     }
+    assert!(
+        packed || !dynamic,
+        "{name} has no packed relative relocations (DT_RELR): not linked with -z pack-relative-relocs"
+    );
 }
 
 fn assert_prints_its_version(build: &Build) {

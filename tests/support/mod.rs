@@ -385,3 +385,48 @@ pub fn promtool(args: &[&str], file: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A guard that is always current, at epoch 1: a test's own store, outside any leadership.
+pub struct AlwaysCurrent;
+
+impl kevents::store::Guard for AlwaysCurrent {
+    fn is_current(&self) -> bool {
+        true
+    }
+    fn epoch(&self) -> i64 {
+        1
+    }
+}
+
+/// Creates the store `root` (a first term) holding one captured event (uid `u1`, version 7),
+/// and returns it open: drop it to let a `kevents` process open the store.
+pub fn store_with_one_event(root: &Path) -> kevents::store::SledStore {
+    use kevents::store::{self, CaptureItem, EventStore as _, OpenOptions};
+
+    let handover = store::take_over(
+        &OpenOptions {
+            path: root.to_owned(),
+            cache_capacity: 1 << 20,
+            lock_timeout: Duration::from_secs(5),
+        },
+        &"test".into(),
+        &AlwaysCurrent,
+        &|| false,
+    )
+    .unwrap();
+    handover
+        .store
+        .capture(
+            &[CaptureItem {
+                uid: "u1".into(),
+                resource_version: "7".into(),
+                record: br#"{"Uid":"u1"}"#.to_vec(),
+                listed: None,
+            }],
+            None,
+            0,
+            &AlwaysCurrent,
+        )
+        .unwrap();
+    handover.store
+}

@@ -136,6 +136,13 @@ fn peak_rss_mib(pid: u32) -> f64 {
     status_mib(pid, "VmHWM:")
 }
 
+/// The median of the finite `values` (the upper one for an even count); `None` for none.
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
 fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -453,6 +460,11 @@ pub struct RateFigure {
     pub follower_cpu_per_minute: f64,
     /// Leader RSS at the end of the window, MiB.
     pub leader_rss_mib: f64,
+    /// Median of the leader's RSS sampled every second of the window, MiB: one sample can fall
+    /// while a batch is being sent, or just after.
+    pub leader_median_rss_mib: f64,
+    /// Median of the file-backed part of those samples (`RssFile`: the executable's pages), MiB.
+    pub leader_median_file_mib: f64,
     /// Highest leader RSS seen in the window, MiB.
     pub leader_peak_rss_mib: f64,
     /// Follower RSS at the end of the window, MiB.
@@ -480,23 +492,27 @@ impl RatesReport {
             self.max_batch_age
         );
         println!(
-            "  {:>8} {:>8} {:>6} {:>16} {:>12} {:>12} {:>14} {:>14}",
+            "  {:>8} {:>8} {:>6} {:>16} {:>12} {:>12} {:>12} {:>12} {:>14} {:>14}",
             "rate/s",
             "events",
             "secs",
             "leader cpu/1k",
             "leader RSS",
+            "(file)",
+            "leader end",
             "leader peak",
             "follower RSS",
             "follower cpu/m"
         );
         for r in &self.rates {
             println!(
-                "  {:>8.0} {:>8.0} {:>6.1} {:>15.3}s {:>8.1} MiB {:>8.1} MiB {:>10.1} MiB {:>13.3}s",
+                "  {:>8.0} {:>8.0} {:>6.1} {:>15.3}s {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB {:>10.1} MiB {:>13.3}s",
                 r.rate,
                 r.events,
                 r.seconds,
                 r.leader_cpu_per_1000,
+                r.leader_median_rss_mib,
+                r.leader_median_file_mib,
                 r.leader_rss_mib,
                 r.leader_peak_rss_mib,
                 r.follower_rss_mib,
@@ -570,11 +586,13 @@ async fn measure_rates(lab: &Lab, options: &RatesOptions) -> anyhow::Result<Rate
         let (from_captured, _) = lab.counts().await.context("leader metrics")?;
         let started = Instant::now();
         let cpu_from = (cpu_seconds(lab.leader_pid), cpu_seconds(lab.follower_pid));
-        let mut peak = 0.0f64;
+        let (mut samples, mut file_samples) = (Vec::new(), Vec::new());
         while started.elapsed() < options.duration {
             tokio::time::sleep(Duration::from_secs(1).min(options.duration)).await;
-            peak = peak.max(rss_mib(lab.leader_pid));
+            samples.push(rss_mib(lab.leader_pid));
+            file_samples.push(status_mib(lab.leader_pid, "RssFile:"));
         }
+        let peak = samples.iter().copied().fold(0.0f64, f64::max);
         let cpu_to = (cpu_seconds(lab.leader_pid), cpu_seconds(lab.follower_pid));
         let seconds = started.elapsed().as_secs_f64();
         let leader_rss_mib = rss_mib(lab.leader_pid);
@@ -593,6 +611,8 @@ async fn measure_rates(lab: &Lab, options: &RatesOptions) -> anyhow::Result<Rate
             },
             follower_cpu_per_minute: (cpu_to.1 - cpu_from.1) * 60.0 / seconds,
             leader_rss_mib,
+            leader_median_rss_mib: median(samples).unwrap_or(leader_rss_mib),
+            leader_median_file_mib: median(file_samples).unwrap_or(0.0),
             leader_peak_rss_mib: peak.max(leader_rss_mib),
             follower_rss_mib,
         });

@@ -39,7 +39,7 @@ use kevents_testkit::{
     writer::{EventWriter, Pace, WriterConfig, WriterStats},
 };
 
-use crate::bench::{cpu_seconds, rss_mib};
+use crate::bench::{cpu_seconds, median, rss_mib};
 
 /// OpenTelemetry's leader-election defaults, used for both tools.
 const LEASE_DURATION: &str = "15s";
@@ -969,12 +969,6 @@ fn print_row(cells: &[String]) {
 #[expect(clippy::cast_precision_loss, reason = "event counts far below 2^52")]
 fn as_f64(count: usize) -> f64 {
     count as f64
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
 }
 
 /// Prints every run, then the median per tool (upper median for an even count).

@@ -305,15 +305,19 @@ mod tests {
         read
     }
 
+    /// The longest an item of `read` waited between arriving and being read.
+    fn longest_wait(read: &[(Instant, Instant)]) -> Duration {
+        read.iter()
+            .map(|(arrived, at)| at.duration_since(*arrived))
+            .max()
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_watch_is_read_in_rounds_that_take_everything_that_arrived() {
         let read = read_stream(5, 3).await;
         assert_eq!(read.len(), 1_500, "every item is read");
-        let latest = read
-            .iter()
-            .map(|(arrived, at)| at.duration_since(*arrived))
-            .max()
-            .unwrap();
+        let latest = longest_wait(&read);
         assert!(
             latest <= ROUND + ms(5),
             "an item waited {latest:?}: a round must read all that arrived during its pause"
@@ -332,11 +336,7 @@ mod tests {
     async fn a_fast_watch_is_read_as_each_chunk_arrives() {
         let read = read_stream(20, 2).await;
         assert_eq!(read.len(), 4_000);
-        let latest = read
-            .iter()
-            .map(|(arrived, at)| at.duration_since(*arrived))
-            .max()
-            .unwrap();
+        let latest = longest_wait(&read);
         assert!(latest <= ms(2), "an item of a fast watch waited {latest:?}");
     }
 }

@@ -32,6 +32,8 @@ COPY src ./src
 COPY testkit ./testkit
 COPY lab ./lab
 COPY scripts/static-build.sh ./scripts/static-build.sh
+# The execution profile the script lays the binary out by (scripts/pgo-profile.sh makes it).
+COPY pgo ./pgo
 # amd64 or arm64: the platform the image is for. Declared here so the layers above are shared.
 ARG TARGETARCH
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

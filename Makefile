@@ -76,6 +76,10 @@ azurite: ## Install the pinned Azurite (npm) into .tools/azurite for the ADX tes
 static: tools ## Static kevents (musl): target/static/kevents (amd64), target/static/aarch64/kevents
 	scripts/static-build.sh
 
+.PHONY: pgo-profile
+pgo-profile: release azurite tools ## Regenerate pgo/kevents-amd64.profdata.gz, the profile the static build is laid out by (~8 min)
+	scripts/pgo-profile.sh
+
 .PHONY: image
 image: ## Container image $(IMAGE) for this machine's platform (needs Docker; multi-arch: docs/README.md)
 	docker build -t $(IMAGE) .

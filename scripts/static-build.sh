@@ -2,6 +2,7 @@
 # Builds a statically linked `kevents` for Linux on x86_64 and aarch64:
 #   amd64  target/static/kevents           (x86_64-unknown-linux-musl)
 #   arm64  target/static/aarch64/kevents   (aarch64-unknown-linux-musl)
+# (under $CARGO_TARGET_DIR instead of target when that is set)
 # Usage: scripts/static-build.sh [--arch amd64|arm64 ...] [--out PATH]
 # Without --arch it builds both. --out also installs the one binary built at PATH; the Dockerfile
 # runs this same script with --arch $TARGETARCH --out /out/kevents.
@@ -50,8 +51,8 @@ esac
 build() {
     local arch=$1 cpu dest pkgs
     case "$arch" in
-        amd64) cpu=x86_64 dest=target/static/kevents pkgs="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;;
-        arm64) cpu=aarch64 dest=target/static/aarch64/kevents pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+        amd64) cpu=x86_64 dest=$TARGET_DIR/static/kevents pkgs="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;;
+        arm64) cpu=aarch64 dest=$TARGET_DIR/static/aarch64/kevents pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
         "") die "--arch is empty (the Dockerfile's TARGETARCH is set by BuildKit: docker buildx build)" ;;
         *) die "unsupported --arch '$arch': amd64 or arm64" ;;
     esac
@@ -81,7 +82,37 @@ build() {
     # dynamic binary. The linker strips it: no target-specific strip tool needed. Packed relative
     # relocations (DT_RELR, applied by musl's static-pie start-up since musl 1.2.4) replace a
     # ~800 KiB relocation table that every replica would keep mapped with an ~8 KiB one.
-    export "${cargo_env}_RUSTFLAGS=-C target-feature=+crt-static -C strip=symbols -C link-arg=-Wl,-z,pack-relative-relocs"
+    local root
+    case "$TARGET_DIR" in
+        /*) root=$TARGET_DIR ;;
+        *) root=$PWD/$TARGET_DIR ;;
+    esac
+    # The link map (next to the binary) says where each function went; tests/static_binary.rs
+    # reads it to check the layout below.
+    local rustflags="-C target-feature=+crt-static -C strip=symbols -C link-arg=-Wl,-z,pack-relative-relocs -C link-arg=-Wl,-Map=$root/$target.map"
+    # Laid out by a profile (docs/cost-at-low-rates.md, "Laid out by a profile"): code that never
+    # ran in the profile's workload goes to `.text.unlikely.*`, which the linker places apart from
+    # the rest, so the code a replica runs shares fewer pages with code it never runs. Only count-0
+    # code counts as cold (`profile-summary-cold-count=0`): start-up code runs once and must stay
+    # with the code that runs. pgo/kevents-ARCH.profdata.gz is made by scripts/pgo-profile.sh, for
+    # amd64 only: symbol names carry the target, so an amd64 profile matches no arm64 function.
+    # Code changed since the profile was made matches no entry and is laid out as without a
+    # profile; the warnings about it are silenced. KEVENTS_PGO_GENERATE=DIR builds the
+    # instrumented binary instead.
+    local pgo=pgo/kevents-$arch.profdata.gz
+    if [ -n "${KEVENTS_PGO_GENERATE:-}" ]; then
+        rustflags="$rustflags -C profile-generate=$KEVENTS_PGO_GENERATE"
+    elif [ -f "$pgo" ]; then
+        # Used under a name that carries its checksum: a new profile changes RUSTFLAGS, so cargo
+        # rebuilds with it instead of keeping code laid out by the old one.
+        local profile
+        profile=$root/pgo/kevents-$(sha256sum "$pgo" | cut -c1-16).profdata
+        mkdir -p "$root/pgo"
+        gzip -dc "$pgo" > "$profile.tmp" || die "cannot decompress $pgo"
+        mv "$profile.tmp" "$profile"
+        rustflags="$rustflags -C profile-use=$profile -C llvm-args=-no-pgo-warn-mismatch -C llvm-args=-profile-summary-cold-count=0"
+    fi
+    export "${cargo_env}_RUSTFLAGS=$rustflags"
 
     # The `image` profile (Cargo.toml): release, with the code off the per-event path optimised
     # for size.
@@ -90,6 +121,7 @@ build() {
     mkdir -p "$(dirname "$dest")"
     cp "$TARGET_DIR/$target/image/kevents" "$dest.tmp"
     mv "$dest.tmp" "$dest"
+    cp "$root/$target.map" "$dest.map"
 
     # A static executable has no program interpreter (PT_INTERP) and no needed libraries.
     # readelf reads any architecture's ELF.

@@ -13,9 +13,13 @@ mod support;
 
 use support::{repo, tool};
 
-/// The kind drills and the static build (other scripts have their own owners and tests).
+/// The kind drills, the static build and its profile (other scripts have their own owners and
+/// tests).
 fn scripts() -> Vec<String> {
-    let mut all = vec!["scripts/static-build.sh".to_owned()];
+    let mut all = vec![
+        "scripts/static-build.sh".to_owned(),
+        "scripts/pgo-profile.sh".to_owned(),
+    ];
     for entry in std::fs::read_dir(repo().join("chaos/kind")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if std::path::Path::new(&name)

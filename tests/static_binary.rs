@@ -200,6 +200,117 @@ fn assert_accepts_the_example_config(build: &Build) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("CLUSTER"));
 }
 
+/// The size of section `name` in an ELF64 file, from its section headers (`strip=symbols` keeps
+/// them).
+fn elf_section_size(bytes: &[u8], name: &str) -> Option<u64> {
+    let shoff = usize_at(bytes, 0x28);
+    let (shentsize, shnum, shstrndx) = (
+        usize::from(u16_at(bytes, 0x3a)),
+        usize::from(u16_at(bytes, 0x3c)),
+        usize::from(u16_at(bytes, 0x3e)),
+    );
+    let names = usize_at(bytes, shoff + shstrndx * shentsize + 0x18);
+    (0..shnum)
+        .map(|i| shoff + i * shentsize)
+        .find_map(|header| {
+            let at = names + usize::try_from(u32_at(bytes, header)).unwrap();
+            let end = at + bytes[at..].iter().position(|b| *b == 0).unwrap();
+            (&bytes[at..end] == name.as_bytes()).then(|| u64_at(bytes, header + 0x20))
+        })
+}
+
+/// The input sections the linker put in the output section `.text`, as (name, address, size),
+/// from a GNU ld link map (`-Map`): an input section's line starts with one space and its name,
+/// followed by its address and size on the same line or, for a long name, on the next one.
+fn text_input_sections(map: &str) -> (u64, Vec<(String, u64, u64)>) {
+    let hex = |word: &str| u64::from_str_radix(word.strip_prefix("0x")?, 16).ok();
+    let mut lines = map
+        .lines()
+        .skip_while(|l| !l.starts_with(".text "))
+        .peekable();
+    let header: Vec<&str> = lines
+        .next()
+        .expect("no .text in the link map")
+        .split_whitespace()
+        .collect();
+    let size = hex(header[2]).unwrap();
+    let mut sections = Vec::new();
+    while let Some(line) = lines.next() {
+        if !line.is_empty() && !line.starts_with(' ') {
+            break;
+        }
+        if !line.starts_with(" .") {
+            continue;
+        }
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() == 1 {
+            let next = lines.peek().copied().unwrap_or_default();
+            words.extend(next.split_whitespace());
+        }
+        if let (Some(address), Some(length)) = (
+            words.get(1).and_then(|w| hex(w)),
+            words.get(2).and_then(|w| hex(w)),
+        ) && length > 0
+        {
+            sections.push((words[0].to_owned(), address, length));
+        }
+    }
+    (size, sections)
+}
+
+/// The share of `.text` a build laid out by pgo/kevents-amd64.profdata.gz puts apart as never run in
+/// the profile's workload: ~50 % measured (docs/cost-at-low-rates.md, "Laid out by a profile").
+/// Without the profile only functions marked `#[cold]` go there.
+const NEVER_RUN_SHARE_MIN_PERCENT: u64 = 30;
+
+/// The amd64 build is laid out by the profile (scripts/static-build.sh): the code the profile
+/// never saw run (`.text.unlikely.*`) is one block at the start of `.text`, apart from the code
+/// that runs, and it is a large share of `.text`. Read from the link map the script keeps next to
+/// the binary, which must be this binary's (same `.text` size).
+#[test]
+fn the_amd64_static_binary_keeps_code_that_never_ran_in_its_profile_apart() {
+    let binary = AMD64.binary();
+    let map_path = PathBuf::from(format!("{}.map", binary.display()));
+    let map = std::fs::read_to_string(&map_path)
+        .unwrap_or_else(|e| panic!("{}: {e}: build it with `make static`", map_path.display()));
+    let (text, sections) = text_input_sections(&map);
+    assert_eq!(
+        elf_section_size(&std::fs::read(&binary).unwrap(), ".text"),
+        Some(text),
+        "{} is not the link map of {}: run `make static`",
+        map_path.display(),
+        binary.display()
+    );
+    let never_run = |name: &str| name.starts_with(".text.unlikely");
+    let apart: u64 = sections
+        .iter()
+        .filter(|(name, ..)| never_run(name))
+        .map(|(.., size)| size)
+        .sum();
+    let share = apart * 100 / text;
+    assert!(
+        share >= NEVER_RUN_SHARE_MIN_PERCENT,
+        "only {share} % of .text ({apart} of {text} bytes) is code the profile never saw run: \
+         is the build laid out by pgo/kevents-amd64.profdata.gz? (scripts/static-build.sh)"
+    );
+    let last_apart = sections
+        .iter()
+        .filter(|(name, ..)| never_run(name))
+        .map(|(_, address, size)| address + size)
+        .max()
+        .unwrap();
+    let first_run = sections
+        .iter()
+        .filter(|(name, ..)| !never_run(name))
+        .map(|(_, address, _)| *address)
+        .min()
+        .unwrap();
+    assert!(
+        last_apart <= first_run,
+        "code that never ran ends at {last_apart:#x}, after code that runs begins at {first_run:#x}"
+    );
+}
+
 #[test]
 fn the_amd64_static_binary_is_a_static_x86_64_executable() {
     assert_static_elf_for_its_machine(&AMD64);
@@ -303,4 +414,23 @@ fn the_image_ships_the_static_build_for_its_platform_as_65534_on_a_base_without_
         ignore.lines().any(|l| l.trim() == "*"),
         ".dockerignore admits only what the build needs"
     );
+    // The profile the script lays the binary out by reaches the build stage: without it the
+    // image's binary would be laid out differently from the one the tests and benchmarks measure.
+    if repo().join("pgo/kevents-amd64.profdata.gz").exists() {
+        let copied = build[..script].iter().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.first() == Some(&"COPY")
+                && words.get(1).is_some_and(|w| *w == "pgo" || *w == "pgo/")
+        });
+        assert!(
+            copied,
+            "the build stage copies pgo/ before running the script"
+        );
+        assert!(
+            ignore
+                .lines()
+                .any(|l| l.trim() == "!pgo/" || l.trim() == "!pgo"),
+            ".dockerignore admits pgo/"
+        );
+    }
 }
